@@ -1,0 +1,211 @@
+"""Flux and Chroma (and others built from ComfyUI's Flux block classes).
+
+Double blocks: separate image and text streams, joint attention, one MLP per
+stream. Single blocks: one sequence [text; image], `linear1` makes q, k, v and
+the MLP input, `linear2` projects [attention; MLP activation] together.
+
+Cached units (all taken *before* their gates, so later steps apply fresh
+gates): double blocks cache each stream's attention projection and MLP output;
+single blocks cache the attention rows that enter `linear2` and `linear2`'s
+output. A conservative step recomputes the MLP of the chosen tokens only.
+Only the host's own submodules run here; the block's forward is never copied.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from ..cache_core.tokens import TokenLayout, gather_tokens, scatter_tokens, value_norm_score
+
+try:  # the host's modulation helper; a trivial fallback keeps newer hosts working
+    from comfy.ldm.flux.layers import apply_mod as _host_apply_mod
+except ImportError:  # pragma: no cover
+    _host_apply_mod = None
+
+
+def apply_mod(tensor, mult, add=None):
+    if _host_apply_mod is not None:
+        return _host_apply_mod(tensor, mult, add)
+    return tensor * mult if add is None else torch.addcmul(add, tensor, mult)
+
+
+DOUBLE_PARTS = ("img_mod", "img_norm1", "img_attn", "img_norm2", "img_mlp",
+                "txt_attn", "txt_norm2", "txt_mlp")
+SINGLE_PARTS = ("linear1", "linear2", "pre_norm", "mlp_act", "hidden_size")
+
+
+@contextlib.contextmanager
+def capture(outputs: dict, inputs: dict = None):
+    """Collect copies of modules' outputs (and first inputs) while a block runs.
+
+    Copies, not references: a host block may modulate a tensor in place.
+    """
+    seen, handles = {}, []
+    try:
+        for name, module in outputs.items():
+            handles.append(module.register_forward_hook(
+                lambda _m, _args, out, name=name: seen.__setitem__(name, out.detach().clone())))
+        for name, module in (inputs or {}).items():
+            handles.append(module.register_forward_pre_hook(
+                lambda _m, args, name=name: seen.__setitem__(name, args[0].detach().clone())))
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def qkv_value_score(qkv: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
+    """V-caching score from a fused qkv projection [batch, tokens, 3*dim (+ more)]."""
+    b, t = qkv.shape[:2]
+    v = qkv[..., 2 * dim:3 * dim].reshape(b, t, heads, dim // heads).transpose(1, 2)
+    return value_norm_score(v)
+
+
+class FluxAdapter:
+    family = "flux"
+    level = "token-wise"
+
+    def __init__(self, diffusion_model):
+        self.model = diffusion_model
+        self.double_blocks = list(diffusion_model.double_blocks)
+        self.single_blocks = list(diffusion_model.single_blocks)
+        skip_double = set(getattr(diffusion_model, "skip_mmdit", ()) or ())
+        skip_single = set(getattr(diffusion_model, "skip_dit", ()) or ())
+        self.keys = [("double_block", i) for i in range(len(self.double_blocks)) if i not in skip_double]
+        self.keys += [("single_block", i) for i in range(len(self.single_blocks)) if i not in skip_single]
+        self.patch_size = getattr(diffusion_model, "patch_size", 2)
+
+    @staticmethod
+    def matches(diffusion_model) -> bool:
+        doubles = getattr(diffusion_model, "double_blocks", None)
+        singles = getattr(diffusion_model, "single_blocks", None)
+        if doubles is None or singles is None or len(doubles) + len(singles) == 0:
+            return False
+        return (all(all(hasattr(b, p) for p in DOUBLE_PARTS) for b in doubles)
+                and all(all(hasattr(b, p) for p in SINGLE_PARTS) for b in singles))
+
+    # --- the block stack -------------------------------------------------
+    def block(self, kind: str, index: int):
+        return (self.double_blocks if kind == "double_block" else self.single_blocks)[index]
+
+    @property
+    def first_key(self):
+        return self.keys[0]
+
+    @property
+    def last_key(self):
+        return self.keys[-1]
+
+    def layer_position(self, kind: str, index: int):
+        """(position in the stack, stack depth) for per-layer refresh ratios."""
+        return self.keys.index((kind, index)), len(self.keys)
+
+    def grid(self, x: torch.Tensor) -> tuple:
+        h, w = x.shape[-2:]
+        return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
+
+    @staticmethod
+    def stack_state(kind: str, io: dict) -> torch.Tensor:
+        """The stack's hidden state as one [batch, text + image, dim] tensor."""
+        return io["img"] if kind == "single_block" else torch.cat((io["txt"], io["img"]), dim=1)
+
+    @staticmethod
+    def from_stack_state(kind: str, state: torch.Tensor, like: dict) -> dict:
+        if kind == "single_block":
+            return {"img": state}
+        txt_len = like["txt"].shape[1]
+        return {"txt": state[:, :txt_len], "img": state[:, txt_len:]}
+
+    @staticmethod
+    def passthrough(kind: str, args: dict) -> dict:
+        return {"img": args["img"]} if kind == "single_block" else {"img": args["img"], "txt": args["txt"]}
+
+    # --- units of one block ----------------------------------------------
+    @staticmethod
+    def streams(kind: str, args: dict, grid: tuple, txt_len: int) -> dict:
+        """Token streams of a block and where the image grid sits in each."""
+        if kind == "double_block":
+            txt_len = args["txt"].shape[1]
+            return {"txt": TokenLayout(txt_len, (), txt_len),
+                    "img": TokenLayout(0, grid, args["img"].shape[1])}
+        return {"seq": TokenLayout(txt_len, grid, args["img"].shape[1])}
+
+    def full(self, kind: str, block, args: dict, original, record: bool):
+        """Run the host's block; with `record`, also return what conservative steps reuse."""
+        if not record:
+            return original(args), None
+        dim = block.hidden_size
+        if kind == "double_block":
+            outputs = {"img_qkv": block.img_attn.qkv, "txt_qkv": block.txt_attn.qkv,
+                       "img_attn": block.img_attn.proj, "txt_attn": block.txt_attn.proj,
+                       "img_mlp": block.img_mlp, "txt_mlp": block.txt_mlp}
+            with capture(outputs) as seen:
+                out = original(args)
+            for stream in ("img", "txt"):
+                seen[f"{stream}_score"] = qkv_value_score(seen.pop(f"{stream}_qkv"), block.num_heads, dim)
+            return out, seen
+        with capture({"qkv": block.linear1, "seq_out": block.linear2}, {"seq_in": block.linear2}) as seen:
+            out = original(args)
+        cache = {"seq_attn": seen["seq_in"][..., :dim].clone(), "seq_out": seen["seq_out"],
+                 "seq_score": qkv_value_score(seen["qkv"], block.num_heads, dim)}
+        return out, cache
+
+    def conservative(self, kind: str, block, args: dict, cache: dict, picks: dict) -> dict:
+        """Reuse attention under fresh gates; recompute the MLP of picked tokens only.
+
+        `picks` maps stream name to token indices [batch, k]; `cache` is updated in place.
+        """
+        if kind == "double_block":
+            if block.modulation:
+                img_mod1, img_mod2 = block.img_mod(args["vec"])
+                txt_mod1, txt_mod2 = block.txt_mod(args["vec"])
+            else:
+                (img_mod1, img_mod2), (txt_mod1, txt_mod2) = args["vec"]
+            img = self._stream_update(args["img"], cache, "img", picks["img"], img_mod1, img_mod2,
+                                      block.img_norm2, block.img_mlp)
+            txt = self._stream_update(args["txt"], cache, "txt", picks["txt"], txt_mod1, txt_mod2,
+                                      block.txt_norm2, block.txt_mlp)
+            return {"img": img, "txt": txt}
+        mod = block.modulation(args["vec"])[0] if block.modulation else args["vec"]
+        x, idx = args["img"], picks["seq"]
+        out_cache = cache["seq_out"]
+        if idx.shape[1] > 0:
+            chosen = gather_tokens(x, idx)
+            hidden = block.linear1(apply_mod(block.pre_norm(chosen), 1 + mod.scale, mod.shift))
+            mlp = block.mlp_act(hidden[..., 3 * block.hidden_size:])
+            fresh = block.linear2(torch.cat((gather_tokens(cache["seq_attn"], idx), mlp), dim=-1))
+            scatter_tokens(out_cache, idx, fresh)
+        return {"img": x + apply_mod(out_cache, mod.gate)}
+
+    @staticmethod
+    def _stream_update(x, cache, stream, idx, mod1, mod2, norm2, mlp):
+        x = x + apply_mod(cache[f"{stream}_attn"], mod1.gate)
+        mlp_cache = cache[f"{stream}_mlp"]
+        if idx.shape[1] > 0:
+            chosen = gather_tokens(x, idx)
+            scatter_tokens(mlp_cache, idx, mlp(apply_mod(norm2(chosen), 1 + mod2.scale, mod2.shift)))
+        return x + apply_mod(mlp_cache, mod2.gate)
+
+    # --- compute accounting (multiply-adds x 2) -----------------------------
+    @staticmethod
+    def _mlp_hidden(block, kind):
+        if kind == "double_block":
+            return block.img_mlp[0].out_features
+        return block.mlp_hidden_dim
+
+    def flops_full(self, kind: str, block, streams: dict) -> float:
+        d, h = block.hidden_size, self._mlp_hidden(block, kind)
+        if kind == "double_block":
+            total = sum(s.total for s in streams.values())
+            per_token = 2 * d * 3 * d + 2 * d * d + 2 * 2 * d * h
+            return total * per_token + 4 * total * total * d
+        total = streams["seq"].total
+        return total * (2 * d * (3 * d + h) + 2 * (d + h) * d) + 4 * total * total * d
+
+    def flops_conservative(self, kind: str, block, picked: dict) -> float:
+        d, h = block.hidden_size, self._mlp_hidden(block, kind)
+        if kind == "double_block":
+            return sum(picked.values()) * 2 * 2 * d * h
+        return picked["seq"] * (2 * d * (3 * d + h) + 2 * (d + h) * d)

@@ -1,0 +1,153 @@
+"""Per-step plans: what a caching method does at each sampling step, as plain data.
+
+A plan is decided before a run starts and never looks at tensors, so it can be
+printed, saved and compared. Steps are indexed by their position in the run's
+sigma schedule (step i runs at sigmas[i]), never by counting model calls.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+
+class Action(str, Enum):
+    FULL = "full"                    # compute every block, record what later steps reuse
+    CONSERVATIVE = "conservative"    # reuse module outputs, recompute a fraction of tokens
+    AGGRESSIVE = "aggressive"        # reuse the whole block stack as a residual
+
+    @property
+    def letter(self) -> str:
+        return self.value[0].upper()
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    action: Action
+    refresh_ratio: float = 0.0  # fraction of tokens recomputed on a conservative step
+
+    def to_dict(self) -> dict:
+        return {"action": self.action.value, "refresh_ratio": self.refresh_ratio}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StepPlan":
+        return cls(Action(data["action"]), float(data.get("refresh_ratio", 0.0)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple
+    method: str = "duca"
+    settings: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, step: int) -> StepPlan:
+        return self.steps[step]
+
+    @property
+    def computes_everything(self) -> bool:
+        return all(s.action is Action.FULL for s in self.steps)
+
+    @property
+    def timeline(self) -> str:
+        """One letter per step: F(ull), C(onservative), A(ggressive)."""
+        return "".join(s.action.letter for s in self.steps)
+
+    def needs_stack_residual(self) -> bool:
+        return any(s.action is Action.AGGRESSIVE for s in self.steps)
+
+    def needs_module_cache(self) -> bool:
+        return any(s.action is Action.CONSERVATIVE for s in self.steps)
+
+    def __str__(self) -> str:
+        return f"{self.method} plan, {len(self)} steps: {self.timeline}"
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "settings": dict(self.settings),
+                "steps": [s.to_dict() for s in self.steps]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        return cls(tuple(StepPlan.from_dict(s) for s in data["steps"]),
+                   data.get("method", "duca"), dict(data.get("settings", {})))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        return cls.from_dict(json.loads(text))
+
+
+def all_full_plan(num_steps: int) -> Plan:
+    return Plan(tuple(StepPlan(Action.FULL) for _ in range(num_steps)), "full", {})
+
+
+def duca_cycle_action(position: int) -> Action:
+    """DuCa's cycle after a full step: odd offsets conservative, even offsets aggressive."""
+    if position == 0:
+        return Action.FULL
+    return Action.CONSERVATIVE if position % 2 == 1 else Action.AGGRESSIVE
+
+
+def duca_plan(num_steps: int, interval: int, refresh_ratio: float, first_full_steps: int = 3,
+              start: float = 0.0, end: float = 1.0, aggressive: bool = True) -> Plan:
+    """Full every `interval` steps, conservative / aggressive alternating in between.
+
+    `start` and `end` are fractions of the step count; outside [start, end) every
+    step is full. The cycle is anchored on the last full step before the cached
+    window (or on step 0), so the window never opens with a redundant full step.
+    `aggressive=False` gives ToCa (all conservative).
+    """
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if interval < 1:
+        raise ValueError(f"interval must be >= 1, got {interval}")
+    if not 0.0 <= refresh_ratio <= 1.0:
+        raise ValueError(f"refresh_ratio must be in [0, 1], got {refresh_ratio}")
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(f"start/end must satisfy 0 <= start <= end <= 1, got {start}, {end}")
+    first_cached = max(first_full_steps, int(round(start * num_steps)))
+    last_cached = int(round(end * num_steps))  # exclusive
+    anchor = max(first_cached - 1, 0)
+    steps = []
+    for i in range(num_steps):
+        if i < first_cached or i >= last_cached:
+            steps.append(StepPlan(Action.FULL))
+            continue
+        action = duca_cycle_action((i - anchor) % interval)
+        if action is Action.AGGRESSIVE and not aggressive:
+            action = Action.CONSERVATIVE
+        steps.append(StepPlan(action, refresh_ratio if action is Action.CONSERVATIVE else 0.0))
+    settings = {"interval": interval, "refresh_ratio": refresh_ratio, "first_full_steps": first_full_steps,
+                "start": start, "end": end, "aggressive": aggressive}
+    return Plan(tuple(steps), "duca" if aggressive else "toca", settings)
+
+
+def every_kth_step_plan(num_steps: int, k: int, first_full_steps: int = 1) -> Plan:
+    """The simplest baseline: compute every k-th step, reuse the whole stack otherwise."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    steps = []
+    for i in range(num_steps):
+        full = i < first_full_steps or (i - first_full_steps) % k == 0
+        steps.append(StepPlan(Action.FULL if full else Action.AGGRESSIVE))
+    return Plan(tuple(steps), f"every-{k}", {"k": k, "first_full_steps": first_full_steps})
+
+
+def step_index(sigmas, sigma: float, tolerance: float = 1e-5) -> int:
+    """Position of `sigma` in a decreasing schedule.
+
+    A sigma between two schedule points (a sampler's intermediate evaluation)
+    belongs to the step that started above it, so multi-evaluation samplers
+    never shift the plan.
+    """
+    index = 0
+    for i, s in enumerate(sigmas[:-1] if len(sigmas) > 1 else sigmas):
+        if float(s) + tolerance * max(1.0, abs(float(s))) >= sigma:
+            index = i
+        else:
+            break
+    return index

@@ -1,0 +1,74 @@
+"""What a run did, step by step: for the log, the node's UI and benchmarks."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class StepRecord:
+    step: int
+    action: str = ""
+    model_calls: int = 0
+    block_flops_done: float = 0.0
+    block_flops_full: float = 0.0
+    tokens_recomputed: int = 0
+    tokens_total: int = 0
+    cache_bytes: int = 0
+    wall_seconds: float = 0.0
+
+    @property
+    def compute_fraction(self) -> float:
+        if self.block_flops_full == 0:
+            return 1.0
+        return self.block_flops_done / self.block_flops_full
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["compute_fraction"] = self.compute_fraction
+        return data
+
+
+@dataclass
+class RunStats:
+    method: str
+    num_steps: int
+    level: str = "block"  # token-wise / block / step: the finest level that ran
+    steps: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def record(self, step: int) -> StepRecord:
+        if step not in self.steps:
+            self.steps[step] = StepRecord(step)
+        return self.steps[step]
+
+    @property
+    def timeline(self) -> str:
+        return "".join((self.steps[i].action[:1].upper() if i in self.steps else "-")
+                       for i in range(self.num_steps))
+
+    @property
+    def compute_fraction(self) -> float:
+        full = sum(r.block_flops_full for r in self.steps.values())
+        done = sum(r.block_flops_done for r in self.steps.values())
+        return done / full if full else 1.0
+
+    @property
+    def peak_cache_bytes(self) -> int:
+        return max((r.cache_bytes for r in self.steps.values()), default=0)
+
+    @property
+    def wall_seconds(self) -> float:
+        return sum(r.wall_seconds for r in self.steps.values())
+
+    def summary(self) -> str:
+        expected = 1.0 / self.compute_fraction if self.compute_fraction > 0 else float("inf")
+        return (f"{self.method}: {self.timeline} | block compute {self.compute_fraction:.1%} "
+                f"(up to {expected:.2f}x) | model time {self.wall_seconds:.2f}s | "
+                f"cache {self.peak_cache_bytes / 2**20:.1f} MiB | level {self.level}")
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "num_steps": self.num_steps, "level": self.level,
+                "timeline": self.timeline, "compute_fraction": self.compute_fraction,
+                "peak_cache_bytes": self.peak_cache_bytes, "wall_seconds": self.wall_seconds,
+                "notes": list(self.notes),
+                "steps": [self.steps[i].to_dict() for i in sorted(self.steps)]}

@@ -1,0 +1,61 @@
+"""The per-run cache: tensors keyed by model call and name, with byte accounting.
+
+A sampling run calls the model once per step for every group of conditionings
+the sampler batches together (cond and uncond together or apart, area conds,
+several prompts). Each group is one key, so every conditioning has its own
+entries. Tensors stay on the compute device unless offloading is asked for.
+"""
+from __future__ import annotations
+
+from typing import Hashable, Optional
+
+import torch
+
+
+class CacheStore:
+    def __init__(self, offload_device: Optional[torch.device] = None):
+        self.offload_device = offload_device
+        self._entries: dict = {}
+
+    def has(self, key: Hashable, name: Hashable) -> bool:
+        return name in self._entries.get(key, {})
+
+    def get(self, key: Hashable, name: Hashable, device=None):
+        """A tensor, or a dict of tensors, moved to `device` if it was offloaded."""
+        value = self._entries.get(key, {}).get(name)
+        if value is not None and device is not None:
+            value = _move(value, torch.device(device))
+        return value
+
+    def put(self, key: Hashable, name: Hashable, value) -> None:
+        if self.offload_device is not None:
+            value = _move(value, self.offload_device)
+        self._entries.setdefault(key, {})[name] = value
+
+    def drop(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
+
+    def keys(self):
+        return list(self._entries)
+
+    def nbytes(self) -> int:
+        return sum(_nbytes(value) for entry in self._entries.values() for value in entry.values())
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _move(value, device: torch.device):
+    if isinstance(value, dict):
+        return {k: _move(v, device) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.device != device:
+        return value.to(device, non_blocking=device.type != "cpu")
+    return value
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    return 0

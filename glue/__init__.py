@@ -1,0 +1,1 @@
+"""Host glue: the only layer that talks to ComfyUI's ModelPatcher and wrappers."""

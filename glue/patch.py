@@ -1,0 +1,128 @@
+"""Attach the accelerator to a ComfyUI model through the host's extension points.
+
+- OUTER_SAMPLE wrapper: creates the run state for one sampling run and drops
+  it in `finally` (EasyCache's idiom).
+- DIFFUSION_MODEL wrapper: tells the run which step and conditionings a model
+  call belongs to, and times it.
+- `patches_replace["dit"]` entries: the block-level work.
+Wrappers take `(executor, *args, **kwargs)` and pass everything through.
+"""
+from __future__ import annotations
+
+import logging
+
+import comfy.model_patcher
+import comfy.patcher_extension as ext
+
+from ..adapters import find_adapter
+from ..cache_core import DuCaConfig
+from .run import RunState
+
+LOG = logging.getLogger("comfyui-duca")
+WRAPPER_KEY = "duca_accelerate"
+HOLDER_KEY = "duca_accelerate"   # transformer_options: the node's settings (and last stats)
+RUN_KEY = "duca_accelerate_run"  # transformer_options: the live run, only while sampling
+
+
+class DuCaHolder:
+    """What the node puts on the model: settings in, statistics of the last run out."""
+
+    def __init__(self, config: DuCaConfig, family: str):
+        self.config = config
+        self.family = family
+        self.last_stats = None   # RunStats of the most recent run
+        self.listeners = []      # callables taking RunStats, e.g. the UI reporter
+
+    def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options
+        clone = DuCaHolder(self.config, self.family)
+        clone.listeners = list(self.listeners)
+        return clone
+
+
+class BlockPatch:
+    """A `patches_replace["dit"]` entry; chains to a patch that was there before."""
+
+    def __init__(self, kind: str, index: int, inner=None):
+        self.kind, self.index, self.inner = kind, index, inner
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        original = extra["original_block"]
+        if self.inner is not None:
+            inner = self.inner
+            original = lambda a: inner(a, extra)  # noqa: E731
+        run = (args.get("transformer_options") or {}).get(RUN_KEY)
+        if run is None:
+            return original(args)
+        return run.run_block(self.kind, self.index, args, original)
+
+
+def find_transformer_options(args: tuple, kwargs: dict) -> dict:
+    options = kwargs.get("transformer_options")
+    if isinstance(options, dict):
+        return options
+    for value in reversed(args):
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    guider = executor.class_obj
+    sigmas = kwargs["sigmas"] if "sigmas" in kwargs else args[3]
+    original_options = guider.model_options
+    guider.model_options = comfy.model_patcher.create_model_options_clone(original_options)
+    options = guider.model_options.setdefault("transformer_options", {})
+    holder: DuCaHolder = options[HOLDER_KEY]
+    adapter = find_adapter(guider.model_patcher.model.diffusion_model)
+    run = RunState(holder.config, adapter, sigmas)
+    options[RUN_KEY] = run
+    LOG.info("DuCa: %s on %s", run.plan, holder.family)
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        stats = run.finish()
+        holder.last_stats = stats
+        guider.model_options = original_options
+        LOG.info("DuCa: %s", stats.summary())
+        for listener in holder.listeners:
+            try:
+                listener(stats)
+            except Exception:  # a reporting failure must never fail the sampling run
+                LOG.exception("DuCa: stats listener failed")
+
+
+def diffusion_model_wrapper(executor, *args, **kwargs):
+    options = find_transformer_options(args, kwargs)
+    run = options.get(RUN_KEY)
+    if run is None or not args:
+        return executor(*args, **kwargs)
+    call = run.begin_call(args[0], options)
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        run.end_call(call)
+
+
+def apply_duca(model, config: DuCaConfig):
+    """A clone of `model` with DuCa attached, or `model` itself if its family is unknown."""
+    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
+    adapter = find_adapter(diffusion_model) if diffusion_model is not None else None
+    if adapter is None:
+        LOG.warning("DuCa: %s is not a model family this pack accelerates yet; "
+                    "passing it through unchanged.", type(diffusion_model).__name__)
+        return model
+    patched = model.clone()
+    options = patched.model_options.setdefault("transformer_options", {})
+    options[HOLDER_KEY] = DuCaHolder(config, adapter.family)
+    patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
+    patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
+    existing = options.get("patches_replace", {}).get("dit", {})
+    for kind, index in adapter.keys:
+        patched.set_model_patch_replace(BlockPatch(kind, index, existing.get((kind, index))), "dit", kind, index)
+    return patched
+
+
+def last_stats(model):
+    """RunStats of the last run of a model patched by `apply_duca` (None if none)."""
+    holder = model.model_options.get("transformer_options", {}).get(HOLDER_KEY)
+    return holder.last_stats if holder is not None else None

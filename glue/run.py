@@ -1,0 +1,157 @@
+"""One sampling run: its plan, cache store, statistics and the block-level logic.
+
+Created in the OUTER_SAMPLE wrapper and dropped when the run ends, so nothing
+survives between runs (a new resolution, batch or step count starts clean, and
+an interrupted run leaves nothing behind).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..cache_core import Action, CacheStore, DuCaConfig, RunStats, TokenSelector, layer_refresh_ratio, step_index
+
+COMPLETE = "complete"   # store name: a full step of this call key has finished
+RESIDUAL = "residual"   # store name: stack output minus stack input at the last computed step
+
+
+def call_key(x: torch.Tensor, transformer_options: dict) -> tuple:
+    """Which conditionings this model call carries: one cache entry per group."""
+    uuids = tuple(str(u) for u in transformer_options.get("uuids", ()) or ())
+    chunks = tuple(transformer_options.get("cond_or_uncond", ()) or ())
+    return (uuids, chunks, tuple(x.shape))
+
+
+def current_sigma(transformer_options: dict) -> Optional[float]:
+    sigmas = transformer_options.get("sigmas")
+    if sigmas is None:
+        return None
+    return float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) else float(sigmas)
+
+
+@dataclass
+class Call:
+    """One model evaluation inside the run."""
+    step: int
+    action: Action
+    refresh_ratio: float
+    key: tuple
+    grid: tuple
+    started: float = field(default_factory=time.perf_counter)
+    txt_len: Optional[int] = None
+    stack_in: Optional[torch.Tensor] = None
+
+
+class RunState:
+    def __init__(self, config: DuCaConfig, adapter, sigmas):
+        self.config = config
+        self.adapter = adapter
+        self.sigmas = [float(s) for s in sigmas]
+        self.num_steps = max(len(self.sigmas) - 1, 0)
+        self.plan = config.plan_for(self.num_steps)
+        offload = torch.device("cpu") if config.cache_device == "cpu" else None
+        self.store = CacheStore(offload_device=offload)
+        self.stats = RunStats(self.plan.method, self.num_steps, level=adapter.level)
+        self.selector = TokenSelector(config.token_selector, config.interval)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.record_modules = self.plan.needs_module_cache()
+        self.record_residual = self.plan.needs_stack_residual()
+        self.call: Optional[Call] = None
+
+    # --- model calls -------------------------------------------------------
+    def begin_call(self, x: torch.Tensor, transformer_options: dict) -> Call:
+        sigma = current_sigma(transformer_options)
+        step = step_index(self.sigmas, sigma) if sigma is not None else 0
+        planned = self.plan[min(step, len(self.plan) - 1)] if len(self.plan) else None
+        action = planned.action if planned else Action.FULL
+        key = call_key(x, transformer_options)
+        if action is not Action.FULL and not self.store.has(key, COMPLETE):
+            self.stats.notes.append(f"step {step}: no cache yet for this conditioning, computed fully")
+            action = Action.FULL
+        record = self.stats.record(step)
+        if not record.action:
+            record.action = action.value
+        self.call = Call(step, action, planned.refresh_ratio if planned else 0.0, key, self.adapter.grid(x))
+        return self.call
+
+    def end_call(self, call: Call) -> None:
+        record = self.stats.record(call.step)
+        record.model_calls += 1
+        record.wall_seconds += time.perf_counter() - call.started
+        if call.action is Action.FULL and (self.record_modules or self.record_residual):
+            self.store.put(call.key, COMPLETE, torch.ones(()))
+        record.cache_bytes = max(record.cache_bytes, self.store.nbytes())
+        self.call = None
+
+    def finish(self) -> RunStats:
+        self.store.clear()
+        self.call = None
+        return self.stats
+
+    # --- blocks ------------------------------------------------------------
+    def run_block(self, kind: str, index: int, args: dict, original) -> dict:
+        call = self.call
+        if call is None:  # a model call our wrapper did not see: leave it alone
+            return original(args)
+        adapter, name = self.adapter, (kind, index)
+        if name == adapter.first_key:
+            if kind == "double_block":
+                call.txt_len = args["txt"].shape[1]
+            if self.record_residual:
+                call.stack_in = adapter.stack_state(kind, args).clone()
+        if call.txt_len is None:  # no double blocks: the text is what the image grid is not
+            call.txt_len = max(args["img"].shape[1] - math.prod(call.grid), 0)
+
+        block = adapter.block(kind, index)
+        streams = adapter.streams(kind, args, call.grid, call.txt_len)
+        record = self.stats.record(call.step)
+        full_flops = adapter.flops_full(kind, block, streams)
+        record.block_flops_full += full_flops
+        record.tokens_total += sum(s.total for s in streams.values())
+
+        if call.action is Action.AGGRESSIVE:
+            out = adapter.passthrough(kind, args)
+            if name == adapter.last_key:
+                residual = self.store.get(call.key, RESIDUAL, device=call.stack_in.device)
+                out = adapter.from_stack_state(kind, call.stack_in + residual, like=out)
+            return out
+
+        cache = self.store.get(call.key, name, device=args["img"].device)
+        if call.action is Action.CONSERVATIVE and cache is not None:
+            picks = self._pick_tokens(kind, index, cache, streams, call.refresh_ratio)
+            out = adapter.conservative(kind, block, args, cache, picks)
+            picked = {s: idx.shape[1] for s, idx in picks.items()}
+            record.block_flops_done += adapter.flops_conservative(kind, block, picked)
+            record.tokens_recomputed += sum(picked.values())
+            self.store.put(call.key, name, cache)
+        else:
+            out, cache = adapter.full(kind, block, args, original, record=self.record_modules)
+            if cache is not None:
+                for stream, layout in streams.items():
+                    cache[f"{stream}_age"] = torch.zeros(args["img"].shape[0], layout.total,
+                                                         dtype=torch.int32, device=args["img"].device)
+                self.store.put(call.key, name, cache)
+            record.block_flops_done += full_flops
+            record.tokens_recomputed += sum(s.total for s in streams.values())
+
+        if name == adapter.last_key and self.record_residual and call.stack_in is not None:
+            self.store.put(call.key, RESIDUAL, adapter.stack_state(kind, out) - call.stack_in)
+        return out
+
+    def _pick_tokens(self, kind, index, cache, streams, base_ratio) -> dict:
+        position, depth = self.adapter.layer_position(kind, index)
+        factor = (self.config.double_stream_factor if kind == "double_block"
+                  else self.config.single_stream_factor)
+        ratio = layer_refresh_ratio(base_ratio, position, depth, factor, self.config.layer_weight)
+        picks = {}
+        for stream, layout in streams.items():
+            age = cache[f"{stream}_age"]
+            idx = self.selector.select(ratio, cache.get(f"{stream}_score"), age, layout, self.generator)
+            age += 1
+            age.scatter_(1, idx, 0)
+            picks[stream] = idx
+        return picks

@@ -1,0 +1,75 @@
+"""The flagship node: "Accelerate (DuCa)"."""
+from __future__ import annotations
+
+from ..cache_core.config import CACHE_DEVICES, PRESETS
+from ..cache_core.tokens import SELECTORS
+from ..glue.patch import apply_duca
+
+CATEGORY = "DuCa Accelerate"
+CUSTOM = "custom"
+
+
+class AccelerateDuCa:
+    DESCRIPTION = ("Samples faster by reusing features across steps (DuCa dual caching): full steps, "
+                   "then conservative steps (a fraction of tokens recomputed) alternating with "
+                   "aggressive steps (the whole block stack reused). No training, weights unchanged.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with caching attached; connect it to your sampler.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        balanced = PRESETS["balanced"]
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to accelerate (from your loader)."}),
+                "preset": (list(PRESETS) + [CUSTOM], {"default": "balanced", "tooltip":
+                           "quality: full step every 3rd step. balanced: every 4th (the papers' Flux setting). "
+                           "fast: every 6th. custom: use the advanced inputs below."}),
+            },
+            "optional": {
+                "interval": ("INT", {"default": balanced.interval, "min": 1, "max": 100, "tooltip":
+                             "custom only: a full step every N steps; the steps between alternate "
+                             "conservative and aggressive."}),
+                "refresh_ratio": ("FLOAT", {"default": balanced.refresh_ratio, "min": 0.0, "max": 1.0,
+                                  "step": 0.01, "tooltip": "custom only: base fraction of tokens recomputed "
+                                  "on conservative steps (scaled per layer and stream)."}),
+                "token_selector": (list(SELECTORS), {"default": balanced.token_selector, "tooltip":
+                                   "Which tokens a conservative step recomputes. value_norm: V-caching score "
+                                   "(works with fused attention). value_norm_spread: also spread over the "
+                                   "image. random: seeded random pick."}),
+                "first_full_steps": ("INT", {"default": balanced.first_full_steps, "min": 0, "max": 1000,
+                                     "tooltip": "The first steps are always computed (they set the composition)."}),
+                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                  "Fraction of the sampling steps after which caching may begin."}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                "Fraction of the sampling steps after which every step is computed again."}),
+                "cache_device": (list(CACHE_DEVICES), {"default": "compute", "tooltip":
+                                 "compute: keep caches on the GPU (fastest). cpu: offload them to RAM "
+                                 "(saves VRAM, costs transfers)."}),
+            },
+        }
+
+    def apply(self, model, preset="balanced", interval=None, refresh_ratio=None, token_selector=None,
+              first_full_steps=None, start_percent=0.0, end_percent=1.0, cache_device="compute", **_unknown):
+        return (apply_duca(model, build_config(preset, interval, refresh_ratio, token_selector,
+                                               first_full_steps, start_percent, end_percent, cache_device)),)
+
+
+def build_config(preset, interval, refresh_ratio, token_selector, first_full_steps, start, end, cache_device):
+    if preset not in PRESETS and preset != CUSTOM:
+        raise ValueError(f"preset must be one of {list(PRESETS) + [CUSTOM]}, got {preset!r}")
+    base = PRESETS.get(preset, PRESETS["balanced"])
+    changes = {"start": start, "end": end, "cache_device": cache_device}
+    if token_selector is not None:
+        changes["token_selector"] = token_selector
+    if first_full_steps is not None:
+        changes["first_full_steps"] = first_full_steps
+    if preset == CUSTOM:
+        if interval is not None:
+            changes["interval"] = interval
+        if refresh_ratio is not None:
+            changes["refresh_ratio"] = refresh_ratio
+    return base.with_changes(**changes)

@@ -1,0 +1,40 @@
+"""Boot the real ComfyUI in this process (CPU) and load this pack as a custom node."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACK_MODULE = "comfyui_duca"
+
+
+def comfy_path() -> Path:
+    path = os.environ.get("DUCA_COMFYUI_PATH")
+    if not path:
+        raise RuntimeError("DUCA_COMFYUI_PATH is not set: run through `python3 scripts/host.py ...`")
+    return Path(path)
+
+
+def boot() -> None:
+    """Import ComfyUI on the CPU. Idempotent."""
+    root = str(comfy_path())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True  # must precede comfy.model_management
+    import comfy.model_management  # noqa: F401
+
+
+def load_pack():
+    """Import the pack the way ComfyUI does: a package from its folder."""
+    boot()
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    spec = importlib.util.spec_from_file_location(PACK_MODULE, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    spec.loader.exec_module(module)
+    return module

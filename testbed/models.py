@@ -1,0 +1,110 @@
+"""Small models built from ComfyUI's own classes, with seeded random weights.
+
+Random weights exercise the real blocks, wrappers and samplers; they do not
+behave like trained models (see bench/ for fidelity figures on trained ones).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def init_weights(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
+    """ComfyUI builds layers without initializing them: fill every tensor deterministically."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1 and ("norm" in name or name.endswith("scale")):
+                p.fill_(1.0)
+            elif p.ndim == 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+            else:
+                fan_in = p[0].numel() if p.ndim > 1 else p.numel()
+                p.copy_(torch.randn(p.shape, generator=gen) * min(std, fan_in ** -0.5))
+
+
+def patcher(model):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+FLUX_SMALL = dict(hidden_size=64, num_heads=2, depth=2, depth_single_blocks=4, axes_dim=[8, 12, 12],
+                  context_in_dim=32, vec_in_dim=16)
+# The CPU benchmark size of the issue: hidden 512, 4 double + 8 single blocks.
+FLUX_BENCH = dict(hidden_size=512, num_heads=8, depth=4, depth_single_blocks=8, axes_dim=[16, 24, 24],
+                  context_in_dim=256, vec_in_dim=64)
+
+
+def flux(seed: int = 0, family: str = "flux", **size):
+    """A Flux (or FluxSchnell-style, guidance_embed=False) model of the real class."""
+    import comfy.supported_models
+    cfg = dict(FLUX_SMALL)
+    cfg.update(size)
+    guidance = cfg.pop("guidance_embed", True)
+    unet_config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2,
+                   "mlp_ratio": 4.0, "theta": 10000, "qkv_bias": True, "guidance_embed": guidance, **cfg}
+    config_class = comfy.supported_models.Flux if guidance else comfy.supported_models.FluxSchnell
+    model_config = config_class(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_weights(model.diffusion_model, seed)
+    model.diffusion_model.eval()
+    return patcher(model)
+
+
+def flux_conditioning(batch: int = 1, tokens: int = 8, seed: int = 1, model=None, guidance: float = 3.5):
+    """Hand-made CONDITIONING for a small Flux: context and pooled output."""
+    dm = model.model.diffusion_model
+    gen = torch.Generator().manual_seed(seed)
+    context = torch.randn(batch, tokens, dm.params.context_in_dim, generator=gen)
+    pooled = torch.randn(batch, dm.params.vec_in_dim, generator=gen)
+    return [[context, {"pooled_output": pooled, "guidance": guidance}]]
+
+
+SD15_SMALL = dict(model_channels=320, channel_mult=[1, 1], num_res_blocks=[1, 1],
+                  transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1],
+                  transformer_depth_middle=1, num_head_channels=64, context_dim=768)
+
+
+def sd_unet(seed: int = 0):
+    """A small SD1.5-style U-Net of ComfyUI's real class (about 30M parameters)."""
+    import comfy.supported_models
+    unet_config = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+                   "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None,
+                   "use_linear_in_transformer": False, "num_heads": -1, **SD15_SMALL}
+    model_config = comfy.supported_models.SD15(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_weights(model.diffusion_model, seed)
+    return patcher(model)
+
+
+def sd_conditioning(batch: int = 1, tokens: int = 77, seed: int = 1, dim: int = 768):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, tokens, dim, generator=gen), {}]]
+
+
+def save_unet_checkpoint(path, seed: int = 0) -> None:
+    """A U-Net-only safetensors file that ComfyUI's loader detects from keys and shapes."""
+    import comfy.utils
+    model = sd_unet(seed)
+    comfy.utils.save_torch_file(model.model.diffusion_model.state_dict(), str(path))
+
+
+def load_unet_checkpoint(path):
+    import comfy.sd
+    return comfy.sd.load_diffusion_model(str(path))
+
+
+def sample(model, positive, negative=None, *, steps=8, cfg=1.0, sampler="euler", scheduler="simple",
+           seed=0, batch=1, height=32, width=32, channels=16, latent=None, denoise=1.0):
+    """Sample with ComfyUI's own KSampler path; returns the final latent."""
+    import comfy.sample
+    if latent is None:
+        latent = torch.zeros(batch, channels, height // 8, width // 8)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    if negative is None:
+        negative = positive
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
+                               denoise=denoise, seed=seed, disable_pbar=True)
