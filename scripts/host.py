@@ -114,7 +114,7 @@ def main(argv: list) -> int:
     if command == "demo":
         cmd = [py, REPO / "bench" / "demo.py", *rest]
     elif command == "test":
-        cmd = [py, "-m", "pytest", REPO / "tests", *rest]
+        cmd = [py, "-m", "pytest", "-c", REPO / "tests" / "pytest.ini", "--rootdir", REPO / "tests", *(rest or [REPO / "tests"])]
     elif command == "bench":
         cmd = [py, REPO / "bench" / "run.py", *rest]
     else:

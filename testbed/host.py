@@ -24,6 +24,8 @@ def boot() -> None:
         sys.path.insert(0, root)
     import comfy.cli_args
     comfy.cli_args.args.cpu = True  # must precede comfy.model_management
+    # PyTorch's fused attention, what GPU users get by default (CPU default is sub-quadratic).
+    comfy.cli_args.args.use_pytorch_cross_attention = True
     import comfy.model_management  # noqa: F401
 
 

@@ -98,7 +98,7 @@ def load_unet_checkpoint(path):
 
 
 def sample(model, positive, negative=None, *, steps=8, cfg=1.0, sampler="euler", scheduler="simple",
-           seed=0, batch=1, height=32, width=32, channels=16, latent=None, denoise=1.0):
+           seed=0, batch=1, height=32, width=32, channels=16, latent=None, denoise=1.0, callback=None):
     """Sample with ComfyUI's own KSampler path; returns the final latent."""
     import comfy.sample
     if latent is None:
@@ -107,4 +107,4 @@ def sample(model, positive, negative=None, *, steps=8, cfg=1.0, sampler="euler",
     if negative is None:
         negative = positive
     return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
-                               denoise=denoise, seed=seed, disable_pbar=True)
+                               denoise=denoise, seed=seed, disable_pbar=True, callback=callback)
