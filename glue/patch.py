@@ -103,8 +103,11 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         run.end_call(call)
 
 
-def apply_duca(model, config: DuCaConfig):
-    """A clone of `model` with DuCa attached, or `model` itself if its family is unknown."""
+def apply_duca(model, config: DuCaConfig, listeners=()):
+    """A clone of `model` with DuCa attached, or `model` itself if its family is unknown.
+
+    `listeners` are called with the RunStats at the end of every run.
+    """
     diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
     adapter = find_adapter(diffusion_model) if diffusion_model is not None else None
     if adapter is None:
@@ -113,7 +116,9 @@ def apply_duca(model, config: DuCaConfig):
         return model
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
-    options[HOLDER_KEY] = DuCaHolder(config, adapter.family)
+    holder = DuCaHolder(config, adapter.family)
+    holder.listeners.extend(listeners)
+    options[HOLDER_KEY] = holder
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
     existing = options.get("patches_replace", {}).get("dit", {})

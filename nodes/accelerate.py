@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..cache_core.config import CACHE_DEVICES, PRESETS
 from ..cache_core.tokens import SELECTORS
 from ..glue.patch import apply_duca
+from ..glue.ui import node_reporter
 
 CATEGORY = "DuCa Accelerate"
 CUSTOM = "custom"
@@ -53,9 +54,11 @@ class AccelerateDuCa:
         }
 
     def apply(self, model, preset="balanced", interval=None, refresh_ratio=None, token_selector=None,
-              first_full_steps=None, start_percent=0.0, end_percent=1.0, cache_device="compute", **_unknown):
-        return (apply_duca(model, build_config(preset, interval, refresh_ratio, token_selector,
-                                               first_full_steps, start_percent, end_percent, cache_device)),)
+              first_full_steps=None, start_percent=0.0, end_percent=1.0, cache_device="compute", unique_id=None,
+              **_unknown):
+        config = build_config(preset, interval, refresh_ratio, token_selector, first_full_steps,
+                              start_percent, end_percent, cache_device)
+        return (apply_duca(model, config, listeners=[node_reporter(unique_id)]),)
 
 
 def build_config(preset, interval, refresh_ratio, token_selector, first_full_steps, start, end, cache_device):

@@ -1,0 +1,21 @@
+"""Send each run's statistics to the browser, where web/js draws them on the node."""
+from __future__ import annotations
+
+import logging
+
+EVENT = "duca.stats"
+LOG = logging.getLogger("comfyui-duca")
+
+
+def node_reporter(node_id):
+    """A stats listener for one node of the graph; a no-op without a running server."""
+    def report(stats):
+        try:
+            from server import PromptServer
+        except ImportError:
+            return
+        instance = getattr(PromptServer, "instance", None)
+        if instance is None or node_id is None:
+            return
+        instance.send_sync(EVENT, {"node": str(node_id), "stats": stats.to_dict()})
+    return report
