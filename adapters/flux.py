@@ -31,9 +31,9 @@ def apply_mod(tensor, mult, add=None):
     return tensor * mult if add is None else torch.addcmul(add, tensor, mult)
 
 
-DOUBLE_PARTS = ("img_mod", "img_norm1", "img_attn", "img_norm2", "img_mlp",
+DOUBLE_PARTS = ("modulation", "img_norm1", "img_attn", "img_norm2", "img_mlp",
                 "txt_attn", "txt_norm2", "txt_mlp")
-SINGLE_PARTS = ("linear1", "linear2", "pre_norm", "mlp_act", "hidden_size")
+SINGLE_PARTS = ("modulation", "linear1", "linear2", "pre_norm", "mlp_act", "hidden_size")
 
 
 @contextlib.contextmanager

@@ -108,3 +108,25 @@ def sample(model, positive, negative=None, *, steps=8, cfg=1.0, sampler="euler",
         negative = positive
     return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
                                denoise=denoise, seed=seed, disable_pbar=True, callback=callback)
+
+
+def chroma(seed: int = 0, **size):
+    """A small Chroma (Flux blocks without per-block modulation, an approximator instead)."""
+    import comfy.supported_models
+    cfg = dict(FLUX_SMALL)
+    cfg.update(size)
+    cfg.pop("vec_in_dim", None)
+    unet_config = {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "patch_size": 2,
+                   "mlp_ratio": 4.0, "theta": 10000, "qkv_bias": True, "in_dim": 64,
+                   "out_dim": cfg["hidden_size"], "hidden_dim": 128, "n_layers": 2, **cfg}
+    model_config = comfy.supported_models.Chroma(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_weights(model.diffusion_model, seed)
+    return patcher(model)
+
+
+def chroma_conditioning(batch: int = 1, tokens: int = 8, seed: int = 1, model=None):
+    dm = model.model.diffusion_model
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, tokens, dm.params.context_in_dim, generator=gen), {"guidance": 0.0, "pooled_output": None}]]

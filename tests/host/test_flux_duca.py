@@ -20,6 +20,7 @@ def test_all_full_plan_is_bit_identical(flux, flux_conds, duca, cfg, batch):
     patch, core = duca
     reference = sample(flux, flux_conds, cfg=cfg, batch=batch)
     patched = patch.apply_duca(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    assert patched is not flux   # recognised, not passed through
     out = sample(patched, flux_conds, cfg=cfg, batch=batch)
     assert torch.equal(out, reference)
     assert patch.last_stats(patched).timeline == "F" * STEPS
