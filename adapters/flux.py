@@ -102,6 +102,11 @@ class FluxAdapter:
         """(position in the stack, stack depth) for per-layer refresh ratios."""
         return self.keys.index((kind, index)), len(self.keys)
 
+    @staticmethod
+    def stream_factor(kind: str, config) -> float:
+        """ToCa's Flux setting: single blocks refresh more tokens than double blocks."""
+        return config.double_stream_factor if kind == "double_block" else config.single_stream_factor
+
     def grid(self, x: torch.Tensor) -> tuple:
         h, w = x.shape[-2:]
         return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))

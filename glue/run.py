@@ -144,8 +144,7 @@ class RunState:
 
     def _pick_tokens(self, kind, index, cache, streams, base_ratio) -> dict:
         position, depth = self.adapter.layer_position(kind, index)
-        factor = (self.config.double_stream_factor if kind == "double_block"
-                  else self.config.single_stream_factor)
+        factor = self.adapter.stream_factor(kind, self.config)
         ratio = layer_refresh_ratio(base_ratio, position, depth, factor, self.config.layer_weight)
         picks = {}
         for stream, layout in streams.items():

@@ -78,6 +78,9 @@ def build_host(root: Path) -> None:
         if root.exists():
             shutil.rmtree(root)
         staging.rename(root)
+        for old in root.parent.iterdir():  # hosts of earlier requirements are not used again
+            if old != root and (old / "READY").exists():
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -130,3 +130,62 @@ def chroma_conditioning(batch: int = 1, tokens: int = 8, seed: int = 1, model=No
     dm = model.model.diffusion_model
     gen = torch.Generator().manual_seed(seed)
     return [[torch.randn(batch, tokens, dm.params.context_in_dim, generator=gen), {"guidance": 0.0, "pooled_output": None}]]
+
+
+# --- small trained models (weights in testbed/weights, made by training/train_small_models.py) ---
+WEIGHTS = __import__("pathlib").Path(__file__).resolve().parent / "weights"
+CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
+FLUX_TRAINED = dict(hidden_size=128, num_heads=4, depth=3, depth_single_blocks=3, axes_dim=[8, 12, 12],
+                    context_in_dim=64, vec_in_dim=32, guidance_embed=False)
+SD_TRAINED = dict(model_channels=64, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
+                  transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, num_head_channels=32,
+                  context_dim=64)
+FLUX_TRAINED_PIXELS = 64   # picture side: 64x64 RGB -> 32x32x16 latent -> 256 tokens
+SD_TRAINED_PIXELS = 32     # picture side: 32x32 grey -> 16x16x4 latent
+CONTEXT_TOKENS = 8
+
+
+def class_conditioning(model, label: int, batch: int = 1):
+    """Fixed context (and pooled) tensors per class; label -1 is the empty prompt (for cfg)."""
+    dm = model.model.diffusion_model
+    context_dim = dm.params.context_in_dim if hasattr(dm, "params") else SD_TRAINED["context_dim"]
+    gen = torch.Generator().manual_seed(1000 + label)
+    context = torch.randn(1, CONTEXT_TOKENS, context_dim, generator=gen)
+    extra = {}
+    if hasattr(dm, "params") and dm.params.vec_in_dim:
+        extra["pooled_output"] = torch.randn(1, dm.params.vec_in_dim, generator=gen).repeat(batch, 1)
+    if label < 0:
+        context = torch.zeros_like(context)
+        extra = {k: torch.zeros_like(v) for k, v in extra.items()}
+    return [[context.repeat(batch, 1, 1), extra]]
+
+
+def sd_unet_small(seed: int = 0, **size):
+    """An in-process SD1.5-class U-Net of any size (the loader forces 320 channels; this does not)."""
+    import comfy.supported_models
+    unet_config = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+                   "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None,
+                   "use_linear_in_transformer": False, "num_heads": -1, **SD_TRAINED, **size}
+    model_config = comfy.supported_models.SD15(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_weights(model.diffusion_model, seed)
+    return patcher(model)
+
+
+def _load_trained(model, name: str):
+    import comfy.utils
+    path = WEIGHTS / f"{name}.safetensors"
+    state = comfy.utils.load_torch_file(str(path), safe_load=True)
+    model.model.diffusion_model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model
+
+
+def flux_trained():
+    """The small Flux trained on photographs (see training/); 64x64 pictures, 256 tokens."""
+    return _load_trained(flux(**FLUX_TRAINED), "flux_small")
+
+
+def sd_unet_trained():
+    """The small SD U-Net trained on photographs (see training/); 32x32 pictures."""
+    return _load_trained(sd_unet_small(), "sd_unet_small")

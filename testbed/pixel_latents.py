@@ -1,0 +1,40 @@
+"""An exact, invertible stand-in for a VAE: pictures folded into latent channels.
+
+No VAE can be downloaded here, so the small trained models work on pictures
+folded into the latent layout their ComfyUI class expects: Flux's 16 channels
+hold a 2x2 space-to-depth of RGB (12 channels) plus 4 zero channels; the SD
+U-Net's 4 channels hold a 2x2 space-to-depth of the luminance (grey pictures,
+a quarter of the positions: a U-Net's cost grows with them). Values are in model space (what
+`latent_format.process_in` returns), RGB in [-1, 1].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FLUX_CHANNELS = 16
+SD_CHANNELS = 4
+
+
+def encode(rgb: torch.Tensor, channels: int) -> torch.Tensor:
+    """[batch, 3, H, W] in [-1, 1] -> model-space latent."""
+    if channels == FLUX_CHANNELS:
+        folded = F.pixel_unshuffle(rgb, 2)
+        return torch.cat((folded, torch.zeros_like(folded[:, :4])), dim=1)
+    if channels == SD_CHANNELS:
+        return F.pixel_unshuffle(rgb.mean(dim=1, keepdim=True), 2)
+    raise ValueError(f"no pixel latent layout for {channels} channels")
+
+
+def decode(latent: torch.Tensor) -> torch.Tensor:
+    """Model-space latent -> [batch, 3, H, W] in [-1, 1]."""
+    if latent.shape[1] == FLUX_CHANNELS:
+        return F.pixel_shuffle(latent[:, :12], 2).clamp(-1, 1)
+    if latent.shape[1] == SD_CHANNELS:
+        return F.pixel_shuffle(latent, 2).expand(-1, 3, -1, -1).clamp(-1, 1)
+    raise ValueError(f"no pixel latent layout for {latent.shape[1]} channels")
+
+
+def to_uint8(rgb: torch.Tensor):
+    """[3, H, W] in [-1, 1] -> H x W x 3 uint8 array."""
+    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
