@@ -85,6 +85,17 @@ def build_methods(base, steps, balanced_fraction):
     return methods
 
 
+def machine_speed(seconds=0.3):
+    """GFLOP/s of a fixed matmul, taken before each timed run: shared CPUs can
+    drift by 2x or more over minutes, and this shows when a time was taken slow."""
+    a, b = torch.ones(1024, 512), torch.ones(512, 2048)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return count * 2 * 1024 * 512 * 2048 / (time.perf_counter() - start) / 1e9
+
+
 def compare(latent, reference):
     """Relative L2 and PSNR on latents; PSNR's range is max - min of the reference.
     PSNR is None for an identical latent (infinite; JSON has no infinity)."""
@@ -133,6 +144,7 @@ def main(argv=None):
     methods = build_methods(base, args.steps, last_stats(balanced).compute_fraction)
 
     times = {name: [] for name in methods}
+    speeds = {name: [] for name in methods}
     results = {}
     names = list(methods)
     for repeat in range(args.repeats):
@@ -140,22 +152,27 @@ def main(argv=None):
         order = names[repeat % len(names):] + names[:repeat % len(names)]
         for name in order:
             model, kind = methods[name]
+            speeds[name].append(machine_speed())
             seconds, latent, calls = sample(model)
             times[name].append(seconds)
-            print(f"  repeat {repeat + 1}/{args.repeats} {name:20s} {seconds:7.2f}s", flush=True)
+            print(f"  repeat {repeat + 1}/{args.repeats} {name:20s} {seconds:7.2f}s "
+                  f"(machine {speeds[name][-1]:.0f} GFLOP/s)", flush=True)
             stats = last_stats(model) if kind == "duca" else None
             results[name] = {"latent": latent, "calls": calls, "stats": stats}
 
     reference = results["no cache"]["latent"]
     total_calls = results["no cache"]["calls"]
     base_time = statistics.median(times["no cache"])
+    base_best = min(times["no cache"])
     rows = []
     for name in names:
         res, median = results[name], statistics.median(times[name])
         stats = res["stats"]
         fraction = stats.compute_fraction if stats is not None else res["calls"] / total_calls
         rel_l2, psnr = compare(res["latent"], reference)
+        best = min(times[name])
         rows.append({"method": name, "median_s": median, "times_s": times[name], "speedup": base_time / median,
+                     "best_s": best, "speedup_best": base_best / best, "machine_gflops": speeds[name],
                      "compute_fraction": fraction,
                      "compute_source": "block FLOPs (RunStats)" if stats is not None else "model calls computed",
                      "model_calls": res["calls"], "rel_l2": rel_l2, "psnr_db": psnr,
@@ -168,7 +185,8 @@ def main(argv=None):
              "image_tokens": (pixels // 16) ** 2, "text_tokens": TEXT_TOKENS, "steps": args.steps,
              "sampler": "euler", "scheduler": "simple", "cfg": 1.0, "seed": SEED, "repeats": args.repeats,
              "psnr_range": "max - min of the uncached final latent",
-             "psnr_range_value": (reference.max() - reference.min()).item()}
+             "psnr_range_value": (reference.max() - reference.min()).item(),
+             "machine_gflops_range": [min(min(v) for v in speeds.values()), max(max(v) for v in speeds.values())]}
     table = markdown(setup, rows)
     print()
     print(table)
@@ -183,6 +201,7 @@ def main(argv=None):
 
 def markdown(setup, rows):
     size = setup["size"]
+    low, high = setup["machine_gflops_range"]
     lines = [
         f"# DuCa benchmark ({setup['date']})",
         "",
@@ -196,13 +215,16 @@ def markdown(setup, rows):
         "for no cache, EasyCache, LazyCache",
         f"- PSNR on the final latent, range = max - min of the uncached latent "
         f"({setup['psnr_range_value']:.3f})",
+        f"- machine speed before each run (fixed matmul): {low:.0f} to {high:.0f} GFLOP/s; "
+        "best = fastest run, for when the machine drifted during the median's runs",
         "",
-        "| method | median s | speedup | compute | rel. L2 | PSNR dB | timeline |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| method | median s | speedup | best s | speedup (best) | compute | rel. L2 | PSNR dB | timeline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         psnr = "inf" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
-        lines.append(f"| {r['method']} | {r['median_s']:.2f} | {r['speedup']:.2f}x | {r['compute_fraction']:.1%} "
+        lines.append(f"| {r['method']} | {r['median_s']:.2f} | {r['speedup']:.2f}x | {r['best_s']:.2f} "
+                     f"| {r['speedup_best']:.2f}x | {r['compute_fraction']:.1%} "
                      f"| {r['rel_l2']:.4f} | {psnr} | {r['timeline'] or ''} |")
     return "\n".join(lines)
 
