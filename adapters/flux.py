@@ -36,20 +36,26 @@ DOUBLE_PARTS = ("modulation", "img_norm1", "img_attn", "img_norm2", "img_mlp",
 SINGLE_PARTS = ("modulation", "linear1", "linear2", "pre_norm", "mlp_act", "hidden_size")
 
 
+def _copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().clone()
+
+
 @contextlib.contextmanager
 def capture(outputs: dict, inputs: dict = None):
-    """Collect copies of modules' outputs (and first inputs) while a block runs.
+    """Record what modules return (or receive) while a block runs.
 
-    Copies, not references: a host block may modulate a tensor in place.
+    `outputs` / `inputs` map a name to `(module, keep)`; `keep` turns the tensor
+    into what is stored, at once (a copy: a host block may modulate a tensor
+    in place later; or a small score instead of a large tensor).
     """
     seen, handles = {}, []
     try:
-        for name, module in outputs.items():
+        for name, (module, keep) in outputs.items():
             handles.append(module.register_forward_hook(
-                lambda _m, _args, out, name=name: seen.__setitem__(name, out.detach().clone())))
-        for name, module in (inputs or {}).items():
+                lambda _m, _args, out, name=name, keep=keep: seen.__setitem__(name, keep(out))))
+        for name, (module, keep) in (inputs or {}).items():
             handles.append(module.register_forward_pre_hook(
-                lambda _m, args, name=name: seen.__setitem__(name, args[0].detach().clone())))
+                lambda _m, args, name=name, keep=keep: seen.__setitem__(name, keep(args[0]))))
         yield seen
     finally:
         for h in handles:
@@ -141,21 +147,20 @@ class FluxAdapter:
         """Run the host's block; with `record`, also return what conservative steps reuse."""
         if not record:
             return original(args), None
-        dim = block.hidden_size
+        dim, heads = block.hidden_size, block.num_heads
+        score = lambda qkv: qkv_value_score(qkv, heads, dim)  # noqa: E731
         if kind == "double_block":
-            outputs = {"img_qkv": block.img_attn.qkv, "txt_qkv": block.txt_attn.qkv,
-                       "img_attn": block.img_attn.proj, "txt_attn": block.txt_attn.proj,
-                       "img_mlp": block.img_mlp, "txt_mlp": block.txt_mlp}
+            outputs = {"img_score": (block.img_attn.qkv, score), "txt_score": (block.txt_attn.qkv, score),
+                       "img_attn": (block.img_attn.proj, _copy), "txt_attn": (block.txt_attn.proj, _copy),
+                       "img_mlp": (block.img_mlp, _copy), "txt_mlp": (block.txt_mlp, _copy)}
             with capture(outputs) as seen:
                 out = original(args)
-            for stream in ("img", "txt"):
-                seen[f"{stream}_score"] = qkv_value_score(seen.pop(f"{stream}_qkv"), block.num_heads, dim)
             return out, seen
-        with capture({"qkv": block.linear1, "seq_out": block.linear2}, {"seq_in": block.linear2}) as seen:
+        attention_rows = lambda x: x[..., :dim].clone()  # noqa: E731  the attention part of linear2's input
+        with capture({"seq_score": (block.linear1, score), "seq_out": (block.linear2, _copy)},
+                     {"seq_attn": (block.linear2, attention_rows)}) as seen:
             out = original(args)
-        cache = {"seq_attn": seen["seq_in"][..., :dim].clone(), "seq_out": seen["seq_out"],
-                 "seq_score": qkv_value_score(seen["qkv"], block.num_heads, dim)}
-        return out, cache
+        return out, seen
 
     def conservative(self, kind: str, block, args: dict, cache: dict, picks: dict) -> dict:
         """Reuse attention under fresh gates; recompute the MLP of picked tokens only.

@@ -6,6 +6,7 @@ an interrupted run leaves nothing behind).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from ..cache_core import Action, CacheStore, DuCaConfig, RunStats, TokenSelector
 
 COMPLETE = "complete"   # store name: a full step of this call key has finished
 RESIDUAL = "residual"   # store name: stack output minus stack input at the last computed step
+LOG = logging.getLogger("comfyui-duca")
 
 
 def call_key(x: torch.Tensor, transformer_options: dict) -> tuple:
@@ -61,6 +63,7 @@ class RunState:
         self.record_modules = self.plan.needs_module_cache()
         self.record_residual = self.plan.needs_stack_residual()
         self.call: Optional[Call] = None
+        self.disabled = False  # set if reusing ever fails: the rest of the run computes everything
 
     # --- model calls -------------------------------------------------------
     def begin_call(self, x: torch.Tensor, transformer_options: dict) -> Call:
@@ -112,35 +115,56 @@ class RunState:
         full_flops = adapter.flops_full(kind, block, streams)
         record.block_flops_full += full_flops
         record.tokens_total += sum(s.total for s in streams.values())
+        reusable = not self.disabled and (
+            call.action is Action.AGGRESSIVE
+            or (call.action is Action.CONSERVATIVE and self.store.has(call.key, name)))
+        if reusable:
+            try:
+                return self._reuse(call, name, block, args, streams, record)
+            except Exception as error:  # never fail a user's run over a cache problem
+                if type(error).__name__ == "InterruptProcessingException":
+                    raise
+                LOG.exception("DuCa: reusing features failed at step %d, block %s; computing the rest "
+                              "of this run without caching", call.step, name)
+                self.stats.notes.append(f"caching switched off at step {call.step}: {error!r}")
+                self.disabled = True
+        record.block_flops_done += full_flops
+        return self._compute(call, name, block, args, streams, record, original)
 
+    def _compute(self, call, name, block, args, streams, record, original) -> dict:
+        kind = name[0]
+        out, cache = self.adapter.full(kind, block, args, original, record=self.record_modules)
+        if cache is not None:
+            batch, device = args["img"].shape[0], args["img"].device
+            for stream, layout in streams.items():
+                cache[f"{stream}_age"] = torch.zeros(batch, layout.total, dtype=torch.int32, device=device)
+            self.store.put(call.key, name, cache)
+        record.tokens_recomputed += sum(s.total for s in streams.values())
+        self._keep_residual(call, name, out)
+        return out
+
+    def _reuse(self, call, name, block, args, streams, record) -> dict:
+        adapter, kind = self.adapter, name[0]
         if call.action is Action.AGGRESSIVE:
             out = adapter.passthrough(kind, args)
             if name == adapter.last_key:
                 residual = self.store.get(call.key, RESIDUAL, device=call.stack_in.device)
                 out = adapter.from_stack_state(kind, call.stack_in + residual, like=out)
             return out
-
         cache = self.store.get(call.key, name, device=args["img"].device)
-        if call.action is Action.CONSERVATIVE and cache is not None:
-            picks = self._pick_tokens(kind, index, cache, streams, call.refresh_ratio)
-            out = adapter.conservative(kind, block, args, cache, picks)
-            picked = {s: idx.shape[1] for s, idx in picks.items()}
-            record.block_flops_done += adapter.flops_conservative(kind, block, picked)
-            record.tokens_recomputed += sum(picked.values())
-            self.store.put(call.key, name, cache)
-        else:
-            out, cache = adapter.full(kind, block, args, original, record=self.record_modules)
-            if cache is not None:
-                for stream, layout in streams.items():
-                    cache[f"{stream}_age"] = torch.zeros(args["img"].shape[0], layout.total,
-                                                         dtype=torch.int32, device=args["img"].device)
-                self.store.put(call.key, name, cache)
-            record.block_flops_done += full_flops
-            record.tokens_recomputed += sum(s.total for s in streams.values())
-
-        if name == adapter.last_key and self.record_residual and call.stack_in is not None:
-            self.store.put(call.key, RESIDUAL, adapter.stack_state(kind, out) - call.stack_in)
+        picks = self._pick_tokens(kind, name[1], cache, streams, call.refresh_ratio)
+        out = adapter.conservative(kind, block, args, cache, picks)
+        picked = {s: idx.shape[1] for s, idx in picks.items()}
+        record.block_flops_done += adapter.flops_conservative(kind, block, picked)
+        record.tokens_recomputed += sum(picked.values())
+        self.store.put(call.key, name, cache)
+        self._keep_residual(call, name, out)
         return out
+
+    def _keep_residual(self, call, name, out) -> None:
+        """After the last block of a computed step: what the whole stack added."""
+        if name == self.adapter.last_key and self.record_residual and call.stack_in is not None:
+            self.store.put(call.key, RESIDUAL, self.adapter.stack_state(name[0], out) - call.stack_in)
 
     def _pick_tokens(self, kind, index, cache, streams, base_ratio) -> dict:
         position, depth = self.adapter.layer_position(kind, index)

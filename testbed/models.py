@@ -137,8 +137,8 @@ WEIGHTS = __import__("pathlib").Path(__file__).resolve().parent / "weights"
 CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
 FLUX_TRAINED = dict(hidden_size=128, num_heads=4, depth=3, depth_single_blocks=3, axes_dim=[8, 12, 12],
                     context_in_dim=64, vec_in_dim=32, guidance_embed=False)
-SD_TRAINED = dict(model_channels=64, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
-                  transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, num_head_channels=32,
+SD_TRAINED = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
+                  transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, num_head_channels=16,
                   context_dim=64)
 FLUX_TRAINED_PIXELS = 64   # picture side: 64x64 RGB -> 32x32x16 latent -> 256 tokens
 SD_TRAINED_PIXELS = 32     # picture side: 32x32 grey -> 16x16x4 latent

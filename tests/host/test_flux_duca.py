@@ -183,3 +183,22 @@ def test_balanced_stays_close_at_a_realistic_token_count(flux, flux_conds, duca)
     assert patch.last_stats(every_4th).compute_fraction > balanced_fraction
     assert distance(out) < distance(baseline)
     assert balanced_fraction <= 0.40
+
+
+def test_a_failure_while_reusing_falls_back_to_computing(flux, flux_conds, duca, monkeypatch, caplog):
+    patch, core = duca
+    from comfyui_duca.adapters.flux import FluxAdapter
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("unexpected block layout")
+    monkeypatch.setattr(FluxAdapter, "conservative", broken)
+    patched = patch.apply_duca(flux, core.PRESETS["balanced"])
+    with caplog.at_level(logging.ERROR, logger="comfyui-duca"):
+        out = sample(patched, flux_conds, cfg=1.0)
+    assert torch.isfinite(out).all()
+    stats = patch.last_stats(patched)
+    assert any("switched off" in note for note in stats.notes)
+    assert sum("reusing features failed" in r.getMessage() for r in caplog.records) == 1
+    # the first conservative step fell back, every later step computed fully
+    first = stats.timeline.index("C")
+    assert all(stats.steps[i].compute_fraction == 1.0 for i in range(first + 1, STEPS))
