@@ -1,20 +1,18 @@
-"""Side-by-side benchmark: DuCa presets against no cache, ComfyUI's EasyCache and
-LazyCache, and the every-k-th-step baseline, on a CPU-sized Flux of ComfyUI's
-real class with random weights.
+"""Evaluation harness: DuCa presets against no cache, uniform whole-step reuse and
+ComfyUI's EasyCache / LazyCache, on the same seeds and conditionings.
 
-    python3 scripts/host.py bench            # full size: hidden 512, 1024 tokens, 28 steps
-    python3 scripts/host.py bench --quick    # seconds: hidden 64, 256 tokens, 8 steps
+    python3 scripts/host.py bench                         # trained small Flux, 28 steps
+    python3 scripts/host.py bench --model sd_trained      # trained SD1.5-class U-Net
+    python3 scripts/host.py bench --model flux_bench      # random-weight Flux, 1024 tokens
+    python3 scripts/host.py bench --quick                 # seconds: tiny Flux, 8 steps
+    python bench/run.py --comfyui ~/ComfyUI --checkpoint flux1-dev-fp8.safetensors --prompt "..."
 
-Every method samples the same noise and conditioning; its final latent is
-compared with the uncached one. Times are medians over repeats, with methods
-interleaved inside each repeat so machine drift hits all of them alike.
+Writes results.md, results.json, speed_vs_fidelity.png and grid.png to --out
+(default bench/out/<model>/). See bench/README.md.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import statistics
 import sys
 import time
@@ -22,211 +20,227 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+BENCH = Path(__file__).resolve().parent
+if str(BENCH.parent) not in sys.path:
+    sys.path.insert(0, str(BENCH.parent))
 
-from testbed import host, models  # noqa: E402
+from bench import methods as M  # noqa: E402
+from bench import metrics, report, workloads  # noqa: E402
 
-SEED = 0
-TEXT_TOKENS = 8
-# ComfyUI's EasyCache / LazyCache node defaults.
-EASYCACHE_DEFAULTS = dict(reuse_threshold=0.2, start_percent=0.15, end_percent=0.95, verbose=False)
+# per model: steps, classes, seeds, repeats
+DEFAULTS = {"flux_trained": (28, 3, 2, 3), "sd_trained": (28, 3, 2, 3), "flux_bench": (28, 1, 1, 3),
+            "tiny": (28, 2, 1, 3), "user": (28, 1, 2, 2)}
+QUICK = (8, 2, 1, 1)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, 256 tokens, 8 steps, 1 repeat")
-    parser.add_argument("--steps", type=int, help="sampling steps (default 28, quick 8)")
-    parser.add_argument("--repeats", type=int, help="timed runs per method (default 3, quick 1)")
-    parser.add_argument("--out", default=str(REPO / "bench" / "out"), help="folder for results.md / results.json")
-    args = parser.parse_args(argv)
-    if args.steps is None:
-        args.steps = 8 if args.quick else 28
-    if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
-    if args.steps < 1 or args.repeats < 1:
-        parser.error("--steps and --repeats must be at least 1")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=workloads.MODELS, help="built-in model (default flux_trained; quick: tiny)")
+    p.add_argument("--quick", action="store_true", help="smallest setting: 8 steps, 2 cases, 1 repeat")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--classes", type=int, help="conditionings (classes / prompts) for built-in models")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds, e.g. --seeds 0 1")
+    p.add_argument("--repeats", type=int, help="timed repeats (median taken)")
+    p.add_argument("--search-iterations", type=int, help="bisection steps for matched thresholds")
+    p.add_argument("--out", help="output folder (default bench/out/<model>)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; quick: 1, tiny ops gain nothing from more)")
+    p.add_argument("--no-progress", action="store_true")
+    user = p.add_argument_group("your own ComfyUI and checkpoint")
+    user.add_argument("--comfyui", help="a ComfyUI folder to import instead of the embedded one")
+    user.add_argument("--cpu", action="store_true", help="with --comfyui: run on the CPU anyway")
+    user.add_argument("--checkpoint", help="a full checkpoint (model, text encoder, VAE)")
+    user.add_argument("--unet", help="a diffusion model file (with --clip)")
+    user.add_argument("--clip", help="text encoder file")
+    user.add_argument("--clip2", help="second text encoder file (Flux: clip_l + t5)")
+    user.add_argument("--clip-type", default="flux", help="comfy.sd.CLIPType name (flux, stable_diffusion, ...)")
+    user.add_argument("--vae", help="VAE file (otherwise the checkpoint's, if any)")
+    user.add_argument("--prompt", action="append", help="prompt (repeat for several)")
+    user.add_argument("--negative", default="", help="negative prompt")
+    user.add_argument("--width", type=int, default=1024)
+    user.add_argument("--height", type=int, default=1024)
+    user.add_argument("--cfg", type=float, help="default 3.0 trained, 1.0 random or guidance-distilled, else 5.0")
+    user.add_argument("--sampler", default="euler")
+    user.add_argument("--scheduler", default="simple")
+    args = p.parse_args(argv)
+    args.user = bool(args.checkpoint or args.unet)
+    if args.user and args.model:
+        p.error("--model is for built-in models; leave it out with --checkpoint / --unet")
+    args.model = "user" if args.user else (args.model or ("tiny" if args.quick else "flux_trained"))
+    steps, classes, seeds, repeats = QUICK if args.quick else DEFAULTS[args.model]
+    args.steps = args.steps or steps
+    args.classes = args.classes or classes
+    args.seeds = args.seeds if args.seeds is not None else list(range(seeds))
+    args.repeats = args.repeats or repeats
+    args.search_iterations = args.search_iterations if args.search_iterations is not None else (3 if args.quick else 7)
+    args.out = Path(args.out or BENCH / "out" / args.model)
+    if args.threads is None and args.quick:
+        args.threads = 1
+    if min(args.steps, args.classes, args.repeats, len(args.seeds)) < 1:
+        p.error("--steps, --classes, --repeats and --seeds must be at least 1")
     return args
 
 
-class CallCounter:
-    """Counts model evaluations that really ran: `img_in` runs once per computed call,
-    and a cache that skips a call returns before reaching it."""
-
-    def __init__(self, diffusion_model):
-        self.count = 0
-        self.handle = diffusion_model.img_in.register_forward_hook(self._hook)
-
-    def _hook(self, *_):
-        self.count += 1
-
-
-def build_methods(base, steps, balanced_fraction):
-    """name -> (patched model, kind). kind says where the compute fraction comes from."""
-    from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
-    from comfyui_duca.cache_core import PRESETS, DuCaConfig, all_full_plan, every_kth_step_plan
-    from comfyui_duca.glue.patch import apply_duca
-
-    methods = {"no cache": (base, "calls"),
-               "all-full plan": (apply_duca(base, DuCaConfig(plan=all_full_plan(steps))), "duca")}
-    for name in ("quality", "balanced", "fast"):
-        methods[f"DuCa {name}"] = (apply_duca(base, PRESETS[name]), "duca")
-    methods["EasyCache"] = (EasyCacheNode.execute(base, **EASYCACHE_DEFAULTS).result[0], "calls")
-    methods["LazyCache"] = (LazyCacheNode.execute(base, **EASYCACHE_DEFAULTS).result[0], "calls")
-
-    # every-k at the k whose computed-step share is closest to balanced's block compute
-    def full_share(k):
-        return every_kth_step_plan(steps, k).timeline.count("F") / steps
-    matched = min(range(1, steps + 1), key=lambda k: (abs(full_share(k) - balanced_fraction), k))
-    for k in sorted({2, 3, 4, matched}):
-        label = f"every-{k}" + (" (matched)" if k == matched else "")
-        methods[label] = (apply_duca(base, DuCaConfig(plan=every_kth_step_plan(steps, k))), "duca")
-    return methods
-
-
-def machine_speed(seconds=0.3):
-    """GFLOP/s of a fixed matmul, taken before each timed run: shared CPUs can
-    drift by 2x or more over minutes, and this shows when a time was taken slow."""
-    a, b = torch.ones(1024, 512), torch.ones(512, 2048)
+def machine_speed(device, seconds=0.1):
+    """GFLOP/s of a fixed matmul right before a timed run: shows when the machine was slow."""
+    a, b = torch.ones(1024, 512, device=device), torch.ones(512, 2048, device=device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return count * 2 * 1024 * 512 * 2048 / (time.perf_counter() - start) / 1e9
 
 
-def compare(latent, reference):
-    """Relative L2 and PSNR on latents; PSNR's range is max - min of the reference.
-    PSNR is None for an identical latent (infinite; JSON has no infinity)."""
-    err = (latent - reference).double()
-    ref = reference.double()
-    rel_l2 = (err.norm() / ref.norm()).item()
-    mse = err.pow(2).mean().item()
-    data_range = (ref.max() - ref.min()).item()
-    psnr = None if mse == 0 else 10 * torch.log10(torch.tensor(data_range ** 2 / mse)).item()
-    return rel_l2, psnr
+class Runner:
+    """Runs one method on one case and records what it computed."""
 
+    def __init__(self, workload):
+        self.workload = workload
+        self.counter = M.CallCounter(workload.model.model.diffusion_model)
 
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    def run(self, method, case):
+        from comfyui_duca.glue.patch import last_stats
+        per_step = []
+        self.counter.count = 0
+        start = time.perf_counter()
+        latent = self.workload.sample(method.model, case, lambda *_: per_step.append(self.counter.count))
+        seconds = time.perf_counter() - start
+        stats = last_stats(method.model) if method.counted_by == "stats" else None
+        steps_computed = [b > a for a, b in zip([0] + per_step, per_step)]
+        return {"seconds": seconds, "latent": latent, "calls": self.counter.count, "stats": stats,
+                "timeline": stats.timeline if stats else "".join("F" if c else "s" for c in steps_computed)}
+
+    def fraction(self, model, case, reference_calls):
+        """Fraction of model calls computed (EasyCache / LazyCache) on one case."""
+        return self.run(M.Method("probe", "probe", model), case)["calls"] / reference_calls
 
 
 def main(argv=None):
     args = parse_args(argv)
-    host.load_pack()  # importable as comfyui_duca from here on
-    from comfyui_duca.cache_core import PRESETS
-    from comfyui_duca.glue.patch import apply_duca, last_stats
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return evaluate(args)
+    finally:
+        torch.set_num_threads(threads)
 
-    size = models.FLUX_SMALL if args.quick else models.FLUX_BENCH
-    pixels = 256 if args.quick else 512  # latent pixels/8, patch 2: 256 or 1024 image tokens
-    base = models.flux(seed=SEED, **size)
-    positive = models.flux_conditioning(tokens=TEXT_TOKENS, model=base)
-    counter = CallCounter(base.model.diffusion_model)
 
-    def sample(model):
-        counter.count = 0
-        start = time.perf_counter()
-        latent = models.sample(model, positive, steps=args.steps, cfg=1.0, sampler="euler",
-                               scheduler="simple", seed=SEED, height=pixels, width=pixels)
-        return time.perf_counter() - start, latent, counter.count
+def evaluate(args):
+    workloads.boot(args.comfyui, cpu=args.cpu or not args.comfyui)
+    from tqdm import tqdm
+    if args.user:
+        work = workloads.user_workload(args)
+    else:
+        work = workloads.testbed_workload(args.model, args.steps, args.classes, args.seeds)
+    runner, case0 = Runner(work), work.cases[0]
+    base = work.model
 
-    # Warm-up (untimed): first-run allocations, and balanced's block compute to match every-k to.
-    sample(base)
-    balanced = apply_duca(base, PRESETS["balanced"])
-    sample(balanced)
-    methods = build_methods(base, args.steps, last_stats(balanced).compute_fraction)
+    # untimed warm-up; balanced's block compute on case 0 is the matching target
+    reference_calls = runner.run(M.Method("no cache", "reference", base), case0)["calls"]
+    ours = M.presets(base)
+    balanced = next(m for m in ours if m.name == "DuCa balanced")
+    target = None
+    if balanced.supported:
+        runner.run(balanced, case0)
+        from comfyui_duca.glue.patch import last_stats
+        target = last_stats(balanced.model).compute_fraction
+    groups = ("EasyCache", "LazyCache")
+    search_runs = 2 * (args.search_iterations + 1) if target is not None else 0
+    cases = work.cases
+    bar = tqdm(total=search_runs or None, desc=work.name, unit="run", disable=args.no_progress, dynamic_ncols=True)
 
-    times = {name: [] for name in methods}
-    speeds = {name: [] for name in methods}
-    results = {}
-    names = list(methods)
+    matched, searches = {}, {}
+    if target is not None:
+        for group in groups:
+            bar.set_postfix_str(f"matching {group} to {target:.1%}")
+
+            def fraction_of(model):
+                bar.update()
+                return runner.fraction(model, case0, reference_calls)
+            t, fraction, tried = M.match_threshold(base, group, target, fraction_of, args.search_iterations)
+            matched[group] = t
+            searches[group] = {"threshold": t, "fraction_case0": fraction, "tried": tried}
+    methods = M.build(base, work.steps, matched, ours)
+    supported = [m for m in methods if m.supported]
+    bar.total = search_runs + (args.repeats * len(cases) + 1) * len(supported)  # + 1: the memory run
+    bar.refresh()
+
+    device = work.device
+    times = {m.name: [] for m in supported}
+    speeds = {m.name: [] for m in supported}
+    outputs = {m.name: [None] * len(cases) for m in supported}
     for repeat in range(args.repeats):
-        # rotate the order each repeat so no method always runs first or last
-        order = names[repeat % len(names):] + names[:repeat % len(names)]
-        for name in order:
-            model, kind = methods[name]
-            speeds[name].append(machine_speed())
-            seconds, latent, calls = sample(model)
-            times[name].append(seconds)
-            print(f"  repeat {repeat + 1}/{args.repeats} {name:20s} {seconds:7.2f}s "
-                  f"(machine {speeds[name][-1]:.0f} GFLOP/s)", flush=True)
-            stats = last_stats(model) if kind == "duca" else None
-            results[name] = {"latent": latent, "calls": calls, "stats": stats}
+        for i, case in enumerate(cases):
+            shift = (repeat * len(cases) + i) % len(supported)  # rotate: nobody always first
+            for m in supported[shift:] + supported[:shift]:
+                bar.set_postfix_str(f"{m.name} | {case.label} seed {case.seed}")
+                speeds[m.name].append(machine_speed(device))
+                result = runner.run(m, case)
+                if i == 0:
+                    times[m.name].append(0.0)
+                times[m.name][-1] += result["seconds"]
+                if outputs[m.name][i] is None:
+                    outputs[m.name][i] = result
+                bar.update()
 
-    reference = results["no cache"]["latent"]
-    total_calls = results["no cache"]["calls"]
-    base_time = statistics.median(times["no cache"])
-    base_best = min(times["no cache"])
-    rows = []
-    for name in names:
-        res, median = results[name], statistics.median(times[name])
-        stats = res["stats"]
-        fraction = stats.compute_fraction if stats is not None else res["calls"] / total_calls
-        rel_l2, psnr = compare(res["latent"], reference)
-        best = min(times[name])
-        rows.append({"method": name, "median_s": median, "times_s": times[name], "speedup": base_time / median,
-                     "best_s": best, "speedup_best": base_best / best, "machine_gflops": speeds[name],
-                     "compute_fraction": fraction,
-                     "compute_source": "block FLOPs (RunStats)" if stats is not None else "model calls computed",
-                     "model_calls": res["calls"], "rel_l2": rel_l2, "psnr_db": psnr,
-                     "timeline": stats.timeline if stats is not None else None,
-                     "stats": stats.to_dict() if stats is not None else None})
+    memory, memory_method = {}, None
+    for m in supported:
+        bar.set_postfix_str(f"memory {m.name}")
+        memory[m.name], memory_method = metrics.peak_memory(lambda: runner.run(m, case0), device)
+        bar.update()
+    bar.close()
 
-    setup = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-             "device": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-             "python": platform.python_version(), "model": "ComfyUI Flux, random weights", "size": size,
-             "image_tokens": (pixels // 16) ** 2, "text_tokens": TEXT_TOKENS, "steps": args.steps,
-             "sampler": "euler", "scheduler": "simple", "cfg": 1.0, "seed": SEED, "repeats": args.repeats,
-             "psnr_range": "max - min of the uncached final latent",
-             "psnr_range_value": (reference.max() - reference.min()).item(),
-             "machine_gflops_range": [min(min(v) for v in speeds.values()), max(max(v) for v in speeds.values())]}
-    table = markdown(setup, rows)
-    print()
-    print(table)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"setup": setup, "results": rows}, indent=2) + "\n")
-    print(f"\nwrote {out / 'results.md'} and {out / 'results.json'}")
+    pictures = {name: [work.decode(o["latent"]) if work.decode else None for o in outs]
+                for name, outs in outputs.items()}
+    rows = [summarize(m, work, times, speeds, outputs, pictures, memory) for m in methods]
+    setup = report.setup_info(args, work, device, memory_method, target, searches, speeds)
+    report.write_all(args.out, setup, rows, pictures, cases)
+    print("\n" + (args.out / "results.md").read_text())
+    print(f"wrote {args.out}/results.md, results.json, speed_vs_fidelity.png, grid.png")
     return 0
 
 
-def markdown(setup, rows):
-    size = setup["size"]
-    low, high = setup["machine_gflops_range"]
-    lines = [
-        f"# DuCa benchmark ({setup['date']})",
-        "",
-        f"- device: {setup['device']}, {setup['threads']} torch threads; torch {setup['torch']}",
-        f"- model: {setup['model']}, hidden {size['hidden_size']}, {size['num_heads']} heads, "
-        f"{size['depth']} double + {size['depth_single_blocks']} single blocks",
-        f"- {setup['image_tokens']} image + {setup['text_tokens']} text tokens, {setup['steps']} steps, "
-        f"{setup['sampler']}/{setup['scheduler']}, cfg {setup['cfg']}, seed {setup['seed']}, "
-        f"median of {setup['repeats']} runs",
-        "- compute: block FLOPs done / full for DuCa-based rows; model calls computed / total "
-        "for no cache, EasyCache, LazyCache",
-        f"- PSNR on the final latent, range = max - min of the uncached latent "
-        f"({setup['psnr_range_value']:.3f})",
-        f"- machine speed before each run (fixed matmul): {low:.0f} to {high:.0f} GFLOP/s; "
-        "best = fastest run, for when the machine drifted during the median's runs",
-        "",
-        "| method | median s | speedup | best s | speedup (best) | compute | rel. L2 | PSNR dB | timeline |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        psnr = "inf" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
-        lines.append(f"| {r['method']} | {r['median_s']:.2f} | {r['speedup']:.2f}x | {r['best_s']:.2f} "
-                     f"| {r['speedup_best']:.2f}x | {r['compute_fraction']:.1%} "
-                     f"| {r['rel_l2']:.4f} | {psnr} | {r['timeline'] or ''} |")
-    return "\n".join(lines)
+def summarize(method, work, times, speeds, outputs, pictures, memory):
+    """One table row: speed, compute, fidelity (medians over cases), memory."""
+    row = {"method": method.name, "group": method.group, "supported": method.supported,
+           "note": method.note, "settings": method.settings}
+    if not method.supported:
+        return row
+    base_time = statistics.median(times["no cache"])
+    outs, refs = outputs[method.name], outputs["no cache"]
+    per_case = []
+    for i, (out, ref) in enumerate(zip(outs, refs)):
+        latent, reference = work.to_model_space(out["latent"]), work.to_model_space(ref["latent"])
+        case = {"label": work.cases[i].label, "seed": work.cases[i].seed,
+                "psnr_latent": metrics.latent_psnr(latent, reference), "rel_l2": metrics.rel_l2(latent, reference),
+                "compute_fraction": out["stats"].compute_fraction if out["stats"] else out["calls"] / ref["calls"],
+                "model_calls": out["calls"], "timeline": out["timeline"],
+                "cache_bytes": out["stats"].peak_cache_bytes if out["stats"] else None}
+        picture, ref_picture = pictures[method.name][i], pictures["no cache"][i]
+        if picture is not None:
+            case["psnr_picture"] = metrics.psnr(picture, ref_picture, metrics.PICTURE_RANGE)
+            case["ssim_picture"] = metrics.ssim(picture, ref_picture)
+        per_case.append(case)
+
+    def median(key):
+        values = [c[key] for c in per_case if c.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    median_s = statistics.median(times[method.name])
+    cache = [c["cache_bytes"] for c in per_case if c["cache_bytes"] is not None]
+    row.update({
+        "seconds_per_repeat": times[method.name], "median_s": median_s,
+        "s_per_sample": median_s / len(per_case), "speedup": base_time / median_s,
+        "machine_gflops": statistics.median(speeds[method.name]),
+        "compute_fraction": statistics.mean(c["compute_fraction"] for c in per_case),
+        "compute_source": "block FLOPs (RunStats)" if method.counted_by == "stats" else "model calls computed",
+        "psnr_picture": median("psnr_picture"), "ssim_picture": median("ssim_picture"),
+        "psnr_latent": median("psnr_latent"), "rel_l2": median("rel_l2"),
+        "peak_memory_bytes": memory.get(method.name), "cache_bytes": max(cache) if cache else None,
+        "timeline": per_case[0]["timeline"], "cases": per_case})
+    return row
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""The methods the harness compares, each a patched clone of the same base model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+# ComfyUI's EasyCache / LazyCache node defaults; reuse_threshold's node range is [0, 3].
+CACHE_NODE_DEFAULTS = dict(reuse_threshold=0.2, start_percent=0.15, end_percent=0.95)
+THRESHOLD_MAX = 3.0
+PRESET_NAMES = ("quality", "balanced", "fast")
+
+
+@dataclass
+class Method:
+    name: str
+    group: str                  # reference, every-k, EasyCache, LazyCache, DuCa
+    model: object = None        # None: not supported on this model (see note)
+    counted_by: str = "calls"   # "stats": RunStats block FLOPs; "calls": model calls computed
+    settings: dict = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def supported(self) -> bool:
+        return self.model is not None
+
+
+class CallCounter:
+    """Counts model calls that really ran: a hook on the diffusion model's first child
+    with weights (the input embedder), which a cache that skips the call never reaches."""
+
+    def __init__(self, diffusion_model):
+        self.module_name, module = next((n, m) for n, m in diffusion_model.named_children()
+                                        if any(True for _ in m.parameters()))
+        self.count = 0
+        module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_):
+        self.count += 1
+
+
+def duca(base, config, name, group, settings) -> Method:
+    """A method through the pack's apply_duca; unsupported if it hands the model back unchanged."""
+    from comfyui_duca.glue.patch import apply_duca
+    patched = apply_duca(base, config)
+    if patched is base:
+        return Method(name, group, None, "stats", settings,
+                      f"not supported yet: apply_duca passes {type(base.model.diffusion_model).__name__} through")
+    return Method(name, group, patched, "stats", settings)
+
+
+def cache_node(base, group, reuse_threshold, name=None) -> Method:
+    """ComfyUI's EasyCache or LazyCache node applied to the base model."""
+    settings = dict(CACHE_NODE_DEFAULTS, reuse_threshold=round(reuse_threshold, 4))
+    name = name or group
+    try:
+        from comfy_extras import nodes_easycache
+    except ImportError:
+        return Method(name, group, None, "calls", settings, "not in this ComfyUI")
+    node = nodes_easycache.EasyCacheNode if group == "EasyCache" else nodes_easycache.LazyCacheNode
+    return Method(name, group, node.execute(base, verbose=False, **settings).result[0], "calls", settings)
+
+
+def presets(base) -> list:
+    from comfyui_duca.cache_core import PRESETS
+    return [duca(base, PRESETS[p], f"DuCa {p}", "DuCa", {"preset": p, **_config_settings(PRESETS[p])})
+            for p in PRESET_NAMES]
+
+
+def every_k(base, steps, ks=(2, 3, 4)) -> list:
+    from comfyui_duca.cache_core import DuCaConfig, every_kth_step_plan
+    return [duca(base, DuCaConfig(plan=every_kth_step_plan(steps, k, first_full_steps=1)), f"every-{k}",
+                 "every-k", {"k": k, "first_full_steps": 1}) for k in ks]
+
+
+def match_threshold(base, group, target: float, fraction_of: Callable, iterations: int):
+    """Bisection on reuse_threshold towards the threshold whose fraction of computed model
+    calls is the smallest still >= target (so the baseline never gets less compute than ours).
+    Returns (threshold, fraction, tried) where tried lists every (threshold, fraction)."""
+    tried = []
+
+    def measure(t):
+        tried.append((t, fraction_of(cache_node(base, group, t).model)))
+        return tried[-1][1]
+
+    low, high = 0.0, THRESHOLD_MAX
+    if measure(high) >= target:
+        return high, tried[-1][1], tried
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        if measure(mid) >= target:
+            low = mid
+        else:
+            high = mid
+    # the fraction need not fall monotonically: take the best of every threshold tried
+    fits = [(f, -t) for t, f in tried if f >= target] or [(1.0, -0.0)]  # threshold 0 computes all
+    fraction, t = min(fits)
+    return -t, fraction, tried
+
+
+def build(base, steps, matched: Optional[dict], ours: list) -> list:
+    """Every method, in table order. `matched` maps EasyCache/LazyCache to a matched threshold;
+    `ours` are the DuCa presets (from presets())."""
+    methods = [Method("no cache", "reference", base)]
+    methods += every_k(base, steps)
+    for group in ("EasyCache", "LazyCache"):
+        methods.append(cache_node(base, group, CACHE_NODE_DEFAULTS["reuse_threshold"], f"{group} default"))
+        if matched and group in matched:
+            t = matched[group]
+            methods.append(cache_node(base, group, t, f"{group} matched (t={t:.3g})"))
+    return methods + ours
+
+
+def _config_settings(config) -> dict:
+    return {"interval": config.interval, "refresh_ratio": config.refresh_ratio,
+            "first_full_steps": config.first_full_steps, "token_selector": config.token_selector}
