@@ -107,6 +107,7 @@ def main(argv: list) -> int:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
+    cwd = REPO
     root = ensure_host()
     py = venv_python(root)
     env = host_env(root)
@@ -117,12 +118,15 @@ def main(argv: list) -> int:
     if command == "demo":
         cmd = [py, REPO / "bench" / "demo.py", *rest]
     elif command == "test":
-        cmd = [py, "-m", "pytest", "-c", REPO / "tests" / "pytest.ini", "--rootdir", REPO / "tests", *(rest or [REPO / "tests"])]
+        # pytest runs from tests/ (see tests/pytest.ini); paths given from the checkout still work.
+        rest = [str(REPO / arg) if not arg.startswith("-") and (REPO / arg).exists() else arg for arg in rest]
+        cmd = [py, "-m", "pytest", "-c", REPO / "tests" / "pytest.ini", "--rootdir", REPO / "tests", *rest]
+        cwd = REPO / "tests"
     elif command == "bench":
         cmd = [py, REPO / "bench" / "run.py", *rest]
     else:
         cmd = [py, *rest]
-    return subprocess.call([str(c) for c in cmd], cwd=REPO, env=env)
+    return subprocess.call([str(c) for c in cmd], cwd=cwd, env=env)
 
 
 if __name__ == "__main__":
