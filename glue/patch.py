@@ -116,14 +116,21 @@ def apply_duca(model, config: DuCaConfig, listeners=()):
         return model
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
+    wrappers = {ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
+                ext.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper}
+    for wrapper_type, wrapper in wrappers.items():
+        if HOLDER_KEY in options and hasattr(patched, "remove_wrappers_with_key"):
+            patched.remove_wrappers_with_key(wrapper_type, WRAPPER_KEY)  # applied twice: the last settings win
+        patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, wrapper)
     holder = DuCaHolder(config, adapter.family)
     holder.listeners.extend(listeners)
     options[HOLDER_KEY] = holder
-    patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
-    patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
     existing = options.get("patches_replace", {}).get("dit", {})
     for kind, index in adapter.keys:
-        patched.set_model_patch_replace(BlockPatch(kind, index, existing.get((kind, index))), "dit", kind, index)
+        inner = existing.get((kind, index))
+        if isinstance(inner, BlockPatch):  # ours, from an earlier application: keep what it wrapped
+            inner = inner.inner
+        patched.set_model_patch_replace(BlockPatch(kind, index, inner), "dit", kind, index)
     return patched
 
 

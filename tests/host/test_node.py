@@ -72,3 +72,33 @@ def test_unknown_model_passes_through_with_one_warning(pack, tmp_path, caplog):
     assert len(warnings) == 1 and "unchanged" in warnings[0].getMessage()
     assert same is unet
     assert torch.equal(out, reference)
+
+
+def test_applying_twice_keeps_one_accelerator_with_the_last_settings(pack, flux, flux_conds):
+    from comfyui_duca.glue.patch import last_stats
+    node = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]()
+    (once,) = node.apply(flux, "fast")
+    (twice,) = node.apply(once, "quality")
+    reference = models.sample(node.apply(flux, "quality")[0], *flux_conds, steps=10, height=64, width=64)
+    out = models.sample(twice, *flux_conds, steps=10, height=64, width=64)
+    assert last_stats(twice).timeline == "FFFCAFCAFC"
+    assert torch.equal(out, reference)
+
+
+def test_another_packs_block_patch_still_runs(pack, flux, flux_conds):
+    """A `dit` replacement set before ours is chained, not dropped."""
+    from comfyui_duca.glue.patch import apply_duca
+    from comfyui_duca.cache_core import DuCaConfig, all_full_plan
+    seen = []
+
+    def other_patch(args, extra):
+        seen.append(1)
+        return extra["original_block"](args)
+    other = flux.clone()
+    other.set_model_patch_replace(other_patch, "dit", "double_block", 0)
+    reference = models.sample(other, *flux_conds, steps=4, height=64, width=64)
+    calls_without = len(seen)
+    patched = apply_duca(other, DuCaConfig(plan=all_full_plan(4)))
+    out = models.sample(patched, *flux_conds, steps=4, height=64, width=64)
+    assert len(seen) == 2 * calls_without > 0
+    assert torch.equal(out, reference)
