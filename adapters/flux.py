@@ -72,6 +72,7 @@ def qkv_value_score(qkv: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
 class FluxAdapter:
     family = "flux"
     level = "token-wise"
+    tokenwise = True
 
     def __init__(self, diffusion_model):
         self.model = diffusion_model
@@ -82,6 +83,10 @@ class FluxAdapter:
         self.keys = [("double_block", i) for i in range(len(self.double_blocks)) if i not in skip_double]
         self.keys += [("single_block", i) for i in range(len(self.single_blocks)) if i not in skip_single]
         self.patch_size = getattr(diffusion_model, "patch_size", 2)
+
+    @classmethod
+    def for_model(cls, diffusion_model):
+        return cls(diffusion_model) if cls.matches(diffusion_model) else None
 
     @staticmethod
     def matches(diffusion_model) -> bool:

@@ -64,6 +64,11 @@ class Plan:
     def __str__(self) -> str:
         return f"{self.method} plan, {len(self)} steps: {self.timeline}"
 
+    def replacing(self, old: Action, new: Action) -> "Plan":
+        """The same plan with every `old` step turned into `new` (e.g. for a block-level family)."""
+        steps = tuple(StepPlan(new) if s.action is old else s for s in self.steps)
+        return Plan(steps, self.method, dict(self.settings))
+
     def to_dict(self) -> dict:
         return {"method": self.method, "settings": dict(self.settings),
                 "steps": [s.to_dict() for s in self.steps]}

@@ -46,6 +46,7 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     txt_len: Optional[int] = None
     stack_in: Optional[torch.Tensor] = None
+    framed_by_blocks: bool = False  # begun at the first block, ended at the last
 
 
 class RunState:
@@ -55,6 +56,9 @@ class RunState:
         self.sigmas = [float(s) for s in sigmas]
         self.num_steps = max(len(self.sigmas) - 1, 0)
         self.plan = config.plan_for(self.num_steps)
+        if not adapter.tokenwise and self.plan.needs_module_cache():
+            # this family's blocks can't be split token by token yet: compute those steps
+            self.plan = self.plan.replacing(Action.CONSERVATIVE, Action.FULL)
         offload = torch.device("cpu") if config.cache_device == "cpu" else None
         self.store = CacheStore(offload_device=offload)
         self.stats = RunStats(self.plan.method, self.num_steps, level=adapter.level)
@@ -97,12 +101,22 @@ class RunState:
 
     # --- blocks ------------------------------------------------------------
     def run_block(self, kind: str, index: int, args: dict, original) -> dict:
+        name = (kind, index)
+        if self.call is None and name == self.adapter.first_key and "transformer_options" in args:
+            # a family whose forward has no DIFFUSION_MODEL wrapper: the block stack frames the call
+            self.begin_call(args["img"], args["transformer_options"]).framed_by_blocks = True
         call = self.call
-        if call is None:  # a model call our wrapper did not see: leave it alone
+        if call is None:  # a model call we know nothing about: leave it alone
             return original(args)
+        out = self._run_block(call, kind, index, args, original)
+        if call.framed_by_blocks and name == self.adapter.last_key:
+            self.end_call(call)
+        return out
+
+    def _run_block(self, call: Call, kind: str, index: int, args: dict, original) -> dict:
         adapter, name = self.adapter, (kind, index)
         if name == adapter.first_key:
-            if kind == "double_block":
+            if kind == "double_block" and isinstance(args.get("txt"), torch.Tensor):
                 call.txt_len = args["txt"].shape[1]
             if self.record_residual:
                 call.stack_in = adapter.stack_state(kind, args).clone()

@@ -189,3 +189,40 @@ def flux_trained():
 def sd_unet_trained():
     """The small SD U-Net trained on photographs (see training/); 32x32 pictures."""
     return _load_trained(sd_unet_small(), "sd_unet_small")
+
+
+def wan(seed: int = 0, **size):
+    """A small Wan 2.1 text-to-video model of ComfyUI's real class."""
+    import comfy.supported_models
+    unet_config = {"image_model": "wan2.1", "model_type": "t2v", "dim": 64, "ffn_dim": 128, "num_heads": 2,
+                   "num_layers": 4, "in_dim": 16, "out_dim": 16, "text_dim": 32, "freq_dim": 256,
+                   "patch_size": (1, 2, 2), **size}
+    model_config = comfy.supported_models.WAN21_T2V(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_weights(model.diffusion_model, seed)
+    return patcher(model)
+
+
+def text_conditioning(dim: int, batch: int = 1, tokens: int = 8, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, tokens, dim, generator=gen), {}]]
+
+
+def video_latent(batch: int = 1, channels: int = 16, frames: int = 3, height: int = 8, width: int = 8):
+    return torch.zeros(batch, channels, frames, height, width)
+
+
+def sd3(seed: int = 0, depth: int = 2, **extra):
+    """A small SD3-class MMDiT (hidden 64 x depth)."""
+    import comfy.supported_models
+    unet_config = {"in_channels": 16, "pos_embed_scaling_factor": None, "depth": depth, "patch_size": 2,
+                   "adm_in_channels": 32, "pos_embed_max_size": 32, "num_patches": 32 * 32,
+                   "context_embedder_config": {"target": "torch.nn.Linear",
+                                               "params": {"in_features": 32, "out_features": 64 * depth}},
+                   "out_channels": 16, **extra}
+    model_config = comfy.supported_models.SD3(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_weights(model.diffusion_model, seed)
+    return patcher(model)

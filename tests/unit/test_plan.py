@@ -71,3 +71,8 @@ def test_step_index_follows_the_sigma_schedule_not_calls():
     assert [step_index(sigmas, s) for s in (1.0, 0.75, 0.5, 0.25)] == [0, 1, 2, 3]
     assert step_index(sigmas, 0.6) == 1      # a midpoint evaluation belongs to the step above it
     assert step_index(sigmas, 0.75 + 1e-7) == 1  # float noise on a schedule point
+
+
+def test_replacing_turns_one_action_into_another():
+    plan = duca_plan(8, 4, 0.1, first_full_steps=1)
+    assert plan.replacing(Action.CONSERVATIVE, Action.FULL).timeline == plan.timeline.replace("C", "F")
