@@ -177,8 +177,16 @@ class RunState:
 
     def _keep_residual(self, call, name, out) -> None:
         """After the last block of a computed step: what the whole stack added."""
-        if name == self.adapter.last_key and self.record_residual and call.stack_in is not None:
-            self.store.put(call.key, RESIDUAL, self.adapter.stack_state(name[0], out) - call.stack_in)
+        if name != self.adapter.last_key or not self.record_residual or call.stack_in is None:
+            return
+        state = self.adapter.stack_state(name[0], out)
+        if state.shape != call.stack_in.shape:  # a layout this adapter did not expect: stop reusing
+            self.stats.notes.append(f"stack output {tuple(state.shape)} does not match its input "
+                                    f"{tuple(call.stack_in.shape)}; caching switched off")
+            LOG.warning("DuCa: %s", self.stats.notes[-1])
+            self.disabled = True
+            return
+        self.store.put(call.key, RESIDUAL, state - call.stack_in)
 
     def _pick_tokens(self, kind, index, cache, streams, base_ratio) -> dict:
         position, depth = self.adapter.layer_position(kind, index)
