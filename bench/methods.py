@@ -7,6 +7,7 @@ from typing import Callable, Optional
 # ComfyUI's EasyCache / LazyCache node defaults; reuse_threshold's node range is [0, 3].
 CACHE_NODE_DEFAULTS = dict(reuse_threshold=0.2, start_percent=0.15, end_percent=0.95)
 THRESHOLD_MAX = 3.0
+THRESHOLD_MIN = 1e-3
 PRESET_NAMES = ("quality", "balanced", "fast")
 
 
@@ -73,8 +74,9 @@ def every_k(base, steps, ks=(2, 3, 4)) -> list:
 
 
 def match_threshold(base, group, target: float, fraction_of: Callable, iterations: int):
-    """Bisection on reuse_threshold towards the threshold whose fraction of computed model
-    calls is the smallest still >= target (so the baseline never gets less compute than ours).
+    """Bisection on reuse_threshold (geometric, between THRESHOLD_MIN and the node's maximum)
+    towards the threshold whose fraction of computed model calls is the smallest still >= target,
+    so the baseline never gets less compute than ours.
     Returns (threshold, fraction, tried) where tried lists every (threshold, fraction)."""
     tried = []
 
@@ -82,11 +84,11 @@ def match_threshold(base, group, target: float, fraction_of: Callable, iteration
         tried.append((t, fraction_of(cache_node(base, group, t).model)))
         return tried[-1][1]
 
-    low, high = 0.0, THRESHOLD_MAX
+    low, high = THRESHOLD_MIN, THRESHOLD_MAX
     if measure(high) >= target:
         return high, tried[-1][1], tried
     for _ in range(iterations):
-        mid = (low + high) / 2
+        mid = (low * high) ** 0.5
         if measure(mid) >= target:
             low = mid
         else:

@@ -71,7 +71,7 @@ def parse_args(argv=None):
     args.classes = args.classes or classes
     args.seeds = args.seeds if args.seeds is not None else list(range(seeds))
     args.repeats = args.repeats or repeats
-    args.search_iterations = args.search_iterations if args.search_iterations is not None else (3 if args.quick else 7)
+    args.search_iterations = args.search_iterations if args.search_iterations is not None else (3 if args.quick else 8)
     args.out = Path(args.out or BENCH / "out" / args.model)
     if args.threads is None and args.quick:
         args.threads = 1
@@ -168,7 +168,7 @@ def evaluate(args):
     bar.refresh()
 
     device = work.device
-    times = {m.name: [] for m in supported}
+    times = {m.name: [[] for _ in cases] for m in supported}  # seconds per case, one per repeat
     speeds = {m.name: [] for m in supported}
     outputs = {m.name: [None] * len(cases) for m in supported}
     for repeat in range(args.repeats):
@@ -178,9 +178,7 @@ def evaluate(args):
                 bar.set_postfix_str(f"{m.name} | {case.label} seed {case.seed}")
                 speeds[m.name].append(machine_speed(device))
                 result = runner.run(m, case)
-                if i == 0:
-                    times[m.name].append(0.0)
-                times[m.name][-1] += result["seconds"]
+                times[m.name][i].append(result["seconds"])
                 if outputs[m.name][i] is None:
                     outputs[m.name][i] = result
                 bar.update()
@@ -208,7 +206,11 @@ def summarize(method, work, times, speeds, outputs, pictures, memory):
            "note": method.note, "settings": method.settings}
     if not method.supported:
         return row
-    base_time = statistics.median(times["no cache"])
+    def per_repeat(name):
+        return [sum(run) for run in zip(*times[name])]
+
+    def best(name):  # noise only ever adds time: the fastest run of each case
+        return sum(min(t) for t in times[name])
     outs, refs = outputs[method.name], outputs["no cache"]
     per_case = []
     for i, (out, ref) in enumerate(zip(outs, refs)):
@@ -228,11 +230,13 @@ def summarize(method, work, times, speeds, outputs, pictures, memory):
         values = [c[key] for c in per_case if c.get(key) is not None]
         return statistics.median(values) if values else None
 
-    median_s = statistics.median(times[method.name])
+    median_s = statistics.median(per_repeat(method.name))
     cache = [c["cache_bytes"] for c in per_case if c["cache_bytes"] is not None]
     row.update({
-        "seconds_per_repeat": times[method.name], "median_s": median_s,
-        "s_per_sample": median_s / len(per_case), "speedup": base_time / median_s,
+        "seconds": times[method.name], "median_s": median_s, "best_s": best(method.name),
+        "s_per_sample": median_s / len(per_case),
+        "speedup": statistics.median(per_repeat("no cache")) / median_s,
+        "speedup_best": best("no cache") / best(method.name),
         "machine_gflops": statistics.median(speeds[method.name]),
         "compute_fraction": statistics.mean(c["compute_fraction"] for c in per_case),
         "compute_source": "block FLOPs (RunStats)" if method.counted_by == "stats" else "model calls computed",

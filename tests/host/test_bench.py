@@ -36,7 +36,7 @@ def test_quick_run_end_to_end(pack, tmp_path):
     assert any(name.startswith("EasyCache matched") for name in rows)
     assert any(name.startswith("LazyCache matched") for name in rows)
     for name, row in rows.items():
-        for key in ("speedup", "s_per_sample", "compute_fraction", "rel_l2", "machine_gflops"):
+        for key in ("speedup", "speedup_best", "s_per_sample", "compute_fraction", "rel_l2", "machine_gflops"):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (name, key)
         assert 0 < row["compute_fraction"] <= 1
         assert len(row["cases"]) == len(data["setup"]["cases"]) == 2
