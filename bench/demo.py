@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import sys
 import time
@@ -98,7 +99,12 @@ def make_executor():
     import execution
     import nodes
     from comfy.cli_args import args as host_args
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the host's optional audio nodes complain without torchaudio
+    try:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    finally:
+        logging.getLogger().setLevel(quiet)
     asyncio.run(nodes.load_custom_node(str(REPO)))  # as ComfyUI loads custom_nodes/<pack>
     nodes.NODE_CLASS_MAPPINGS.update({"DemoSmallFlux": DemoSmallFlux, "DemoCollectLatent": DemoCollectLatent})
     cache_type = getattr(getattr(execution, "CacheType", None), "CLASSIC", False)
