@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .base import BlockStack
 from ..cache_core.tokens import TokenLayout
 
 
@@ -32,7 +33,7 @@ SPECS = (
 )
 
 
-class BlockStackAdapter:
+class BlockStackAdapter(BlockStack):
     level = "block"
     tokenwise = False
 
@@ -56,19 +57,8 @@ class BlockStackAdapter:
                 return cls(diffusion_model, spec)
         return None
 
-    @property
-    def first_key(self):
-        return self.keys[0]
-
-    @property
-    def last_key(self):
-        return self.keys[-1]
-
     def block(self, kind, index):
         return self.blocks[(kind, index)]
-
-    def layer_position(self, kind, index):
-        return self.keys.index((kind, index)), len(self.keys)
 
     @staticmethod
     def grid(x: torch.Tensor) -> tuple:

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from .base import BlockStack
 from ..cache_core.tokens import TokenLayout, gather_tokens, scatter_tokens, value_norm_score
 
 try:  # the host's modulation helper; a trivial fallback keeps newer hosts working
@@ -69,7 +70,7 @@ def qkv_value_score(qkv: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     return value_norm_score(v)
 
 
-class FluxAdapter:
+class FluxAdapter(BlockStack):
     family = "flux"
     level = "token-wise"
     tokenwise = True
@@ -100,18 +101,6 @@ class FluxAdapter:
     # --- the block stack -------------------------------------------------
     def block(self, kind: str, index: int):
         return (self.double_blocks if kind == "double_block" else self.single_blocks)[index]
-
-    @property
-    def first_key(self):
-        return self.keys[0]
-
-    @property
-    def last_key(self):
-        return self.keys[-1]
-
-    def layer_position(self, kind: str, index: int):
-        """(position in the stack, stack depth) for per-layer refresh ratios."""
-        return self.keys.index((kind, index)), len(self.keys)
 
     @staticmethod
     def stream_factor(kind: str, config) -> float:

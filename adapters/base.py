@@ -1,0 +1,19 @@
+"""What every adapter shares: its blocks as an ordered list of `patches_replace` keys."""
+from __future__ import annotations
+
+
+class BlockStack:
+    """`keys`: ("double_block" | "single_block", index) in the order the model runs them."""
+    keys: list
+
+    @property
+    def first_key(self):
+        return self.keys[0]
+
+    @property
+    def last_key(self):
+        return self.keys[-1]
+
+    def layer_position(self, kind: str, index: int):
+        """(position in the stack, stack depth), for per-layer refresh ratios."""
+        return self.keys.index((kind, index)), len(self.keys)
