@@ -7,7 +7,7 @@ sigma schedule (step i runs at sigmas[i]), never by counting model calls.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 
 
