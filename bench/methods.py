@@ -49,16 +49,28 @@ def duca(base, config, name, group, settings) -> Method:
     return Method(name, group, patched, "stats", settings)
 
 
-def cache_node(base, group, reuse_threshold, name=None) -> Method:
+def copy_input(executor, x, *args, **kwargs):
+    """Outermost DIFFUSION_MODEL wrapper: the model gets a copy of its input. ComfyUI 0.3.75's
+    EasyCache adds its cached difference to the input in place when it skips a call, which on
+    Flux also changes the sampler's x (fixed in later ComfyUI); with a copy it cannot."""
+    return executor(x.clone(), *args, **kwargs)
+
+
+def cache_node(base, group, reuse_threshold, name=None, copy=False) -> Method:
     """ComfyUI's EasyCache or LazyCache node applied to the base model."""
-    settings = dict(CACHE_NODE_DEFAULTS, reuse_threshold=round(reuse_threshold, 4))
+    settings = dict(CACHE_NODE_DEFAULTS, reuse_threshold=round(reuse_threshold, 4), input_copied=copy)
     name = name or group
     try:
+        import comfy.patcher_extension as ext
         from comfy_extras import nodes_easycache
     except ImportError:
         return Method(name, group, None, "calls", settings, "not in this ComfyUI")
     node = nodes_easycache.EasyCacheNode if group == "EasyCache" else nodes_easycache.LazyCacheNode
-    return Method(name, group, node.execute(base, verbose=False, **settings).result[0], "calls", settings)
+    if copy:  # added before the node's wrappers, so it runs outside them
+        base = base.clone()
+        base.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "bench_copy_input", copy_input)
+    model = node.execute(base, verbose=False, **{k: settings[k] for k in CACHE_NODE_DEFAULTS}).result[0]
+    return Method(name, group, model, "calls", settings)
 
 
 def presets(base) -> list:
@@ -73,7 +85,7 @@ def every_k(base, steps, ks=(2, 3, 4)) -> list:
                  "every-k", {"k": k, "first_full_steps": 1}) for k in ks]
 
 
-def match_threshold(base, group, target: float, fraction_of: Callable, iterations: int):
+def match_threshold(base, group, target: float, fraction_of: Callable, iterations: int, copy=False):
     """Bisection on reuse_threshold (geometric, between THRESHOLD_MIN and the node's maximum)
     towards the threshold whose fraction of computed model calls is the smallest still >= target,
     so the baseline never gets less compute than ours.
@@ -81,7 +93,7 @@ def match_threshold(base, group, target: float, fraction_of: Callable, iteration
     tried = []
 
     def measure(t):
-        tried.append((t, fraction_of(cache_node(base, group, t).model)))
+        tried.append((t, fraction_of(cache_node(base, group, t, copy=copy).model)))
         return tried[-1][1]
 
     low, high = THRESHOLD_MIN, THRESHOLD_MAX
@@ -99,16 +111,18 @@ def match_threshold(base, group, target: float, fraction_of: Callable, iteration
     return -t, fraction, tried
 
 
-def build(base, steps, matched: Optional[dict], ours: list) -> list:
+def build(base, steps, matched: Optional[dict], ours: list, copy_easycache=False) -> list:
     """Every method, in table order. `matched` maps EasyCache/LazyCache to a matched threshold;
-    `ours` are the DuCa presets (from presets())."""
+    `ours` are the DuCa presets (from presets()); `copy_easycache` gives EasyCache a copy of its input."""
     methods = [Method("no cache", "reference", base)]
     methods += every_k(base, steps)
     for group in ("EasyCache", "LazyCache"):
-        methods.append(cache_node(base, group, CACHE_NODE_DEFAULTS["reuse_threshold"], f"{group} default"))
+        copy = copy_easycache and group == "EasyCache"
+        label = f"{group} (input copied)" if copy else group
+        methods.append(cache_node(base, group, CACHE_NODE_DEFAULTS["reuse_threshold"], f"{label} default", copy))
         if matched and group in matched:
             t = matched[group]
-            methods.append(cache_node(base, group, t, f"{group} matched (t={t:.3g})"))
+            methods.append(cache_node(base, group, t, f"{label} matched (t={t:.3g})", copy))
     return methods + ours
 
 

@@ -202,7 +202,7 @@ def grid(rows: list, pictures: dict, cases: list, path: Path) -> None:
     canvas = Image.new("RGB", (label_w + len(cases) * (tile_w + pad), head_h + len(shown) * (tile_h + pad)), "white")
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     for j, case in enumerate(cases):
-        draw.text((label_w + j * (tile_w + pad), 4), f"{case.label[:18]} s{case.seed}", fill="black", font=font)
+        draw.text((label_w + j * (tile_w + pad), 4), f"{case.label[:16]}, seed {case.seed}", fill="black", font=font)
     for i, r in enumerate(shown):
         y = head_h + i * (tile_h + pad)
         draw.text((4, y + 4), r["method"], fill="black", font=font)
@@ -237,7 +237,7 @@ def plot(rows: list, path: Path, setup: dict) -> None:
         canvas.save(path)
         return
     xs, ys = [p[0] for p in points] + [1.0], [p[1] for p in points]
-    x0, x1 = min(xs) - 0.1, max(xs) + 0.3
+    x0, x1 = min(xs) - 0.1, max(xs) + 0.1 + 0.25 * (max(xs) - min(xs) + 0.4)  # room for labels
     y0, y1 = min(ys) - 2, max(ys) + 2
 
     def at(x, y):
@@ -257,9 +257,24 @@ def plot(rows: list, path: Path, setup: dict) -> None:
     draw.text((8, top - 14), f"PSNR to no cache, dB ({'pictures' if key == 'psnr_picture' else 'latents'})",
               fill="black", font=font)
     draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    for x, y, name, group in points:
+    placed = [(px - 6, py - 6, px + 6, py + 6) for px, py in (at(x, y) for x, y, _, _ in points)]  # the dots
+    for x, y, name, group in sorted(points, key=lambda p: -p[1]):
         px, py = at(x, y)
         color = GROUP_COLORS.get(group, (0, 0, 0))
         draw.ellipse([px - 5, py - 5, px + 5, py + 5], fill=color)
-        draw.text((px + 7, py - 6), name, fill=color, font=font)
+        placed.append(place_label(draw, font, px, py, name, placed, width - 4))
+        draw.text(placed[-1][:2], name, fill=color, font=font)
     canvas.save(path)
+
+
+def place_label(draw, font, px, py, text, placed, right_edge):
+    """A spot for a point's label that overlaps no earlier label: right, below, above, left."""
+    box = draw.textbbox((0, 0), text, font=font)
+    w, h = box[2] - box[0], box[3] - box[1]
+    spots = [(px + 8, py - h / 2 - 2), (px + 8, py + 4), (px + 8, py - h - 8), (px - 8 - w, py - h / 2 - 2),
+             (px + 8, py + h + 8), (px + 8, py - 2 * h - 12)]
+    for x, y in spots:
+        if x + w <= right_edge and all(x + w < a or x > c or y + h < b or y > d for a, b, c, d in placed):
+            return (x, y, x + w, y + h)
+    x, y = spots[0]
+    return (x, y, x + w, y + h)

@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--search-iterations", type=int, help="bisection steps for matched thresholds")
     p.add_argument("--out", help="output folder (default bench/out/<model>)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; quick: 1, tiny ops gain nothing from more)")
+    p.add_argument("--easycache-copy-input", action="store_true",
+                   help="give EasyCache a copy of the model input (ComfyUI <= 0.3.75 alters it in place on Flux)")
     p.add_argument("--no-progress", action="store_true")
     user = p.add_argument_group("your own ComfyUI and checkpoint")
     user.add_argument("--comfyui", help="a ComfyUI folder to import instead of the embedded one")
@@ -159,10 +161,11 @@ def evaluate(args):
             def fraction_of(model):
                 bar.update()
                 return runner.fraction(model, case0, reference_calls)
-            t, fraction, tried = M.match_threshold(base, group, target, fraction_of, args.search_iterations)
+            t, fraction, tried = M.match_threshold(base, group, target, fraction_of, args.search_iterations,
+                                                   copy=args.easycache_copy_input and group == "EasyCache")
             matched[group] = t
             searches[group] = {"threshold": t, "fraction_case0": fraction, "tried": tried}
-    methods = M.build(base, work.steps, matched, ours)
+    methods = M.build(base, work.steps, matched, ours, args.easycache_copy_input)
     supported = [m for m in methods if m.supported]
     bar.total = search_runs + (args.repeats * len(cases) + 1) * len(supported)  # + 1: the memory run
     bar.refresh()
