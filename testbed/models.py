@@ -9,9 +9,16 @@ import torch
 
 
 def init_weights(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
-    """ComfyUI builds layers without initializing them: fill every tensor deterministically."""
+    """ComfyUI builds layers without initializing them: fill every tensor deterministically.
+
+    Buffers made with torch.empty (SD3's positional embedding) are filled too;
+    buffers the model computed itself are left alone.
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            if name.endswith("pos_embed") and buffer.is_floating_point():
+                buffer.copy_(torch.randn(buffer.shape, generator=gen) * 0.02)
         for name, p in module.named_parameters():
             if p.ndim == 1 and ("norm" in name or name.endswith("scale")):
                 p.fill_(1.0)

@@ -18,6 +18,7 @@ def test_wan_video_all_full_is_identical_and_balanced_skips_blocks(pack, duca):
     positive, negative = models.text_conditioning(32, seed=1), models.text_conditioning(32, seed=2)
     kw = dict(steps=STEPS, cfg=4.0, latent=models.video_latent(batch=2, frames=3))
     reference = models.sample(wan, positive, negative, **kw)
+    assert torch.isfinite(reference).all()
 
     full = patch.apply_duca(wan, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     assert full is not wan
@@ -49,6 +50,7 @@ def test_sd3_mmdit_all_full_is_identical_and_aggressive_steps_reuse(pack, duca):
     uncond = [[torch.zeros(2, 8, 32), {"pooled_output": torch.zeros(2, 32)}]]
     kw = dict(steps=STEPS, cfg=4.5, batch=2, height=64, width=64)
     reference = models.sample(sd3, cond, uncond, **kw)
+    assert torch.isfinite(reference).all()
     full = patch.apply_duca(sd3, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     assert full is not sd3
     assert torch.equal(models.sample(full, cond, uncond, **kw), reference)
