@@ -16,4 +16,6 @@ class BlockStack:
 
     def layer_position(self, kind: str, index: int):
         """(position in the stack, stack depth), for per-layer refresh ratios."""
-        return self.keys.index((kind, index)), len(self.keys)
+        if getattr(self, "_positions", None) is None:
+            self._positions = {key: i for i, key in enumerate(self.keys)}
+        return self._positions[(kind, index)], len(self.keys)

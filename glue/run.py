@@ -16,7 +16,6 @@ import torch
 
 from ..cache_core import Action, CacheStore, DuCaConfig, RunStats, TokenSelector, layer_refresh_ratio, step_index
 
-COMPLETE = "complete"   # store name: a full step of this call key has finished
 RESIDUAL = "residual"   # store name: stack output minus stack input at the last computed step
 LOG = logging.getLogger("comfyui-duca")
 
@@ -67,6 +66,7 @@ class RunState:
         self.record_modules = self.plan.needs_module_cache()
         self.record_residual = self.plan.needs_stack_residual()
         self.call: Optional[Call] = None
+        self.completed_keys = set()  # call keys whose full step has finished: reuse may follow
         self.disabled = False  # set if reusing ever fails: the rest of the run computes everything
 
     # --- model calls -------------------------------------------------------
@@ -76,7 +76,7 @@ class RunState:
         planned = self.plan[min(step, len(self.plan) - 1)] if len(self.plan) else None
         action = planned.action if planned else Action.FULL
         key = call_key(x, transformer_options)
-        if action is not Action.FULL and not self.store.has(key, COMPLETE):
+        if action is not Action.FULL and key not in self.completed_keys:
             self.stats.notes.append(f"step {step}: no cache yet for this conditioning, computed fully")
             action = Action.FULL
         record = self.stats.record(step)
@@ -89,13 +89,14 @@ class RunState:
         record = self.stats.record(call.step)
         record.model_calls += 1
         record.wall_seconds += time.perf_counter() - call.started
-        if call.action is Action.FULL and (self.record_modules or self.record_residual):
-            self.store.put(call.key, COMPLETE, torch.ones(()))
+        if call.action is Action.FULL:
+            self.completed_keys.add(call.key)
         record.cache_bytes = max(record.cache_bytes, self.store.nbytes())
         self.call = None
 
     def finish(self) -> RunStats:
         self.store.clear()
+        self.completed_keys.clear()
         self.call = None
         return self.stats
 
@@ -147,7 +148,8 @@ class RunState:
 
     def _compute(self, call, name, block, args, streams, record, original) -> dict:
         kind = name[0]
-        out, cache = self.adapter.full(kind, block, args, original, record=self.record_modules)
+        record_units = self.record_modules and not self.disabled
+        out, cache = self.adapter.full(kind, block, args, original, record=record_units)
         if cache is not None:
             batch, device = args["img"].shape[0], args["img"].device
             for stream, layout in streams.items():
