@@ -37,6 +37,29 @@ DOUBLE_PARTS = ("modulation", "img_norm1", "img_attn", "img_norm2", "img_mlp",
 SINGLE_PARTS = ("modulation", "linear1", "linear2", "pre_norm", "mlp_act", "hidden_size")
 
 
+def gated_add(x, cached, gate):
+    """x + cached * gate in one kernel (conservative steps launch one per block and stream)."""
+    return torch.addcmul(x, cached, gate)
+
+
+def plain_weights(linear) -> bool:
+    """True when the host runs this layer as a plain torch Linear: no casting, offloading or
+    on-the-fly patches (LoRA) that its own forward would apply."""
+    return (not getattr(linear, "comfy_cast_weights", False) and not getattr(linear, "weight_function", None)
+            and not getattr(linear, "bias_function", None) and isinstance(linear, torch.nn.Linear)
+            and type(linear.weight.data) is torch.Tensor)  # not a host's quantized tensor type
+
+
+def mlp_input(linear1, x, start: int):
+    """Output columns `start:` of a single block's `linear1` (the MLP input; the columns
+    before it are q, k, v, which a conservative step does not use). Computed from those
+    rows of the weight alone when the layer is plain; otherwise through the host layer."""
+    if plain_weights(linear1) and linear1.weight.dtype == x.dtype:
+        bias = linear1.bias[start:] if linear1.bias is not None else None
+        return torch.nn.functional.linear(x, linear1.weight[start:], bias)
+    return linear1(x)[..., start:]
+
+
 def _copy(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().clone()
 
@@ -177,20 +200,20 @@ class FluxAdapter(BlockStack):
         out_cache = cache["seq_out"]
         if idx.shape[1] > 0:
             chosen = gather_tokens(x, idx)
-            hidden = block.linear1(apply_mod(block.pre_norm(chosen), 1 + mod.scale, mod.shift))
-            mlp = block.mlp_act(hidden[..., 3 * block.hidden_size:])
+            normed = apply_mod(block.pre_norm(chosen), 1 + mod.scale, mod.shift)
+            mlp = block.mlp_act(mlp_input(block.linear1, normed, 3 * block.hidden_size))
             fresh = block.linear2(torch.cat((gather_tokens(cache["seq_attn"], idx), mlp), dim=-1))
             scatter_tokens(out_cache, idx, fresh)
-        return {"img": x + apply_mod(out_cache, mod.gate)}
+        return {"img": gated_add(x, out_cache, mod.gate)}
 
     @staticmethod
     def _stream_update(x, cache, stream, idx, mod1, mod2, norm2, mlp):
-        x = x + apply_mod(cache[f"{stream}_attn"], mod1.gate)
+        x = gated_add(x, cache[f"{stream}_attn"], mod1.gate)
         mlp_cache = cache[f"{stream}_mlp"]
         if idx.shape[1] > 0:
             chosen = gather_tokens(x, idx)
             scatter_tokens(mlp_cache, idx, mlp(apply_mod(norm2(chosen), 1 + mod2.scale, mod2.shift)))
-        return x + apply_mod(mlp_cache, mod2.gate)
+        return gated_add(x, mlp_cache, mod2.gate)
 
     # --- compute accounting (multiply-adds x 2) -----------------------------
     @staticmethod
@@ -212,4 +235,5 @@ class FluxAdapter(BlockStack):
         d, h = block.hidden_size, self._mlp_hidden(block, kind)
         if kind == "double_block":
             return sum(picked.values()) * 2 * 2 * d * h
-        return picked["seq"] * (2 * d * (3 * d + h) + 2 * (d + h) * d)
+        linear1_out = h if plain_weights(block.linear1) else 3 * d + h
+        return picked["seq"] * (2 * d * linear1_out + 2 * (d + h) * d)

@@ -70,7 +70,7 @@ def ssim(x: torch.Tensor, reference: torch.Tensor, data_range: float = PICTURE_R
 CPU_MEMORY_METHOD = ("peak of live torch CPU allocations above the level at the start of the run, "
                      "from torch.profiler memory events (one extra untimed run per method)")
 CUDA_MEMORY_METHOD = ("torch.cuda.max_memory_allocated during the run minus memory_allocated at its "
-                      "start (one extra untimed run per method)")
+                      "start (the first timed run of each method)")
 
 
 def peak_memory(run, device: torch.device):

@@ -29,7 +29,7 @@ from bench import metrics, report, workloads  # noqa: E402
 
 # per model: steps, classes, seeds, repeats
 DEFAULTS = {"flux_trained": (28, 3, 2, 3), "sd_trained": (28, 3, 2, 3), "flux_bench": (28, 1, 1, 3),
-            "tiny": (28, 2, 1, 3), "user": (28, 1, 2, 2)}
+            "tiny": (28, 2, 1, 3), "user": (28, 1, 2, 2), "flux_dev": (28, 1, 1, 3), "wan_14b": (28, 1, 1, 2)}
 QUICK = (8, 2, 1, 1)
 
 
@@ -130,10 +130,13 @@ def main(argv=None):
 
 
 def evaluate(args):
-    workloads.boot(args.comfyui, cpu=args.cpu or not args.comfyui)
+    on_gpu = args.comfyui or args.model in workloads.GPU_MODELS
+    workloads.boot(args.comfyui, cpu=args.cpu or not on_gpu)
     from tqdm import tqdm
     if args.user:
         work = workloads.user_workload(args)
+    elif args.model in workloads.GPU_MODELS:
+        work = workloads.gpu_workload(args.model, args.steps, args.classes, args.seeds)
     else:
         work = workloads.testbed_workload(args.model, args.steps, args.classes, args.seeds)
     runner, case0 = Runner(work), work.cases[0]
@@ -167,27 +170,33 @@ def evaluate(args):
             searches[group] = {"threshold": t, "fraction_case0": fraction, "tried": tried}
     methods = M.build(base, work.steps, matched, ours, args.easycache_copy_input)
     supported = [m for m in methods if m.supported]
-    bar.total = search_runs + (args.repeats * len(cases) + 1) * len(supported)  # + 1: the memory run
+    device = work.device
+    separate_memory_run = device.type != "cuda"  # the CPU's profiler slows the run it measures
+    bar.total = search_runs + (args.repeats * len(cases) + separate_memory_run) * len(supported)
     bar.refresh()
 
-    device = work.device
     times = {m.name: [[] for _ in cases] for m in supported}  # seconds per case, one per repeat
     speeds = {m.name: [] for m in supported}
     outputs = {m.name: [None] * len(cases) for m in supported}
+    memory, memory_method = {}, None
     for repeat in range(args.repeats):
         for i, case in enumerate(cases):
             shift = (repeat * len(cases) + i) % len(supported)  # rotate: nobody always first
             for m in supported[shift:] + supported[:shift]:
                 bar.set_postfix_str(f"{m.name} | {case.label} seed {case.seed}")
                 speeds[m.name].append(machine_speed(device))
-                result = runner.run(m, case)
+                if not separate_memory_run and repeat == 0 and i == 0:
+                    result = {}
+                    memory[m.name], memory_method = metrics.peak_memory(
+                        lambda: result.update(runner.run(m, case)), device)
+                else:
+                    result = runner.run(m, case)
                 times[m.name][i].append(result["seconds"])
                 if outputs[m.name][i] is None:
                     outputs[m.name][i] = result
                 bar.update()
 
-    memory, memory_method = {}, None
-    for m in supported:
+    for m in supported if separate_memory_run else ():
         bar.set_postfix_str(f"memory {m.name}")
         memory[m.name], memory_method = metrics.peak_memory(lambda: runner.run(m, case0), device)
         bar.update()

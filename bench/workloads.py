@@ -13,7 +13,8 @@ from typing import Callable, Optional
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = ("flux_trained", "sd_trained", "flux_bench", "tiny")
+MODELS = ("flux_trained", "sd_trained", "flux_bench", "tiny", "flux_dev", "wan_14b")
+GPU_MODELS = ("flux_dev", "wan_14b")  # full-size architectures in bf16: a CUDA device is required
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Workload:
     width: int = 256
     height: int = 256
     decode: Optional[Callable] = None  # latent (as sampled) -> [B, 3, H, W] in [-1, 1], or None
+    frames: int = 0                    # video models: latent frames (0: an image model)
     notes: list = field(default_factory=list)
 
     @property
@@ -53,7 +55,8 @@ class Workload:
         import comfy.sample
         fmt = self.model.model.latent_format
         down = getattr(fmt, "spacial_downscale_ratio", 8)
-        latent = torch.zeros(1, fmt.latent_channels, self.height // down, self.width // down)
+        size = (self.height // down, self.width // down)
+        latent = torch.zeros(1, fmt.latent_channels, *((self.frames,) if self.frames else ()), *size)
         noise = comfy.sample.prepare_noise(latent, case.seed)
         out = comfy.sample.sample(model, noise, self.steps, self.cfg, self.sampler, self.scheduler,
                                   case.positive, case.negative, latent, seed=case.seed, disable_pbar=True,
@@ -123,6 +126,41 @@ def testbed_workload(name: str, steps: int, classes: int, seeds: list) -> Worklo
                    f"{size['depth_single_blocks']} single blocks, {tokens} image tokens")
     return Workload(name, description, model, cases, steps, 1.0, width=pixels, height=pixels,
                     decode=decode, notes=["random weights: pictures are noise-like, fidelity still compares"])
+
+
+def gpu_workload(name: str, steps: int, classes: int, seeds: list) -> Workload:
+    """Full-size architectures with random weights, bf16, built on the GPU: the work of
+    Flux-dev at 1024x1024 (4096 image + 512 text tokens) or Wan 2.1 14B text-to-video."""
+    import comfy.model_management
+    from testbed import models
+    device = comfy.model_management.get_torch_device()
+    if device.type != "cuda":
+        raise SystemExit(f"--model {name} needs a CUDA GPU (found {device}); pass --comfyui with a GPU build")
+    notes = ["random weights: they size the work; fidelity figures compare outputs of an untrained model"]
+    if name == "flux_dev":
+        model = models.flux(seed=0, dtype=torch.bfloat16, device=device, **models.FLUX_DEV)
+        cases = []
+        for c in range(classes):
+            positive = models.flux_conditioning(model=model, seed=1 + c, tokens=512)
+            cases += [Case(f"cond{c}", seed, positive, positive) for seed in seeds]
+        return Workload(name, "ComfyUI Flux at Flux-dev size (hidden 3072, 19 double + 38 single blocks), "
+                        "bf16, 1024x1024: 4096 image + 512 text tokens", model, cases, steps, 1.0,
+                        width=1024, height=1024, notes=notes)
+    size = models.WAN21_14B
+    model = models.wan(seed=0, dtype=torch.bfloat16, device=device, **size)
+    negative = models.text_conditioning(size["text_dim"], tokens=512, seed=0)
+    cases = []
+    for c in range(classes):
+        positive = models.text_conditioning(size["text_dim"], tokens=512, seed=1 + c)
+        cases += [Case(f"cond{c}", seed, positive, negative) for seed in seeds]
+    frames, width, height = WAN_FRAMES, 832, 480
+    tokens = frames * (height // 16) * (width // 16)
+    return Workload(name, f"ComfyUI Wan 2.1 at 14B size (dim 5120, 40 blocks), bf16, {width}x{height}, "
+                    f"{4 * (frames - 1) + 1} frames: {tokens} video tokens, cfg 5 (batch 2)", model, cases,
+                    steps, 5.0, width=width, height=height, frames=frames, notes=notes)
+
+
+WAN_FRAMES = 3  # latent frames: 9 video frames; 81 frames (21 latent) is 7x the tokens, ~25x the time
 
 
 def user_workload(args) -> Workload:

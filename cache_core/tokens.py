@@ -135,7 +135,8 @@ class TokenSelector:
         if self.kind == "random" or value_score is None:
             score = random_score(batch, tokens, generator, steps_since_refresh.device)
         else:
-            score = value_score + frequency_bonus(steps_since_refresh, self.interval)
+            # value_score + frequency_bonus(...), in one kernel
+            score = torch.add(value_score, steps_since_refresh, alpha=FREQUENCY_WEIGHT / max(self.interval, 1))
             if self.kind == "value_norm_spread":
                 score = score + spatial_spread_bonus(score, layout)
         return select_top_tokens(score, ratio)

@@ -14,19 +14,25 @@ def init_weights(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
     Buffers made with torch.empty (SD3's positional embedding) are filled too;
     buffers the model computed itself are left alone.
     """
-    gen = torch.Generator().manual_seed(seed)
+    first = next(module.parameters())
+    device = first.device  # drawn where the weights live: billions of CPU draws take minutes
+    gen = torch.Generator(device).manual_seed(seed)
+
+    def randn(shape):
+        return torch.randn(shape, generator=gen, device=device)
+
     with torch.no_grad():
         for name, buffer in module.named_buffers():
             if name.endswith("pos_embed") and buffer.is_floating_point():
-                buffer.copy_(torch.randn(buffer.shape, generator=gen) * 0.02)
+                buffer.copy_(randn(buffer.shape) * 0.02)
         for name, p in module.named_parameters():
             if p.ndim == 1 and ("norm" in name or name.endswith("scale")):
                 p.fill_(1.0)
             elif p.ndim == 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+                p.copy_(randn(p.shape) * 0.01)
             else:
                 fan_in = p[0].numel() if p.ndim > 1 else p.numel()
-                p.copy_(torch.randn(p.shape, generator=gen) * min(std, fan_in ** -0.5))
+                p.copy_(randn(p.shape) * min(std, fan_in ** -0.5))
 
 
 def patcher(model):
@@ -41,10 +47,15 @@ FLUX_SMALL = dict(hidden_size=64, num_heads=2, depth=2, depth_single_blocks=4, a
 # The CPU benchmark size of the issue: hidden 512, 4 double + 8 single blocks.
 FLUX_BENCH = dict(hidden_size=512, num_heads=8, depth=4, depth_single_blocks=8, axes_dim=[16, 24, 24],
                   context_in_dim=256, vec_in_dim=64)
+# GPU benchmark sizes: the published architectures, random weights (they size the work).
+FLUX_DEV = dict(hidden_size=3072, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56],
+                context_in_dim=4096, vec_in_dim=768)
+WAN21_14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, text_dim=4096)
 
 
-def flux(seed: int = 0, family: str = "flux", **size):
-    """A Flux (or FluxSchnell-style, guidance_embed=False) model of the real class."""
+def flux(seed: int = 0, family: str = "flux", dtype=torch.float32, device=None, **size):
+    """A Flux (or FluxSchnell-style, guidance_embed=False) model of the real class,
+    built in `dtype` directly on `device` (default: the CPU)."""
     import comfy.supported_models
     cfg = dict(FLUX_SMALL)
     cfg.update(size)
@@ -53,8 +64,8 @@ def flux(seed: int = 0, family: str = "flux", **size):
                    "mlp_ratio": 4.0, "theta": 10000, "qkv_bias": True, "guidance_embed": guidance, **cfg}
     config_class = comfy.supported_models.Flux if guidance else comfy.supported_models.FluxSchnell
     model_config = config_class(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, device=device)
     init_weights(model.diffusion_model, seed)
     model.diffusion_model.eval()
     return patcher(model)
@@ -198,15 +209,15 @@ def sd_unet_trained():
     return _load_trained(sd_unet_small(), "sd_unet_small")
 
 
-def wan(seed: int = 0, **size):
-    """A small Wan 2.1 text-to-video model of ComfyUI's real class."""
+def wan(seed: int = 0, dtype=torch.float32, device=None, **size):
+    """A Wan 2.1 text-to-video model of ComfyUI's real class (small unless sized)."""
     import comfy.supported_models
     unet_config = {"image_model": "wan2.1", "model_type": "t2v", "dim": 64, "ffn_dim": 128, "num_heads": 2,
                    "num_layers": 4, "in_dim": 16, "out_dim": 16, "text_dim": 32, "freq_dim": 256,
                    "patch_size": (1, 2, 2), **size}
     model_config = comfy.supported_models.WAN21_T2V(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, device=device)
     init_weights(model.diffusion_model, seed)
     return patcher(model)
 
