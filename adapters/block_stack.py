@@ -1,17 +1,20 @@
-"""Block-level adapters: families whose blocks run through `patches_replace["dit"]`
-but whose units this pack cannot yet split token by token.
+"""Families whose blocks run through `patches_replace["dit"]`, one `StackSpec` each.
 
 Aggressive steps work for every such family: the whole block stack is skipped
-and its residual from the last computed step is added. Conservative steps are
-computed fully (the run says so in its stats). One `StackSpec` per family.
+and its residual from the last computed step is added. Where the spec names the
+block's units (units.UnitSpec), conservative steps are token-wise; otherwise they
+are computed fully and the run's stats say the level was "block".
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from .base import BlockStack
+from .units import UnitRecorder, UnitSpec, conservative_units, standing_in, submodule
 from ..cache_core.tokens import TokenLayout
 
 
@@ -21,11 +24,19 @@ class StackSpec:
     model_classes: tuple      # class names of the diffusion model this spec describes
     block_lists: tuple        # (patch kind, attribute holding the block list), in run order
     outputs: tuple = ("img",)  # keys of a block's output dict; "img" carries the residual
+    units: Optional[UnitSpec] = None  # token-wise conservative steps; None: block level
+    patch: tuple = (1, 2, 2)  # latent cells per token along (frames,) height, width
 
+
+# Wan: self-attention and cross-attention reused, the FFN refreshed per token.
+WAN_UNITS = UnitSpec(reused=("self_attn", "cross_attn"), tokenwise=("ffn",), value="self_attn.v")
+LTXV_UNITS = UnitSpec(reused=("attn1", "attn2"), tokenwise=("ff",), value="attn1.to_v", heads="attn1.heads")
 
 SPECS = (
-    StackSpec("wan", ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"), (("double_block", "blocks"),)),
-    StackSpec("ltxv", ("LTXVModel",), (("double_block", "transformer_blocks"),)),
+    StackSpec("wan", ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"), (("double_block", "blocks"),),
+              units=WAN_UNITS),
+    StackSpec("ltxv", ("LTXVModel",), (("double_block", "transformer_blocks"),), units=LTXV_UNITS,
+              patch=(1, 1, 1)),
     StackSpec("qwen-image", ("QwenImageTransformer2DModel",), (("double_block", "transformer_blocks"),),
               ("img", "txt")),
     StackSpec("sd3", ("OpenAISignatureMMDITWrapper", "MMDiT"), (("double_block", "joint_blocks"),), ("img", "txt")),
@@ -34,12 +45,11 @@ SPECS = (
 
 
 class BlockStackAdapter(BlockStack):
-    level = "block"
-    tokenwise = False
-
     def __init__(self, diffusion_model, spec: StackSpec):
         self.spec = spec
         self.family = spec.family
+        self.tokenwise = spec.units is not None
+        self.level = "token-wise" if self.tokenwise else "block"
         self.blocks = {}
         self.keys = []
         for kind, attribute in spec.block_lists:
@@ -48,6 +58,10 @@ class BlockStackAdapter(BlockStack):
                 self.keys.append((kind, i))
         self._params = {id(b): sum(p.numel() for p in b.parameters()) for b in self.blocks.values()}
         self._width = getattr(diffusion_model, "dim", None) or getattr(diffusion_model, "hidden_size", 0)
+        if self.tokenwise:  # parameters of the units a conservative step recomputes, per block
+            self._tokenwise_params = {id(b): sum(p.numel() for path in spec.units.tokenwise
+                                                 for p in submodule(b, path).parameters())
+                                      for b in self.blocks.values()}
 
     @classmethod
     def for_model(cls, diffusion_model):
@@ -60,9 +74,13 @@ class BlockStackAdapter(BlockStack):
     def block(self, kind, index):
         return self.blocks[(kind, index)]
 
-    @staticmethod
-    def grid(x: torch.Tensor) -> tuple:
-        return ()  # token positions only matter for token-wise refresh
+    def grid(self, x: torch.Tensor) -> tuple:
+        """The token grid of the model input x [batch, channels, (frames,) height, width]."""
+        if not self.tokenwise:
+            return ()  # token positions only matter for token-wise refresh
+        sizes = x.shape[2:]
+        patch = self.spec.patch[-len(sizes):]
+        return tuple(math.ceil(n / p) for n, p in zip(sizes, patch))
 
     @staticmethod
     def stack_state(kind, io: dict) -> torch.Tensor:
@@ -77,16 +95,30 @@ class BlockStackAdapter(BlockStack):
 
     @staticmethod
     def streams(kind, args, grid, txt_len) -> dict:
-        return {"img": TokenLayout(0, (), args["img"].shape[1])}
+        tokens = args["img"].shape[1]
+        if math.prod(grid) > tokens:  # not the layout this spec expects: no spatial terms
+            grid = ()
+        return {"img": TokenLayout(0, grid, tokens)}
 
-    @staticmethod
-    def full(kind, block, args, original, record):
-        return original(args), None
+    def full(self, kind, block, args, original, record):
+        if not record:
+            return original(args), None
+        heads = submodule(block, self.spec.units.heads)
+        with UnitRecorder(block, self.spec.units, heads).recording("img") as seen:
+            out = original(args)
+        return out, seen
+
+    def conservative(self, kind, block, args, cache, picks, original) -> dict:
+        with standing_in(conservative_units(block, self.spec.units, cache, picks["img"])):
+            return original(args)
 
     def flops_full(self, kind, block, streams) -> float:
         """Two FLOPs per parameter and token, plus self-attention's score and value products."""
         tokens = sum(s.total for s in streams.values())
         return 2 * self._params[id(block)] * tokens + 4 * tokens * tokens * self._width
+
+    def flops_conservative(self, kind, block, picked: dict) -> float:
+        return 2 * self._tokenwise_params[id(block)] * sum(picked.values())
 
     @staticmethod
     def stream_factor(kind, config) -> float:

@@ -179,10 +179,11 @@ class FluxAdapter(BlockStack):
             out = original(args)
         return out, seen
 
-    def conservative(self, kind: str, block, args: dict, cache: dict, picks: dict) -> dict:
+    def conservative(self, kind: str, block, args: dict, cache: dict, picks: dict, original=None) -> dict:
         """Reuse attention under fresh gates; recompute the MLP of picked tokens only.
 
         `picks` maps stream name to token indices [batch, k]; `cache` is updated in place.
+        (`original`, the host's block, is not needed: the host submodules run here.)
         """
         if kind == "double_block":
             if block.modulation:

@@ -135,7 +135,7 @@ class RunState:
             or (call.action is Action.CONSERVATIVE and self.store.has(call.key, name)))
         if reusable:
             try:
-                return self._reuse(call, name, block, args, streams, record)
+                return self._reuse(call, name, block, args, streams, record, original)
             except Exception as error:  # never fail a user's run over a cache problem
                 if type(error).__name__ == "InterruptProcessingException":
                     raise
@@ -159,7 +159,7 @@ class RunState:
         self._keep_residual(call, name, out)
         return out
 
-    def _reuse(self, call, name, block, args, streams, record) -> dict:
+    def _reuse(self, call, name, block, args, streams, record, original) -> dict:
         adapter, kind = self.adapter, name[0]
         if call.action is Action.AGGRESSIVE:
             out = adapter.passthrough(kind, args)
@@ -169,7 +169,7 @@ class RunState:
             return out
         cache = self.store.get(call.key, name, device=args["img"].device)
         picks = self._pick_tokens(kind, name[1], cache, streams, call.refresh_ratio)
-        out = adapter.conservative(kind, block, args, cache, picks)
+        out = adapter.conservative(kind, block, args, cache, picks, original)
         picked = {s: idx.shape[1] for s, idx in picks.items()}
         record.block_flops_done += adapter.flops_conservative(kind, block, picked)
         record.tokens_recomputed += sum(picked.values())

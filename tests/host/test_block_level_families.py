@@ -1,4 +1,5 @@
-"""Families reused at block level: aggressive steps skip the stack, the rest computes."""
+"""Families reused at block level: aggressive steps skip the stack, the rest computes.
+(Token-wise families built from units: test_unit_families.py.)"""
 import torch
 
 from testbed import models
@@ -25,26 +26,6 @@ def sample_counting_blocks(model, blocks, positive, negative, **kw):
     finally:
         for h in handles:
             h.remove()
-
-
-def test_wan_video_all_full_is_identical_and_balanced_skips_blocks(pack, duca):
-    patch, core = duca
-    wan = models.wan(seed=2)
-    positive, negative = models.text_conditioning(32, seed=1), models.text_conditioning(32, seed=2)
-    kw = dict(steps=STEPS, cfg=4.0, latent=models.video_latent(batch=2, frames=3))
-    reference = check_all_full_is_identical(patch, core, wan, positive, negative, **kw)
-
-    balanced = patch.apply_duca(wan, core.PRESETS["balanced"])
-    blocks = wan.model.diffusion_model.blocks
-    out, calls = sample_counting_blocks(balanced, blocks, positive, negative, **kw)
-    stats = patch.last_stats(balanced)
-    expected = core.PRESETS["balanced"].plan_for(STEPS).timeline.replace("C", "F")
-    assert stats.level == "block" and stats.timeline == expected
-    # cond and uncond batched together: one model call per step
-    assert calls == expected.count("F") * len(blocks)
-    assert 0 < stats.compute_fraction < 1
-    distance = float((out - reference).norm() / reference.norm())
-    assert 1e-6 < distance < 0.2
 
 
 def test_sd3_mmdit_all_full_is_identical_and_aggressive_steps_reuse(pack, duca):
