@@ -1,7 +1,7 @@
 """Architecture adapters: how one block of a model family splits into cacheable units.
 
-Adding a family is one adapter file and one line in ADAPTERS (or, for a
-block-level family, one StackSpec in block_stack.SPECS).
+Adding a family is one adapter file and one line in ADAPTERS (or one StackSpec
+in block_stack.SPECS, or one class name in step_level.STEP_LEVEL_CLASSES).
 """
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Optional
 
 from .block_stack import BlockStackAdapter
 from .flux import FluxAdapter
+from .step_level import StepAdapter
 
-# Token-wise adapters first; the block-level one covers the families listed in block_stack.SPECS.
-ADAPTERS = (FluxAdapter.for_model, BlockStackAdapter.for_model)
+# Most specific first: Flux-built models, the families of block_stack.SPECS, then those
+# reused a whole step at a time (step_level.STEP_LEVEL_CLASSES).
+ADAPTERS = (FluxAdapter.for_model, BlockStackAdapter.for_model, StepAdapter.for_model)
 
 
 def find_adapter(diffusion_model) -> Optional[object]:

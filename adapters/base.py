@@ -5,6 +5,7 @@ from __future__ import annotations
 class BlockStack:
     """`keys`: ("double_block" | "single_block", index) in the order the model runs them."""
     keys: list
+    step_level = False  # True: no block hooks, whole model calls are reused (step_level.py)
 
     @property
     def first_key(self):
@@ -19,3 +20,8 @@ class BlockStack:
         if getattr(self, "_positions", None) is None:
             self._positions = {key: i for i, key in enumerate(self.keys)}
         return self._positions[(kind, index)], len(self.keys)
+
+    @staticmethod
+    def can_refresh(kind: str, args: dict) -> bool:
+        """False when this block call can't be refreshed token-wise (it is computed instead)."""
+        return True

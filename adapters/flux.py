@@ -107,6 +107,10 @@ class FluxAdapter(BlockStack):
         self.keys = [("double_block", i) for i in range(len(self.double_blocks)) if i not in skip_double]
         self.keys += [("single_block", i) for i in range(len(self.single_blocks)) if i not in skip_single]
         self.patch_size = getattr(diffusion_model, "patch_size", 2)
+        # Flux and Chroma join [text; image] for the single blocks, HunyuanVideo [image; text]
+        self.text_first = type(diffusion_model).__name__ != "HunyuanVideo"
+        if not self.text_first:
+            self.family = "hunyuan-video"
 
     @classmethod
     def for_model(cls, diffusion_model):
@@ -131,34 +135,48 @@ class FluxAdapter(BlockStack):
         return config.double_stream_factor if kind == "double_block" else config.single_stream_factor
 
     def grid(self, x: torch.Tensor) -> tuple:
-        h, w = x.shape[-2:]
-        return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
+        """Token grid of the model input [batch, channels, (frames,) height, width]."""
+        sizes = x.shape[2:]
+        patch = self.patch_size if isinstance(self.patch_size, (list, tuple)) else (self.patch_size,) * 2
+        patch = (1,) * (len(sizes) - len(patch)) + tuple(patch)[-len(sizes):]
+        return tuple(math.ceil(n / p) for n, p in zip(sizes, patch))
 
-    @staticmethod
-    def stack_state(kind: str, io: dict) -> torch.Tensor:
-        """The stack's hidden state as one [batch, text + image, dim] tensor."""
-        return io["img"] if kind == "single_block" else torch.cat((io["txt"], io["img"]), dim=1)
+    def stack_state(self, kind: str, io: dict) -> torch.Tensor:
+        """The stack's hidden state as one [batch, tokens, dim] tensor, in the order the
+        single blocks see it."""
+        if kind == "single_block":
+            return io["img"]
+        parts = (io["txt"], io["img"]) if self.text_first else (io["img"], io["txt"])
+        return torch.cat(parts, dim=1)
 
-    @staticmethod
-    def from_stack_state(kind: str, state: torch.Tensor, like: dict) -> dict:
+    def from_stack_state(self, kind: str, state: torch.Tensor, like: dict) -> dict:
         if kind == "single_block":
             return {"img": state}
-        txt_len = like["txt"].shape[1]
-        return {"txt": state[:, :txt_len], "img": state[:, txt_len:]}
+        if self.text_first:
+            txt_len = like["txt"].shape[1]
+            return {"txt": state[:, :txt_len], "img": state[:, txt_len:]}
+        img_len = like["img"].shape[1]
+        return {"img": state[:, :img_len], "txt": state[:, img_len:]}
 
     @staticmethod
     def passthrough(kind: str, args: dict) -> dict:
         return {"img": args["img"]} if kind == "single_block" else {"img": args["img"], "txt": args["txt"]}
 
-    # --- units of one block ----------------------------------------------
     @staticmethod
-    def streams(kind: str, args: dict, grid: tuple, txt_len: int) -> dict:
+    def can_refresh(kind: str, args: dict) -> bool:
+        """Per-frame modulation (HunyuanVideo image-to-video) addresses token ranges of the
+        whole sequence, which a subset of tokens does not keep: compute such blocks."""
+        return all(args.get(k) is None for k in ("modulation_dims", "modulation_dims_img", "modulation_dims_txt"))
+
+    # --- units of one block ----------------------------------------------
+    def streams(self, kind: str, args: dict, grid: tuple, txt_len: int) -> dict:
         """Token streams of a block and where the image grid sits in each."""
         if kind == "double_block":
             txt_len = args["txt"].shape[1]
             return {"txt": TokenLayout(txt_len, (), txt_len),
                     "img": TokenLayout(0, grid, args["img"].shape[1])}
-        return {"seq": TokenLayout(txt_len, grid, args["img"].shape[1])}
+        prefix = txt_len if self.text_first else 0
+        return {"seq": TokenLayout(prefix, grid, args["img"].shape[1])}
 
     def full(self, kind: str, block, args: dict, original, record: bool):
         """Run the host's block; with `record`, also return what conservative steps reuse."""

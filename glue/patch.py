@@ -98,7 +98,12 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         return executor(*args, **kwargs)
     call = run.begin_call(args[0], options)
     try:
-        return executor(*args, **kwargs)
+        reused = run.reused_output(call, args[0])
+        if reused is not None:
+            return reused
+        output = executor(*args, **kwargs)
+        run.keep_output(call, output)
+        return output
     finally:
         run.end_call(call)
 

@@ -17,6 +17,7 @@ import torch
 from ..cache_core import Action, CacheStore, DuCaConfig, RunStats, TokenSelector, layer_refresh_ratio, step_index
 
 RESIDUAL = "residual"   # store name: stack output minus stack input at the last computed step
+STEP_OUTPUT = "step_output"  # store name: the model's output at the last computed step (step level)
 LOG = logging.getLogger("comfyui-duca")
 
 
@@ -94,6 +95,22 @@ class RunState:
         record.cache_bytes = max(record.cache_bytes, self.store.nbytes())
         self.call = None
 
+    # --- whole model calls (families without block hooks) -----------------
+    def reused_output(self, call: Call, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Step level: the output to return instead of calling the model, or None to compute."""
+        if not self.adapter.step_level:
+            return None
+        record = self.stats.record(call.step)
+        record.block_flops_full += 1.0  # counted in model calls
+        if call.action is not Action.AGGRESSIVE or self.disabled or not self.store.has(call.key, STEP_OUTPUT):
+            record.block_flops_done += 1.0
+            return None
+        return self.store.get(call.key, STEP_OUTPUT, device=x.device)
+
+    def keep_output(self, call: Call, output) -> None:
+        if self.adapter.step_level and self.record_residual and isinstance(output, torch.Tensor):
+            self.store.put(call.key, STEP_OUTPUT, output)
+
     def finish(self) -> RunStats:
         self.store.clear()
         self.completed_keys.clear()
@@ -132,7 +149,8 @@ class RunState:
         record.tokens_total += sum(s.total for s in streams.values())
         reusable = not self.disabled and (
             call.action is Action.AGGRESSIVE
-            or (call.action is Action.CONSERVATIVE and self.store.has(call.key, name)))
+            or (call.action is Action.CONSERVATIVE and self.store.has(call.key, name)
+                and adapter.can_refresh(kind, args)))
         if reusable:
             try:
                 return self._reuse(call, name, block, args, streams, record, original)
