@@ -1,6 +1,8 @@
 """What every adapter shares: its blocks as an ordered list of `patches_replace` keys."""
 from __future__ import annotations
 
+import contextlib
+
 
 class BlockStack:
     """`keys`: ("double_block" | "single_block", index) in the order the model runs them."""
@@ -25,3 +27,8 @@ class BlockStack:
     def can_refresh(kind: str, args: dict) -> bool:
         """False when this block call can't be refreshed token-wise (it is computed instead)."""
         return True
+
+    def around_call(self, run, call):
+        """A context entered around each model call that computes (adapters that work on
+        the whole forward, such as the U-Net's DeepCache, stand in for blocks here)."""
+        return contextlib.nullcontext()

@@ -101,7 +101,8 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         reused = run.reused_output(call, args[0])
         if reused is not None:
             return reused
-        output = executor(*args, **kwargs)
+        with run.adapter.around_call(run, call):
+            output = executor(*args, **kwargs)
         run.keep_output(call, output)
         return output
     finally:
