@@ -1,13 +1,17 @@
 """An exact, invertible stand-in for a VAE: pictures folded into latent channels.
 
 No VAE can be downloaded here, so the small trained models work on pictures
-folded into the latent layout their ComfyUI class expects: Flux's 16 channels
-hold a 2x2 space-to-depth of RGB (12 channels) plus 4 zero channels; the SD
-U-Net's 4 channels hold a 2x2 space-to-depth of the luminance (grey pictures,
-a quarter of the positions: a U-Net's cost grows with them), scaled to about unit
-variance as SD's latent scale factor makes its latents (grey photographs in [-1, 1]
-have a standard deviation near 0.35; an epsilon-predicting model's error at high
-noise is multiplied by sigma, so data far below unit variance come out noisy).
+folded into the latent layout their ComfyUI class expects:
+- Flux's 16 channels hold a 2x2 space-to-depth of RGB (12 channels) plus 4 zero
+  channels;
+- the SD U-Net's 4 channels hold a one-level Haar transform of the luminance
+  (grey pictures, a quarter of the positions: a U-Net's cost grows with them):
+  the 2x2 average and three 2x2 differences. Like a VAE's channels they are
+  decorrelated, so a model's errors in the small detail channels stay small in
+  the picture; a plain space-to-depth turns independent channel errors into a
+  checkerboard. Scaled so the average channel has about unit variance, as SD's
+  latent scale factor makes its latents (an epsilon model's error at high noise
+  is multiplied by sigma, so data far below unit variance come out noisy).
 Values are in model space (what `latent_format.process_in` returns), RGB in [-1, 1].
 """
 from __future__ import annotations
@@ -17,7 +21,10 @@ import torch.nn.functional as F
 
 FLUX_CHANNELS = 16
 SD_CHANNELS = 4
-SD_SCALE = 3.0
+SD_SCALE = 2.0
+# 2x2 cell (top-left, top-right, bottom-left, bottom-right) -> average and differences; orthonormal
+HAAR = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0],
+                     [1.0, -1.0, -1.0, 1.0]]) / 2
 
 
 def encode(rgb: torch.Tensor, channels: int) -> torch.Tensor:
@@ -26,7 +33,8 @@ def encode(rgb: torch.Tensor, channels: int) -> torch.Tensor:
         folded = F.pixel_unshuffle(rgb, 2)
         return torch.cat((folded, torch.zeros_like(folded[:, :4])), dim=1)
     if channels == SD_CHANNELS:
-        return F.pixel_unshuffle(rgb.mean(dim=1, keepdim=True), 2) * SD_SCALE
+        cells = F.pixel_unshuffle(rgb.mean(dim=1, keepdim=True), 2)
+        return torch.einsum("oc,bchw->bohw", HAAR.to(cells), cells) * SD_SCALE
     raise ValueError(f"no pixel latent layout for {channels} channels")
 
 
@@ -35,7 +43,8 @@ def decode(latent: torch.Tensor) -> torch.Tensor:
     if latent.shape[1] == FLUX_CHANNELS:
         return F.pixel_shuffle(latent[:, :12], 2).clamp(-1, 1)
     if latent.shape[1] == SD_CHANNELS:
-        return (F.pixel_shuffle(latent, 2) / SD_SCALE).expand(-1, 3, -1, -1).clamp(-1, 1)
+        cells = torch.einsum("co,bchw->bohw", HAAR.to(latent), latent / SD_SCALE)  # HAAR is its own inverse
+        return F.pixel_shuffle(cells, 2).expand(-1, 3, -1, -1).clamp(-1, 1)
     raise ValueError(f"no pixel latent layout for {latent.shape[1]} channels")
 
 
