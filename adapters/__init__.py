@@ -10,10 +10,11 @@ from typing import Optional
 from .block_stack import BlockStackAdapter
 from .flux import FluxAdapter
 from .step_level import StepAdapter
+from .unet import UNetAdapter
 
 # Most specific first: Flux-built models, the families of block_stack.SPECS, then those
 # reused a whole step at a time (step_level.STEP_LEVEL_CLASSES).
-ADAPTERS = (FluxAdapter.for_model, BlockStackAdapter.for_model, StepAdapter.for_model)
+ADAPTERS = (FluxAdapter.for_model, BlockStackAdapter.for_model, StepAdapter.for_model, UNetAdapter.for_model)
 
 
 def find_adapter(diffusion_model) -> Optional[object]:

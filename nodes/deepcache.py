@@ -1,0 +1,86 @@
+"""The specialist node "DeepCache (U-Net)" for SD1.x, SD2.x and SDXL models."""
+from __future__ import annotations
+
+from ..adapters.unet import UNetAdapter
+from ..cache_core.deepcache import SCHEDULES, DeepCacheConfig
+from ..glue.patch import apply_duca
+from ..glue.ui import node_reporter
+from .accelerate import CATEGORY
+
+DEFAULT = DeepCacheConfig()
+
+
+class DeepCacheUNet:
+    DESCRIPTION = ("DeepCache for U-Net models (SD1.5, SD2, SDXL and fine-tunes): every few steps the whole "
+                   "U-Net runs and its deep features are kept; in between only the shallow blocks run, on the "
+                   "kept deep features. No training, weights unchanged; ControlNets and patches keep working.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with DeepCache attached; connect it to your sampler.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "A U-Net diffusion model (SD1.5, SD2, SDXL) from your loader."}),
+                "cache_interval": ("INT", {"default": DEFAULT.interval, "min": 1, "max": 100, "tooltip":
+                                   "The whole U-Net runs every N steps; the steps between reuse its deep "
+                                   "features. 1 computes every step; 3 is DeepCache's default."}),
+                "cache_depth": ("INT", {"default": DEFAULT.branch, "min": 0, "max": 11, "tooltip":
+                                "The branch: how many input blocks (after the first) still run on reuse steps. "
+                                "0 reuses the most (fastest); higher is closer to the uncached model. Valid "
+                                "range: 0 to the model's input blocks minus 1 (SD1.5 and SD2: 0-11, SDXL: 0-8)."}),
+                "schedule": (list(SCHEDULES), {"default": DEFAULT.schedule, "tooltip":
+                             "uniform: a full step every cache_interval steps. quadratic: DeepCache's "
+                             "non-uniform schedule, the same number of full steps gathered around the first "
+                             "third of the run."}),
+            },
+            "optional": {
+                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                  "Fraction of the sampling steps after which caching may begin."}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                "Fraction of the sampling steps after which every step is computed again."}),
+            },
+        }
+
+    def apply(self, model, cache_interval=DEFAULT.interval, cache_depth=DEFAULT.branch, schedule=DEFAULT.schedule,
+              start_percent=0.0, end_percent=1.0, unique_id=None, **_unknown):
+        adapter = unet_adapter(model)
+        config = build_config(cache_interval, cache_depth, schedule, start_percent, end_percent)
+        adapter.check_branch(config.branch, "cache_depth")
+        return (apply_duca(model, config, listeners=[node_reporter(unique_id)]),)
+
+
+def unet_adapter(model) -> UNetAdapter:
+    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
+    adapter = UNetAdapter.for_model(diffusion_model) if diffusion_model is not None else None
+    if adapter is None:
+        name = type(diffusion_model).__name__ if diffusion_model is not None else type(model).__name__
+        raise ValueError(f"model must be a U-Net model (SD1.5, SD2, SDXL: ComfyUI's UNetModel), got {name}; "
+                         "use Accelerate (DuCa) for other families")
+    return adapter
+
+
+# node input -> (DeepCacheConfig field, accepted values): the error names what the user sees
+INPUTS = {"cache_interval": ("interval", "an integer in [1, 100]"),
+          "cache_depth": ("branch", "an integer >= 0"),
+          "schedule": ("schedule", f"one of {list(SCHEDULES)}"),
+          "start_percent": ("start", "a number in [0, 1]"),
+          "end_percent": ("end", "a number in [0, 1]")}
+
+
+def build_config(cache_interval, cache_depth, schedule, start_percent, end_percent) -> DeepCacheConfig:
+    values = {"cache_interval": cache_interval, "cache_depth": cache_depth, "schedule": schedule,
+              "start_percent": start_percent, "end_percent": end_percent}
+    for name, value in values.items():
+        field, accepted = INPUTS[name]
+        try:
+            DeepCacheConfig(**{field: value})
+        except (ValueError, TypeError):
+            raise ValueError(f"{name} must be {accepted}, got {value!r}") from None
+    if start_percent > end_percent:
+        raise ValueError(f"start_percent ({start_percent}) must not be after end_percent ({end_percent})")
+    return DeepCacheConfig(interval=cache_interval, branch=cache_depth, schedule=schedule,
+                           start=start_percent, end=end_percent)
