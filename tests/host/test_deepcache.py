@@ -326,3 +326,53 @@ def test_a_branch_too_deep_for_the_model_fails_before_sampling(pack, duca, unet,
     model = patch.apply_duca(unet, core.DeepCacheConfig(branch=7))
     with pytest.raises(ValueError, match=r"cache_depth must be in \[0, 3\]"):
         models.sample(model, *conds, **KW)
+
+
+# The published architectures (ComfyUI's detected unet_config), built on the meta device:
+# shapes and FLOPs only, no weights.
+COMMON = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+          "use_spatial_transformer": True, "legacy": False, "use_temporal_attention": False,
+          "use_temporal_resblock": False}
+SD15 = dict(COMMON, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+            transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+            use_linear_in_transformer=False, context_dim=768, num_heads=8, num_head_channels=-1, adm_in_channels=None)
+SD21 = dict(SD15, use_linear_in_transformer=True, context_dim=1024, num_heads=-1, num_head_channels=64)
+SDXL = dict(COMMON, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10],
+            transformer_depth_middle=10, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+            use_linear_in_transformer=True, context_dim=2048, num_head_channels=64, num_classes="sequential",
+            adm_in_channels=2816)
+
+
+@pytest.mark.parametrize("name, config_class, unet_config, side, branches, family, reuse_share", [
+    ("SD1.5 512px", "SD15", SD15, 64, 12, "SD1-like", 0.10),
+    ("SD2.1 768px", "SD20", SD21, 96, 12, "SD2-like", 0.10),
+    ("SDXL 1024px", "SDXL", SDXL, 128, 9, "SDXL-like", 0.02),
+])
+def test_published_u_nets_run_full_and_reuse_calls(pack, duca, name, config_class, unet_config, side, branches,
+                                                    family, reuse_share):
+    """Their block layouts are recognised, the node's tooltip range holds, and a full call then
+    a reuse call go through the host's forward; branch 0's reuse call costs a few percent."""
+    import comfy.supported_models
+    _, core = duca
+    from comfyui_duca.adapters.unet import UNetAdapter
+    from comfyui_duca.glue.run import RunState
+    model_config = getattr(comfy.supported_models, config_class)(dict(unet_config))
+    model_config.set_inference_dtype(torch.float32, None)
+    dm = model_config.get_model({}, device="meta").diffusion_model
+    adapter = UNetAdapter.for_model(dm)
+    assert adapter is not None and family in adapter.family and adapter.max_branch == branches - 1
+    context = torch.zeros(2, 77, unet_config["context_dim"], device="meta")
+    extra = {"y": torch.zeros(2, 2816, device="meta")} if unet_config["adm_in_channels"] else {}
+    x = torch.zeros(2, 4, side, side, device="meta")
+    plan = core.Plan((core.StepPlan(core.Action.FULL), core.StepPlan(core.Action.AGGRESSIVE)))
+    run = RunState(core.DeepCacheConfig(plan=plan), adapter, [2.0, 1.0, 0.0])
+    for sigma in (2.0, 1.0):
+        options = {"sigmas": torch.tensor([sigma]), "cond_or_uncond": [0, 1]}
+        call = run.begin_call(x, options)
+        with torch.no_grad(), adapter.around_call(run, call):
+            out = dm(x, torch.zeros(2, device="meta"), context=context, transformer_options=options, **extra)
+        run.end_call(call)
+        assert out.shape == x.shape
+    assert run.stats.timeline == "FA"
+    reuse = run.stats.steps[1]
+    assert 0 < reuse.block_flops_done / reuse.block_flops_full < reuse_share, name
