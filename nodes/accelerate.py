@@ -51,6 +51,7 @@ class AccelerateDuCa:
                                  "compute: keep caches on the GPU (fastest). cpu: offload them to RAM "
                                  "(saves VRAM, costs transfers)."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},  # the node the run's stats are shown on
         }
 
     def apply(self, model, preset="balanced", interval=None, refresh_ratio=None, token_selector=None,

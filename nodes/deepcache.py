@@ -43,6 +43,7 @@ class DeepCacheUNet:
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                                 "Fraction of the sampling steps after which every step is computed again."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},  # the node the run's stats are shown on
         }
 
     def apply(self, model, cache_interval=DEFAULT.interval, cache_depth=DEFAULT.branch, schedule=DEFAULT.schedule,

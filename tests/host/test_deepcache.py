@@ -284,7 +284,8 @@ def test_node_inputs_and_errors(pack, unet):
     inputs = node_class.INPUT_TYPES()
     assert set(inputs["required"]) == {"model", "cache_interval", "cache_depth", "schedule"}
     assert set(inputs["optional"]) == {"start_percent", "end_percent"}
-    for section in inputs.values():
+    assert inputs["hidden"] == {"unique_id": "UNIQUE_ID"}  # where the UI shows the run's stats
+    for section in (inputs["required"], inputs["optional"]):
         for name, (_, options) in section.items():
             assert options.get("tooltip"), f"{name} has no tooltip"
     node = node_class()

@@ -14,7 +14,8 @@ def test_pack_exports_the_flagship_node(pack):
     assert set(inputs["required"]) == {"model", "preset"}
     assert {"interval", "refresh_ratio", "token_selector", "first_full_steps", "start_percent",
             "end_percent", "cache_device"} <= set(inputs["optional"])
-    for section in inputs.values():
+    assert inputs["hidden"] == {"unique_id": "UNIQUE_ID"}  # where the UI shows the run's stats
+    for section in (inputs["required"], inputs["optional"]):
         for name, (_, options) in section.items():
             assert options.get("tooltip"), f"{name} has no tooltip"
     assert node.RETURN_TYPES == ("MODEL",)

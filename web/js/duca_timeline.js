@@ -4,7 +4,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const COLORS = { full: "#4c8bf5", conservative: "#f2a93b", aggressive: "#43b581" };
-const NODE_TYPES = new Set(["DuCaAccelerate"]);
+const NODE_TYPES = new Set(["DuCaAccelerate", "DuCaDeepCache"]);
 const STRIP_HEIGHT = 34;
 
 function drawTimeline(node, ctx) {
