@@ -24,6 +24,11 @@ class BlockStack:
         return self._positions[(kind, index)], len(self.keys)
 
     @staticmethod
+    def plan_for(config, num_steps: int):
+        """The run's plan (an adapter with its own method, the U-Net's DeepCache, overrides it)."""
+        return config.plan_for(num_steps)
+
+    @staticmethod
     def can_refresh(kind: str, args: dict) -> bool:
         """False when this block call can't be refreshed token-wise (it is computed instead)."""
         return True

@@ -55,8 +55,7 @@ class RunState:
         self.adapter = adapter
         self.sigmas = [float(s) for s in sigmas]
         self.num_steps = max(len(self.sigmas) - 1, 0)
-        plan_for = getattr(adapter, "plan_for", None)  # an adapter with its own method (U-Net: DeepCache)
-        self.plan = plan_for(config, self.num_steps) if plan_for else config.plan_for(self.num_steps)
+        self.plan = adapter.plan_for(config, self.num_steps)
         if not adapter.tokenwise and self.plan.needs_module_cache():
             # this family's blocks can't be split token by token yet: compute those steps
             self.plan = self.plan.replacing(Action.CONSERVATIVE, Action.FULL)

@@ -5,20 +5,16 @@ from ..cache_core.config import CACHE_DEVICES, PRESETS
 from ..cache_core.tokens import SELECTORS
 from ..glue.patch import apply_duca
 from ..glue.ui import node_reporter
+from .base import HIDDEN_INPUTS, STEP_WINDOW_INPUTS, ModelPatchNode
 
-CATEGORY = "DuCa Accelerate"
 CUSTOM = "custom"
 
 
-class AccelerateDuCa:
+class AccelerateDuCa(ModelPatchNode):
     DESCRIPTION = ("Samples faster by reusing features across steps (DuCa dual caching): full steps, "
                    "then conservative steps (a fraction of tokens recomputed) alternating with "
                    "aggressive steps (the whole block stack reused). No training, weights unchanged.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model with caching attached; connect it to your sampler.",)
-    FUNCTION = "apply"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -43,15 +39,12 @@ class AccelerateDuCa:
                                    "image. random: seeded random pick."}),
                 "first_full_steps": ("INT", {"default": balanced.first_full_steps, "min": 0, "max": 1000,
                                      "tooltip": "The first steps are always computed (they set the composition)."}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                  "Fraction of the sampling steps after which caching may begin."}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                "Fraction of the sampling steps after which every step is computed again."}),
+                **STEP_WINDOW_INPUTS,
                 "cache_device": (list(CACHE_DEVICES), {"default": "compute", "tooltip":
                                  "compute: keep caches on the GPU (fastest). cpu: offload them to RAM "
                                  "(saves VRAM, costs transfers)."}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},  # the node the run's stats are shown on
+            "hidden": HIDDEN_INPUTS,
         }
 
     def apply(self, model, preset="balanced", interval=None, refresh_ratio=None, token_selector=None,

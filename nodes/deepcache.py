@@ -5,20 +5,16 @@ from ..adapters.unet import UNetAdapter
 from ..cache_core.deepcache import SCHEDULES, DeepCacheConfig
 from ..glue.patch import apply_duca
 from ..glue.ui import node_reporter
-from .accelerate import CATEGORY
+from .base import HIDDEN_INPUTS, STEP_WINDOW_INPUTS, ModelPatchNode
 
 DEFAULT = DeepCacheConfig()
 
 
-class DeepCacheUNet:
+class DeepCacheUNet(ModelPatchNode):
     DESCRIPTION = ("DeepCache for U-Net models (SD1.5, SD2, SDXL and fine-tunes): every few steps the whole "
                    "U-Net runs and its deep features are kept; in between only the shallow blocks run, on the "
                    "kept deep features. No training, weights unchanged; ControlNets and patches keep working.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model with DeepCache attached; connect it to your sampler.",)
-    FUNCTION = "apply"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -38,12 +34,9 @@ class DeepCacheUNet:
                              "third of the run."}),
             },
             "optional": {
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                  "Fraction of the sampling steps after which caching may begin."}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                "Fraction of the sampling steps after which every step is computed again."}),
+                **STEP_WINDOW_INPUTS,
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},  # the node the run's stats are shown on
+            "hidden": HIDDEN_INPUTS,
         }
 
     def apply(self, model, cache_interval=DEFAULT.interval, cache_depth=DEFAULT.branch, schedule=DEFAULT.schedule,
