@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .aura import AuraFlowAdapter
 from .block_stack import BlockStackAdapter
 from .flux import FluxAdapter
 from .step_level import StepAdapter
@@ -14,7 +15,8 @@ from .unet import UNetAdapter
 
 # Most specific first: Flux-built models, the families of block_stack.SPECS, then those
 # reused a whole step at a time (step_level.STEP_LEVEL_CLASSES).
-ADAPTERS = (FluxAdapter.for_model, BlockStackAdapter.for_model, StepAdapter.for_model, UNetAdapter.for_model)
+ADAPTERS = (FluxAdapter.for_model, BlockStackAdapter.for_model, AuraFlowAdapter.for_model, StepAdapter.for_model,
+            UNetAdapter.for_model)
 
 
 def find_adapter(diffusion_model) -> Optional[object]:

@@ -8,7 +8,7 @@ For each family, at cfg 1 (batch 1) and cfg 4 (batch 2, cond + uncond):
   blocks run exactly on the steps the run says it computed, and the output stays near.
 
 The level each family runs at is part of the test ids (`ltxv-token-wise-cfg4`,
-`auraflow-passthrough-cfg1`), so a family that silently falls back shows up there.
+`lumina2-step-cfg1`), so a family that silently falls back shows up there.
 """
 import logging
 
@@ -243,3 +243,77 @@ def test_balanced_reuses_and_runs_the_blocks_the_plan_computes(reference, duca, 
 
     assert torch.isfinite(out).all()
     assert 1e-6 < relative_l2(out, expected) < 0.3
+
+
+class AuraUnits:
+    """What the host's AuraFlow layers really computed in one step: calls of each layer's
+    attention (its first projection) and the (batch, tokens) each MLP ran on."""
+
+    def __init__(self, model):
+        dm = model.model.diffusion_model
+        mlps = [(("double_block", i, "txt"), b.mlpC) for i, b in enumerate(dm.double_layers)]
+        mlps += [(("double_block", i, "img"), b.mlpX) for i, b in enumerate(dm.double_layers)]
+        mlps += [(("single_block", i, "seq"), b.mlp) for i, b in enumerate(dm.single_layers)]
+        layers = list(dm.double_layers) + list(dm.single_layers)
+        self.steps, self._attention, self._rows = [], 0, {}
+        self.handles = [b.attn.w1q.register_forward_hook(self._count) for b in layers]
+        self.handles += [m.c_fc1.register_forward_hook(self._rows_of(name)) for name, m in mlps]
+
+    def _count(self, *_):
+        self._attention += 1
+
+    def _rows_of(self, name):
+        return lambda _m, args, _out: self._rows.setdefault(name, []).append(tuple(args[0].shape[:2]))
+
+    def step_done(self, *_):
+        self.steps.append((self._attention, self._rows))
+        self._attention, self._rows = 0, {}
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def test_auraflow_is_token_wise_over_its_double_and_single_layers():
+    assert LEVELS["auraflow"] == "token-wise"
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_auraflow_conservative_steps_reuse_attention_and_refresh_the_planned_tokens(duca, mode):
+    """Text (register tokens + prompt) and image streams of the double layers and the
+    [text; image] sequence of the single layers each refresh int(ratio * tokens) tokens,
+    with ToCa's per-layer ratio; attention never runs on conservative or aggressive steps."""
+    patch, core = duca
+    family, model = FAMILIES["auraflow"], MODELS["auraflow"]
+    steps, config = 10, core.DuCaConfig(interval=4, refresh_ratio=0.4, first_full_steps=2)
+    plan = config.plan_for(steps)
+    accelerated = patch.apply_duca(model, config)
+    units = AuraUnits(model)
+    cfg, batch = MODES[mode]
+    try:
+        out = models.sample(accelerated, family.conditioning(1), family.negative(2), steps=steps, cfg=cfg,
+                            latent=family.latent(batch), callback=units.step_done)
+    finally:
+        units.remove()
+    assert torch.isfinite(out).all()
+    assert patch.last_stats(accelerated).timeline == plan.timeline and "C" in plan.timeline
+    depth = len(family.block_modules(model))
+    doubles = len(model.model.diffusion_model.double_layers)
+    full_rows = units.steps[0][1]   # (batch, tokens) per MLP on a full step
+    assert {name: shape[0][1] for name, shape in full_rows.items()} == {
+        ("double_block", 0, "txt"): 8 + 8, ("double_block", 0, "img"): 16,
+        ("single_block", 0, "seq"): 32, ("single_block", 1, "seq"): 32}
+    for step, (attention, rows) in zip(plan, units.steps):
+        if step.action is core.Action.FULL:
+            assert attention == depth and rows == full_rows
+        elif step.action is core.Action.AGGRESSIVE:
+            assert attention == 0 and rows == {}
+        else:
+            assert attention == 0
+            expected = {}
+            for (kind, index, stream), [(batch_rows, tokens)] in full_rows.items():
+                position = index if kind == "double_block" else doubles + index  # double layers run first
+                ratio = core.layer_refresh_ratio(step.refresh_ratio, position, depth, 1.0, config.layer_weight)
+                if int(ratio * tokens):  # an MLP with no token to refresh is not called
+                    expected[kind, index, stream] = [(batch_rows, int(ratio * tokens))]
+            assert rows == expected

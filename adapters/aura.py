@@ -1,0 +1,146 @@
+"""AuraFlow (ComfyUI's `comfy.ldm.aura.mmdit.MMDiT`): joint double layers, then single layers.
+
+Double layers (MMDiTBlock) keep a text stream (8 register tokens, then the prompt)
+and an image stream with one joint attention (`attn` returns both streams' outputs)
+and one MLP per stream (`mlpC`, `mlpX`). Single layers (DiTBlock) run on
+[text; image] with `attn` and `mlp`. Every residual is `x + gate * unit(...)`, so a
+conservative step runs the host's own block forward with fresh modulation, norms
+and gates while attention is stood in for by its output from the last full step
+and the MLPs recompute the picked tokens only (the stand-ins of units.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from .block_stack import BlockStackAdapter, StackSpec
+from .units import own_forward, standing_in
+from ..cache_core.tokens import TokenLayout, gather_tokens, scatter_tokens, value_norm_score
+
+SPEC = StackSpec("auraflow", ("MMDiT",), (("double_block", "double_layers"), ("single_block", "single_layers")),
+                 outputs=("img", "txt"))
+# The MLP and value projection of each stream: (stream, mlp attribute, value projection of attn)
+DOUBLE_STREAMS = (("txt", "mlpC", "w1v"), ("img", "mlpX", "w2v"))
+SINGLE_STREAMS = (("seq", "mlp", "w1v"),)
+
+
+def _keep(out: torch.Tensor) -> torch.Tensor:
+    return out.detach().clone()  # the host may modulate a tensor in place later
+
+
+class AuraFlowAdapter(BlockStackAdapter):
+    def __init__(self, diffusion_model):
+        super().__init__(diffusion_model, SPEC)
+        self.tokenwise = True
+        self.level = "token-wise"
+        self._stream_params = {id(b): self._params_per_stream(kind, b) for (kind, _), b in self.blocks.items()}
+
+    @classmethod
+    def for_model(cls, diffusion_model):
+        if type(diffusion_model).__name__ not in SPEC.model_classes:
+            return None
+        if not all(hasattr(diffusion_model, a) for _, a in SPEC.block_lists):
+            return None  # SD3's MMDiT shares the class name; it has joint_blocks instead
+        doubles, singles = diffusion_model.double_layers, diffusion_model.single_layers
+        parts_ok = (all(hasattr(b, p) for b in doubles for p in ("attn", "mlpC", "mlpX"))
+                    and all(hasattr(b, p) for b in singles for p in ("attn", "mlp")))
+        return cls(diffusion_model) if parts_ok and len(doubles) + len(singles) > 0 else None
+
+    # --- the stack's state: [text; image] as the single layers see it -----------
+    @staticmethod
+    def stack_state(kind, io: dict) -> torch.Tensor:
+        return torch.cat((io["txt"], io["img"]), dim=1) if kind == "double_block" else io["img"]
+
+    @staticmethod
+    def from_stack_state(kind, state: torch.Tensor, like: dict) -> dict:
+        if kind == "single_block":
+            return {"img": state}
+        txt_len = like["txt"].shape[1]
+        return {"txt": state[:, :txt_len], "img": state[:, txt_len:]}
+
+    @staticmethod
+    def passthrough(kind, args: dict) -> dict:
+        return {"img": args["img"], "txt": args["txt"]} if kind == "double_block" else {"img": args["img"]}
+
+    @staticmethod
+    def streams(kind, args, grid, txt_len) -> dict:
+        if kind == "double_block":
+            txt = args["txt"].shape[1]
+            return {"txt": TokenLayout(txt, (), txt), "img": TokenLayout(0, grid, args["img"].shape[1])}
+        return {"seq": TokenLayout(txt_len, grid, args["img"].shape[1])}
+
+    # --- full and conservative block calls ---------------------------------------
+    def full(self, kind, block, args, original, record):
+        if not record:
+            return original(args), None
+        seen, handles = {}, []
+        heads = block.attn.n_heads
+
+        def keep(name):
+            return lambda _m, _args, out: seen.__setitem__(name, _keep(out))
+
+        def score(name):
+            def hook(_m, _args, out):
+                b, t, width = out.shape
+                seen[name] = value_norm_score(out.reshape(b, t, heads, width // heads).transpose(1, 2))
+            return hook
+
+        def keep_joint(_m, _args, out):  # the double layer's attention: (text, image)
+            seen["txt_attn"], seen["img_attn"] = _keep(out[0]), _keep(out[1])
+        try:
+            if kind == "double_block":
+                handles.append(block.attn.register_forward_hook(keep_joint))
+            else:
+                handles.append(block.attn.register_forward_hook(keep("seq_attn")))
+            for stream, mlp, value in (DOUBLE_STREAMS if kind == "double_block" else SINGLE_STREAMS):
+                handles.append(getattr(block, mlp).register_forward_hook(keep(f"{stream}_mlp")))
+                handles.append(getattr(block.attn, value).register_forward_hook(score(f"{stream}_score")))
+            out = original(args)
+        finally:
+            for h in handles:
+                h.remove()
+        return out, seen
+
+    def conservative(self, kind, block, args, cache, picks, original) -> dict:
+        if kind == "double_block":
+            stand_ins = {block.attn: lambda *a, **k: (cache["txt_attn"], cache["img_attn"])}
+        else:
+            stand_ins = {block.attn: lambda *a, **k: cache["seq_attn"]}
+        for stream, mlp, _ in (DOUBLE_STREAMS if kind == "double_block" else SINGLE_STREAMS):
+            stand_ins[getattr(block, mlp)] = _refresh(getattr(block, mlp), cache, f"{stream}_mlp", picks[stream])
+        with standing_in(stand_ins):
+            return original(args)
+
+    # --- compute accounting (multiply-adds x 2) ---------------------------------
+    @staticmethod
+    def _params_per_stream(kind, block) -> dict:
+        """Parameters each token of a stream runs through: its q, k, v, o and its MLP."""
+        def count(*modules):
+            return sum(p.numel() for m in modules for p in m.parameters())
+        attn = block.attn
+        if kind == "double_block":
+            return {"txt": count(attn.w1q, attn.w1k, attn.w1v, attn.w1o), "img": count(attn.w2q, attn.w2k,
+                    attn.w2v, attn.w2o), "txt_mlp": count(block.mlpC), "img_mlp": count(block.mlpX)}
+        return {"seq": count(attn.w1q, attn.w1k, attn.w1v, attn.w1o), "seq_mlp": count(block.mlp)}
+
+    def flops_full(self, kind, block, streams) -> float:
+        params = self._stream_params[id(block)]
+        tokens = sum(s.total for s in streams.values())
+        width = block.attn.w1q.in_features
+        per_stream = sum(2 * (params[name] + params[f"{name}_mlp"]) * s.total for name, s in streams.items())
+        return per_stream + 4 * tokens * tokens * width
+
+    def flops_conservative(self, kind, block, picked: dict) -> float:
+        params = self._stream_params[id(block)]
+        return sum(2 * params[f"{name}_mlp"] * k for name, k in picked.items())
+
+
+def _refresh(module, cache: dict, name: str, idx: torch.Tensor):
+    """An MLP stand-in: the picked tokens through the host's module, cached rows for the rest."""
+    forward = own_forward(module)
+
+    def run(x, *args, **kwargs):
+        rows = cache[name]
+        if idx.shape[1] > 0:
+            scatter_tokens(rows, idx, forward(gather_tokens(x, idx), *args, **kwargs))
+        return rows
+    return run
