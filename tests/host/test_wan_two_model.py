@@ -1,0 +1,150 @@
+"""Wan 2.2 14B's two-model setup: a high-noise model samples the first steps and hands its
+latent, noise left in, to a low-noise model for the rest (two KSamplerAdvanced nodes with
+start/end_at_step; the host's own node class runs here).
+
+Each accelerated model keeps its own run state and statistics, plans count the steps of
+its own sub-run, and an all-full plan on both reproduces the unpatched pair bit for bit.
+Attention calls are counted by forward hooks on each model's self-attention projection,
+which the host runs only when it really computes a block's attention.
+"""
+import pytest
+import torch
+
+from testbed import models
+
+STEPS, SWITCH = 16, 8      # the high-noise model samples steps 0-7, the low-noise model 8-15
+MODES = {"cfg1": (1.0, 1), "cfg4": (4.0, 2)}  # cfg, latent batch
+
+
+@pytest.fixture(scope="module")
+def pair(pack):
+    """Two Wan 2.1-shaped models of the host's class with different weights (Wan 2.2 14B
+    ships two such checkpoints) and the host's KSamplerAdvanced node."""
+    import nodes
+    return models.wan(seed=11, num_layers=2), models.wan(seed=12, num_layers=2), nodes.KSamplerAdvanced()
+
+
+@pytest.fixture(scope="module")
+def conds():
+    return models.text_conditioning(32, seed=1), models.text_conditioning(32, seed=2)
+
+
+def two_model_sample(sampler, high, low, conds, cfg, batch, seed=0):
+    """What a Wan 2.2 14B workflow does: noise added once, leftover noise handed over."""
+    positive, negative = conds
+    common = dict(noise_seed=seed, steps=STEPS, cfg=cfg, sampler_name="euler", scheduler="simple",
+                  positive=positive, negative=negative)
+    latent = {"samples": models.video_latent(batch=batch)}
+    (half,) = sampler.sample(high, add_noise="enable", latent_image=latent, start_at_step=0, end_at_step=SWITCH,
+                             return_with_leftover_noise="enable", **common)
+    (done,) = sampler.sample(low, add_noise="disable", latent_image=half, start_at_step=SWITCH,
+                             end_at_step=10000, return_with_leftover_noise="disable", **common)
+    return half["samples"], done["samples"]
+
+
+class AttentionCalls:
+    def __init__(self, model):
+        blocks = model.model.diffusion_model.blocks
+        self.count = 0
+        self.handles = [b.self_attn.q.register_forward_hook(self._add) for b in blocks]
+
+    def _add(self, *_):
+        self.count += 1
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.fixture(scope="module")
+def reference(pair, conds):
+    high, low, sampler = pair
+    cache = {}
+
+    def get(mode):
+        if mode not in cache:
+            cache[mode] = two_model_sample(sampler, high, low, conds, *MODES[mode])
+        return cache[mode]
+    return get
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_unpatched_pair_hands_over_a_noisy_latent(pair, conds, reference, mode):
+    high, low, sampler = pair
+    half, done = reference(mode)
+    assert torch.isfinite(half).all() and torch.isfinite(done).all()
+    # leftover noise: the handed-over latent is far noisier than the result
+    assert half.std() > 1.5 * done.std()
+    # the low-noise model matters: another one gives another result
+    other = models.wan(seed=13, num_layers=2)
+    _, changed = two_model_sample(sampler, high, other, conds, *MODES[mode])
+    assert float((changed - done).norm() / done.norm()) > 1e-2
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_all_full_plans_on_both_models_are_bit_identical(pair, conds, reference, duca, mode):
+    patch, core = duca
+    high, low, sampler = pair
+    # a fixed plan must have the sub-run's length: each model sees only its own steps
+    full_high = patch.apply_duca(high, core.DuCaConfig(plan=core.all_full_plan(SWITCH)))
+    full_low = patch.apply_duca(low, core.DuCaConfig(plan=core.all_full_plan(STEPS - SWITCH)))
+    half, done = two_model_sample(sampler, full_high, full_low, conds, *MODES[mode])
+    expected_half, expected_done = reference(mode)
+    assert torch.equal(half, expected_half)
+    assert torch.equal(done, expected_done)
+    for model, steps in ((full_high, SWITCH), (full_low, STEPS - SWITCH)):
+        stats = patch.last_stats(model)
+        assert stats.timeline == "F" * steps and stats.level == "token-wise"
+
+
+def test_a_fixed_plan_for_the_whole_schedule_is_refused_by_a_sub_run(pair, conds, duca):
+    patch, core = duca
+    high, low, sampler = pair
+    wrong = patch.apply_duca(high, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    with pytest.raises(ValueError, match=f"{STEPS} steps but the run has {SWITCH}"):
+        two_model_sample(sampler, wrong, low, conds, *MODES["cfg1"])
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("preset", ["balanced", "fast"])
+def test_each_model_plans_its_own_sub_run_and_keeps_its_own_stats(pair, conds, reference, duca, mode, preset):
+    patch, core = duca
+    high, low, sampler = pair
+    config = core.PRESETS[preset]
+    fast_high, fast_low = patch.apply_duca(high, config), patch.apply_duca(low, config)
+    counters = {"high": AttentionCalls(high), "low": AttentionCalls(low)}
+    try:
+        half, done = two_model_sample(sampler, fast_high, fast_low, conds, *MODES[mode])
+    finally:
+        for counter in counters.values():
+            counter.remove()
+    stats = {"high": patch.last_stats(fast_high), "low": patch.last_stats(fast_low)}
+    assert stats["high"] is not stats["low"]
+    plans = {"high": config.plan_for(SWITCH).timeline, "low": config.plan_for(STEPS - SWITCH).timeline}
+    for name, plan in plans.items():
+        # the low-noise model starts its own plan: first full steps again, no cache from the high one
+        assert stats[name].timeline == plan and plan.startswith("F" * config.first_full_steps)
+        assert "A" in plan and "C" in plan
+        assert 0 < stats[name].compute_fraction < 1
+        assert not stats[name].notes  # nothing was computed outside the plan
+        # each model's attention ran exactly on its own full steps (2 blocks, one batched call a step)
+        assert counters[name].count == plan.count("F") * 2
+    expected_half, expected_done = reference(mode)
+    assert torch.isfinite(done).all()
+    assert 1e-6 < float((half - expected_half).norm() / expected_half.norm()) < 0.3
+    assert 1e-6 < float((done - expected_done).norm() / expected_done.norm()) < 0.3
+
+
+def test_one_accelerated_model_for_both_halves_starts_clean_each_time(pair, conds, reference, duca):
+    """The same patched model in both samplers: two runs, two plans, two sets of stats."""
+    patch, core = duca
+    high, _, sampler = pair
+    config = core.PRESETS["balanced"]
+    both = patch.apply_duca(high, config)
+    seen = []
+    both.model_options["transformer_options"][patch.HOLDER_KEY].listeners.append(seen.append)
+    unpatched = two_model_sample(sampler, high, high, conds, *MODES["cfg1"])[1]
+    done = two_model_sample(sampler, both, both, conds, *MODES["cfg1"])[1]
+    assert [s.timeline for s in seen] == [config.plan_for(SWITCH).timeline, config.plan_for(STEPS - SWITCH).timeline]
+    assert seen[0] is not seen[1] and not seen[1].notes
+    assert 1e-6 < float((done - unpatched).norm() / unpatched.norm()) < 0.3
