@@ -23,6 +23,17 @@ class BlockStack:
             self._positions = {key: i for i, key in enumerate(self.keys)}
         return self._positions[(kind, index)], len(self.keys)
 
+    @property
+    def schedule_family(self) -> str:
+        """The family name a schedule made on this model carries (and must match)."""
+        return self.family
+
+    def schedule_units(self) -> list:
+        """Names of the units a schedule decides on, in run order."""
+        if self.step_level:
+            return ["model"]
+        return [f"{kind}.{index}" for kind, index in self.keys]
+
     @staticmethod
     def plan_for(config, num_steps: int):
         """The run's plan (an adapter with its own method, the U-Net's DeepCache, overrides it)."""

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from .plan import Plan, duca_plan
+from .schedule import Schedule
 from .tokens import SELECTORS
 
 CACHE_DEVICES = ("compute", "cpu")
@@ -26,6 +27,9 @@ class DuCaConfig:
     single_stream_factor: float = 1.6
     seed: int = 0                   # for the random token selector
     plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the cycle
+    preset: Optional[str] = None    # the preset it came from: adapters then use their family's defaults
+    unit_schedule: Optional[Schedule] = field(default=None, compare=False)  # per-unit decisions override both
+    measure_change: bool = False    # calibration: compute everything, profile each unit's change
 
     def __post_init__(self):
         _check_int("interval", self.interval, 1, 100)
@@ -39,6 +43,8 @@ class DuCaConfig:
             raise ValueError(f"token_selector must be one of {SELECTORS}, got {self.token_selector!r}")
         if self.cache_device not in CACHE_DEVICES:
             raise ValueError(f"cache_device must be one of {CACHE_DEVICES}, got {self.cache_device!r}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {list(PRESETS)}, got {self.preset!r}")
 
     def plan_for(self, num_steps: int) -> Plan:
         if self.plan is not None:

@@ -15,6 +15,7 @@ class Action(str, Enum):
     FULL = "full"                    # compute every block, record what later steps reuse
     CONSERVATIVE = "conservative"    # reuse module outputs, recompute a fraction of tokens
     AGGRESSIVE = "aggressive"        # reuse the whole block stack as a residual
+    PARTIAL = "partial"              # a schedule decides per unit (cache_core.schedule)
 
     @property
     def letter(self) -> str:

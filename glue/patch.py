@@ -31,6 +31,7 @@ class DuCaHolder:
         self.config = config
         self.family = family
         self.last_stats = None   # RunStats of the most recent run
+        self.last_profile = None  # ChangeProfile of the most recent calibration run
         self.listeners = []      # callables taking RunStats, e.g. the UI reporter
 
     def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options
@@ -82,6 +83,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     finally:
         stats = run.finish()
         holder.last_stats = stats
+        holder.last_profile = run.profile
         guider.model_options = original_options
         LOG.info("DuCa: %s", stats.summary())
         for listener in holder.listeners:
@@ -120,6 +122,8 @@ def apply_duca(model, config: DuCaConfig, listeners=()):
         LOG.warning("DuCa: %s is not a model family this pack accelerates yet; "
                     "passing it through unchanged.", type(diffusion_model).__name__)
         return model
+    if config.unit_schedule is not None:  # made for another model: say so now, not mid-run
+        config.unit_schedule.check_fits(adapter.schedule_family, adapter.schedule_units())
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
     wrappers = {ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
@@ -138,6 +142,12 @@ def apply_duca(model, config: DuCaConfig, listeners=()):
             inner = inner.inner
         patched.set_model_patch_replace(BlockPatch(kind, index, inner), "dit", kind, index)
     return patched
+
+
+def last_profile(model):
+    """ChangeProfile of the last calibration run (config.measure_change) of a patched model."""
+    holder = model.model_options.get("transformer_options", {}).get(HOLDER_KEY)
+    return holder.last_profile if holder is not None else None
 
 
 def last_stats(model):

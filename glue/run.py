@@ -14,10 +14,13 @@ from typing import Optional
 
 import torch
 
-from ..cache_core import Action, CacheStore, DuCaConfig, RunStats, TokenSelector, layer_refresh_ratio, step_index
+from ..cache_core import Action, CacheStore, all_full_plan, DuCaConfig, RunStats, TokenSelector, layer_refresh_ratio, step_index
+from ..cache_core.profile import ChangeProfile
+from ..cache_core.schedule import Cell, Schedule
 
 RESIDUAL = "residual"   # store name: stack output minus stack input at the last computed step
 STEP_OUTPUT = "step_output"  # store name: the model's output at the last computed step (step level)
+BLOCK_RESIDUAL = "block_residual"  # store name prefix: one block's output minus input (schedules)
 LOG = logging.getLogger("comfyui-duca")
 
 
@@ -55,16 +58,27 @@ class RunState:
         self.adapter = adapter
         self.sigmas = [float(s) for s in sigmas]
         self.num_steps = max(len(self.sigmas) - 1, 0)
-        self.plan = adapter.plan_for(config, self.num_steps)
+        self.schedule = fit_schedule(config.unit_schedule, adapter, self.num_steps) if config.unit_schedule else None
+        if config.measure_change:  # a calibration run computes everything
+            self.plan = all_full_plan(self.num_steps)
+        elif self.schedule is not None:
+            self.plan = self.schedule.as_plan(whole_steps=adapter.step_level)
+        else:
+            self.plan = adapter.plan_for(config, self.num_steps)
         if not adapter.tokenwise and self.plan.needs_module_cache():
             # this family's blocks can't be split token by token yet: compute those steps
             self.plan = self.plan.replacing(Action.CONSERVATIVE, Action.FULL)
         offload = torch.device("cpu") if config.cache_device == "cpu" else None
         self.store = CacheStore(offload_device=offload)
         self.stats = RunStats(self.plan.method, self.num_steps, level=adapter.level)
+        self.unit_index = {key: i for i, key in enumerate(adapter.keys)}
+        self.last_reuse = self._last_reuse_steps()
+        self.profile = ChangeProfile(self.num_steps, len(adapter.schedule_units())) if config.measure_change else None
+        if self.schedule is not None:
+            self.stats.notes.extend(self.schedule.notes)
         self.selector = TokenSelector(config.token_selector, config.interval)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.record_modules = self.plan.needs_module_cache()
+        self.record_modules = self.plan.needs_module_cache() or (adapter.tokenwise and bool(self.last_reuse))
         self.record_residual = self.plan.needs_stack_residual()
         self.call: Optional[Call] = None
         self.completed_keys = set()  # call keys whose full step has finished: reuse may follow
@@ -147,12 +161,16 @@ class RunState:
         full_flops = adapter.flops_full(kind, block, streams)
         record.block_flops_full += full_flops
         record.tokens_total += sum(s.total for s in streams.values())
+        cell = self.schedule.cell(call.step, self.unit_index[name]) if call.action is Action.PARTIAL else None
         reusable = not self.disabled and (
             call.action is Action.AGGRESSIVE
             or (call.action is Action.CONSERVATIVE and self.store.has(call.key, name)
-                and adapter.can_refresh(kind, args)))
+                and adapter.can_refresh(kind, args))
+            or (cell is not None and cell is not Cell.COMPUTE and self._can_reuse_cell(call, name, args, cell)))
         if reusable:
             try:
+                if cell is not None:
+                    return self._reuse_cell(call, name, block, args, streams, record, original, cell)
                 return self._reuse(call, name, block, args, streams, record, original)
             except Exception as error:  # never fail a user's run over a cache problem
                 if type(error).__name__ == "InterruptProcessingException":
@@ -167,7 +185,18 @@ class RunState:
     def _compute(self, call, name, block, args, streams, record, original) -> dict:
         kind = name[0]
         record_units = self.record_modules and not self.disabled
+        unit = self.unit_index[name]
+        keep_residual = self.profile is not None or (
+            not self.adapter.tokenwise and call.step < self.last_reuse.get(unit, -1) and not self.disabled)
+        # a copy: host blocks may add to their inputs in place
+        before = {k: v.clone() for k, v in self.adapter.passthrough(kind, args).items()} if keep_residual else None
         out, cache = self.adapter.full(kind, block, args, original, record=record_units)
+        if before is not None:
+            residual = {k: out[k] - v for k, v in before.items()}
+            if self.profile is not None:
+                self.profile.observe(call.key, unit, call.step, residual)
+            if call.step < self.last_reuse.get(unit, -1):
+                self.store.put(call.key, (BLOCK_RESIDUAL, name), residual)
         if cache is not None:
             batch, device = args["img"].shape[0], args["img"].device
             for stream, layout in streams.items():
@@ -195,6 +224,43 @@ class RunState:
         self._keep_residual(call, name, out)
         return out
 
+    # --- schedules: each unit decides ----------------------------------------
+    def _last_reuse_steps(self) -> dict:
+        """unit -> the last step at which the schedule reuses it (units never reused: absent)."""
+        if self.schedule is None or self.adapter.step_level:
+            return {}
+        reused = (self.schedule.table != Cell.COMPUTE).nonzero().tolist()
+        last = {}
+        for step, unit in reused:
+            last[unit] = max(last.get(unit, -1), step)
+        return last
+
+    def _can_reuse_cell(self, call, name, args, cell) -> bool:
+        if self.adapter.tokenwise:
+            return self.store.has(call.key, name) and self.adapter.can_refresh(name[0], args)
+        # without unit hooks only the whole block can be reused; REUSE_ATTENTION computes it
+        return cell is Cell.REUSE and self.store.has(call.key, (BLOCK_RESIDUAL, name))
+
+    def _reuse_cell(self, call, name, block, args, streams, record, original, cell) -> dict:
+        kind, device = name[0], args["img"].device
+        if not self.adapter.tokenwise:
+            residual = self.store.get(call.key, (BLOCK_RESIDUAL, name), device=device)
+            return {k: v + residual[k] if k in residual else v
+                    for k, v in self.adapter.passthrough(kind, args).items()}
+        cache = self.store.get(call.key, name, device=device)
+        batch = args["img"].shape[0]
+        if cell is Cell.REUSE_ATTENTION:  # every token's MLP recomputed, attention reused
+            picks = {s: torch.arange(layout.total, device=device).expand(batch, layout.total)
+                     for s, layout in streams.items()}
+        else:  # the whole block reused under fresh gates
+            picks = {s: torch.empty(batch, 0, dtype=torch.long, device=device) for s in streams}
+        out = self.adapter.conservative(kind, block, args, cache, picks, original)
+        picked = {s: idx.shape[1] for s, idx in picks.items()}
+        record.block_flops_done += self.adapter.flops_conservative(kind, block, picked)
+        record.tokens_recomputed += sum(picked.values())
+        self.store.put(call.key, name, cache)
+        return out
+
     def _keep_residual(self, call, name, out) -> None:
         """After the last block of a computed step: what the whole stack added."""
         if name != self.adapter.last_key or not self.record_residual or call.stack_in is None:
@@ -220,3 +286,10 @@ class RunState:
             age.scatter_(1, idx, 0)
             picks[stream] = idx
         return picks
+
+
+def fit_schedule(schedule: Schedule, adapter, num_steps: int) -> Schedule:
+    """The schedule checked against the model (a clear error if it was made for another)
+    and resampled to the run's step count (the stats then say so)."""
+    schedule.check_fits(adapter.schedule_family, adapter.schedule_units())
+    return schedule.resampled(num_steps) if num_steps >= 1 else schedule

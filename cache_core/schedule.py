@@ -1,0 +1,200 @@
+"""Cache schedules: for every step of a run and every cacheable unit, compute or reuse.
+
+A schedule is decided ahead of time (FORA, EB-Cache, Block Caching, Learning-to-Cache,
+Step Rehash) and travels between nodes as plain data: printable, drawable as a
+step x unit picture, saved as safetensors or JSON with its metadata, never pickled.
+
+Units are the adapter's blocks in run order, named "kind.index" (a DiT's
+"double_block.3", a U-Net's "transformer.5"). A cell says what that unit does at
+that step:
+  COMPUTE          run the unit
+  REUSE_ATTENTION  reuse its attention output, recompute its MLP (EB-Cache's "1")
+  REUSE            reuse the whole unit (under fresh gates where the family has them)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+
+import torch
+
+from .plan import Action, Plan, StepPlan
+
+FORMAT_VERSION = "1"
+
+
+class Cell(IntEnum):
+    COMPUTE = 0
+    REUSE_ATTENTION = 1
+    REUSE = 2
+
+    @property
+    def letter(self) -> str:
+        return "#a."[self]
+
+
+class ScheduleMismatch(ValueError):
+    """A schedule made for another model (family or unit count) than the one it is applied to."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    table: torch.Tensor          # uint8 [steps, units] of Cell values
+    units: tuple                 # unit names, in run order
+    family: str                  # model family the units belong to
+    method: str                  # what made it: "fora", "eb-cache", "block-caching", "l2c", ...
+    settings: dict = field(default_factory=dict)
+    notes: tuple = ()            # e.g. "resampled from 28 to 20 steps"
+
+    def __post_init__(self):
+        table = torch.as_tensor(self.table)
+        if table.dim() != 2 or table.shape[1] != len(self.units):
+            raise ValueError(f"schedule table must be [steps, {len(self.units)} units], got {tuple(table.shape)}")
+        if table.numel() and (int(table.min()) < 0 or int(table.max()) > max(Cell)):
+            raise ValueError("schedule table holds values other than 0 (compute), 1 (reuse attention), 2 (reuse)")
+        object.__setattr__(self, "table", table.to(torch.uint8).cpu().contiguous())
+        object.__setattr__(self, "units", tuple(self.units))
+        object.__setattr__(self, "notes", tuple(self.notes))
+
+    @property
+    def num_steps(self) -> int:
+        return self.table.shape[0]
+
+    def cell(self, step: int, unit: int) -> Cell:
+        return Cell(int(self.table[step, unit]))
+
+    def computes_step(self, step: int) -> bool:
+        return bool((self.table[step] == Cell.COMPUTE).all())
+
+    @property
+    def computes_everything(self) -> bool:
+        return bool((self.table == Cell.COMPUTE).all())
+
+    def compute_fraction(self, unit_cost=None, attention_share: float = 0.5) -> float:
+        """Fraction of unit compute the schedule runs; a REUSE_ATTENTION cell costs the MLP's share."""
+        cost = {Cell.COMPUTE: 1.0, Cell.REUSE_ATTENTION: 1.0 - attention_share, Cell.REUSE: 0.0}
+        done = torch.zeros(self.table.shape, dtype=torch.float64)
+        for value, share in cost.items():
+            done[self.table == value] = share
+        weights = torch.ones(len(self.units), dtype=torch.float64) if unit_cost is None else \
+            torch.as_tensor(unit_cost, dtype=torch.float64)
+        total = weights.sum() * self.num_steps
+        return float((done * weights).sum() / total) if total > 0 else 1.0
+
+    def as_plan(self, whole_steps: bool = False) -> Plan:
+        """Per-step actions: FULL where every unit computes, PARTIAL where units decide.
+        `whole_steps` (families reused a whole model call at a time): a step that reuses
+        every unit is AGGRESSIVE, any other step is computed."""
+        steps = []
+        for i in range(self.num_steps):
+            if self.computes_step(i):
+                steps.append(StepPlan(Action.FULL))
+            elif whole_steps:
+                reuses_all = bool((self.table[i] == Cell.REUSE).all())
+                steps.append(StepPlan(Action.AGGRESSIVE if reuses_all else Action.FULL))
+            else:
+                steps.append(StepPlan(Action.PARTIAL))
+        return Plan(tuple(steps), self.method, dict(self.settings))
+
+    # --- fitting a run ----------------------------------------------------
+    def check_fits(self, family: str, units) -> None:
+        units = tuple(units)
+        if family != self.family:
+            raise ScheduleMismatch(f"this schedule was made for a {self.family} model ({self.method}); "
+                                   f"the connected model is {family}")
+        if len(units) != len(self.units):
+            raise ScheduleMismatch(f"this schedule covers {len(self.units)} blocks of a {self.family} model; "
+                                   f"the connected model has {len(units)}")
+
+    def resampled(self, num_steps: int) -> "Schedule":
+        """The same schedule on another step count: each new step takes the row at the same
+        relative position of the run (the first and last rows stay first and last)."""
+        if num_steps == self.num_steps:
+            return self
+        if num_steps < 1 or self.num_steps < 1:
+            raise ValueError(f"cannot resample a {self.num_steps}-step schedule to {num_steps} steps")
+        if num_steps == 1:
+            rows = torch.zeros(1, dtype=torch.long)
+        else:
+            rows = torch.round(torch.arange(num_steps, dtype=torch.float64) * (self.num_steps - 1)
+                               / (num_steps - 1)).long()
+        note = f"resampled from {self.num_steps} to {num_steps} steps"
+        return replace(self, table=self.table[rows], notes=self.notes + (note,))
+
+    # --- showing it -------------------------------------------------------
+    def __str__(self) -> str:
+        width = max((len(u) for u in self.units), default=0)
+        lines = [f"{self.method} schedule for {self.family}: {len(self.units)} units x {self.num_steps} steps, "
+                 f"{self.compute_fraction():.0%} of unit compute  (# compute, a reuse attention, . reuse)"]
+        for j, unit in enumerate(self.units):
+            lines.append(f"{unit:>{width}} " + "".join(Cell(int(v)).letter for v in self.table[:, j]))
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def picture(self, cell_pixels: int = 8) -> torch.Tensor:
+        """[units * cell, steps * cell, 3] float image in [0, 1]: one column per step, one row per unit.
+        Computed cells dark blue, attention-reused amber, reused pale."""
+        colours = torch.tensor([[0.13, 0.29, 0.53], [0.95, 0.65, 0.15], [0.90, 0.92, 0.95]])
+        image = colours[self.table.t().long()]                      # [units, steps, 3]
+        image = image.repeat_interleave(cell_pixels, 0).repeat_interleave(cell_pixels, 1)
+        image[::cell_pixels, :, :] *= 0.85                          # faint grid lines
+        image[:, ::cell_pixels, :] *= 0.85
+        return image
+
+    # --- saving it --------------------------------------------------------
+    def metadata(self) -> dict:
+        return {"format": "duca-schedule", "version": FORMAT_VERSION, "family": self.family,
+                "method": self.method, "units": list(self.units), "num_steps": self.num_steps,
+                "settings": self.settings, "notes": list(self.notes)}
+
+    def to_json(self) -> str:
+        return json.dumps({**self.metadata(), "table": self.table.tolist()}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schedule":
+        data = json.loads(text)
+        _check_format(data)
+        return cls(torch.tensor(data["table"], dtype=torch.uint8).reshape(-1, len(data["units"])),
+                   tuple(data["units"]), data["family"], data["method"], dict(data.get("settings", {})),
+                   tuple(data.get("notes", ())))
+
+    def save(self, path) -> None:
+        """`.json` as text; anything else as safetensors (the table plus string metadata)."""
+        path = str(path)
+        if path.endswith(".json"):
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self.to_json())
+            return
+        from safetensors.torch import save_file
+        meta = {key: json.dumps(value) for key, value in self.metadata().items()}
+        save_file({"table": self.table}, path, metadata=meta)
+
+    @classmethod
+    def load(cls, path) -> "Schedule":
+        path = str(path)
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as f:
+                return cls.from_json(f.read())
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            raw = f.metadata() or {}
+            table = f.get_tensor("table")
+        try:
+            data = {key: json.loads(value) for key, value in raw.items()}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not a schedule saved by this pack: {error}") from None
+        _check_format(data)
+        return cls(table, tuple(data["units"]), data["family"], data["method"], dict(data.get("settings", {})),
+                   tuple(data.get("notes", ())))
+
+
+def _check_format(data: dict) -> None:
+    if data.get("format") != "duca-schedule":
+        raise ValueError("not a schedule saved by this pack (no 'duca-schedule' format marker)")
+    if str(data.get("version")) != FORMAT_VERSION:
+        raise ValueError(f"schedule format version {data.get('version')} is not supported (this pack reads "
+                         f"{FORMAT_VERSION})")
+    for key in ("family", "method", "units"):
+        if key not in data:
+            raise ValueError(f"schedule file lacks {key!r}")
