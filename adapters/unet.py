@@ -1,4 +1,5 @@
-"""ComfyUI's U-Net (UNetModel: SD1.x, SD2.x, SDXL and their fine-tunes): DeepCache.
+"""ComfyUI's U-Net (UNetModel: SD1.x, SD2.x, SDXL and their fine-tunes): DeepCache, and
+schedules / calibration on its transformer layers (unet_schedule.py).
 
 The host's own `_forward` runs on every step, unchanged: ControlNet and T2I residuals,
 `input_block_patch` / `output_block_patch` (FreeU, ...) and attention patches are applied
@@ -17,10 +18,14 @@ Output block j consumes the skip of input block N-1-j, so the branch's output bl
 N-1-b gets the kept deep feature and the fresh skip of input block b. A skipped block's
 layers return their input, except the last, which returns the placeholder (a tensor of the
 block's recorded output shape; never read) or the kept feature (a copy: the host may add a
-ControlNet residual or a patch to it in place).
+ControlNet residual or a patch to it in place). The first stand-in that runs fetches and
+checks everything the reuse needs before any layer is skipped; if that fails, every
+stand-in of the call runs its layer's own forward (the call is computed as usual) and
+caching is switched off for the rest of the run.
 
 On a full step forward hooks on each block's last layer record the block output shapes and
-keep the deep feature; once per call key, hooks count each block's multiply-adds.
+keep the deep feature; once per call key, hooks count each block's (and each transformer
+unit's) multiply-adds.
 """
 from __future__ import annotations
 
@@ -30,13 +35,15 @@ import math
 import torch
 
 from .base import BlockStack
-from .units import standing_in
+from .units import own_forward, standing_in
+from .unet_schedule import scheduled_call, switch_off, transformer_units
 from ..cache_core.deepcache import DeepCacheConfig
 from ..cache_core.plan import Action
 
 FEATURE = "deepcache_feature"   # store: the deep feature entering the branch's output block
 SHAPES = "deepcache_shapes"     # store: {block: (shape, dtype, device)} of each block's output
 FLOPS = "deepcache_flops"       # store: {block: FLOPs of one call} for this call key
+UNIT_FLOPS = "unit_flops"       # store: [FLOPs of one call per transformer unit] for this call key
 BLOCK_KINDS = ("input", "middle", "output")
 
 
@@ -66,6 +73,7 @@ class UNetAdapter(BlockStack):
         self.middle = diffusion_model.middle_block
         self.outputs = list(diffusion_model.output_blocks)
         self.family = _family(diffusion_model)
+        self.units = transformer_units(self.blocks())
 
     @classmethod
     def for_model(cls, diffusion_model):
@@ -98,6 +106,17 @@ class UNetAdapter(BlockStack):
         self.check_branch(settings.branch)
         return settings.plan_for(num_steps)
 
+    # --- schedules ---------------------------------------------------------------
+    @property
+    def schedule_family(self) -> str:
+        return "unet"  # SD1, SD2 and SDXL alike: the unit count tells layouts apart
+
+    def schedule_units(self) -> list:
+        return [f"transformer.{i}" for i in range(len(self.units))]
+
+    def named_units(self) -> dict:
+        return {("transformer", i): unit for i, unit in enumerate(self.units)}
+
     # --- which block does what -------------------------------------------------
     def blocks(self):
         """(name, block) in the order `_forward` runs them; name is (kind, index)."""
@@ -117,71 +136,65 @@ class UNetAdapter(BlockStack):
     # --- the call ----------------------------------------------------------------
     @contextlib.contextmanager
     def around_call(self, run, call):
-        branch = deepcache_settings(run.config).branch
-        computed, skipped, feature_block = self.layout(branch)
         blocks = dict(self.blocks())
         store, key = run.store, call.key
-        shapes = store.get(key, SHAPES) or {}
         flops = store.get(key, FLOPS)
-        reuse = (call.action is Action.AGGRESSIVE and not run.disabled and flops is not None
-                 and store.has(key, FEATURE) and all(name in shapes for name in skipped))
-        record = run.stats.record(call.step)
-        if reuse:
-            stand_ins = self._stand_ins(blocks, skipped, feature_block, shapes, store.get(
-                key, FEATURE, device=shapes[feature_block][2]))
-            with standing_in(stand_ins):
-                yield
-            record.block_flops_full += sum(flops.values())
-            record.block_flops_done += sum(flops[name] for name in computed)
-            return
-
-        later_reuse = any(s.action is Action.AGGRESSIVE for s in run.plan.steps[call.step + 1:])
-        keep = later_reuse and not run.disabled
-        seen_shapes, kept, counted, handles = {}, {}, {}, []
+        counted, handles = {}, []
+        if flops is None:  # the first call of this key computes: count each block's and unit's FLOPs
+            handles = self._flop_hooks({**blocks, **self.named_units()}, counted)
         try:
-            if keep:
-                handles += self._recording_hooks(blocks, feature_block, seen_shapes, kept)
-            if flops is None:
-                handles += self._flop_hooks(blocks, counted)
-            yield
+            if run.schedule is not None or run.profile is not None:
+                with scheduled_call(run, call, self.units, store.get(key, UNIT_FLOPS), flops):
+                    yield
+            else:
+                with self._deepcache_call(run, call, blocks, flops):
+                    yield
         finally:
             for handle in handles:
                 handle.remove()
         if flops is None:
             flops = {name: counted.get(name, 0.0) for name in blocks}
             store.put(key, FLOPS, flops)
+            store.put(key, UNIT_FLOPS, [counted.get(name, 0.0) for name in self.named_units()])
+            record = run.stats.record(call.step)
+            record.block_flops_full += sum(flops.values())
+            record.block_flops_done += sum(flops.values())
+
+    @contextlib.contextmanager
+    def _deepcache_call(self, run, call, blocks, flops):
+        """DeepCache: a reuse call stands in for the deep part; a full call keeps the deep
+        feature when a later step reuses it. `flops` None: counted by the caller."""
+        branch = deepcache_settings(run.config).branch
+        computed, skipped, feature_block = self.layout(branch)
+        store, key = run.store, call.key
+        shapes = store.get(key, SHAPES) or {}
+        record = run.stats.record(call.step)
+        reuse = (call.action is Action.AGGRESSIVE and not run.disabled and flops is not None
+                 and store.has(key, FEATURE) and all(name in shapes for name in skipped))
+        if reuse:
+            reuse_call = DeepCacheReuse(run, call, shapes, feature_block)
+            with standing_in(reuse_call.stand_ins(blocks, skipped)):
+                yield
+            record.block_flops_full += sum(flops.values())
+            record.block_flops_done += sum(flops.values() if reuse_call.failed else (flops[n] for n in computed))
+            return
+
+        later_reuse = any(s.action is Action.AGGRESSIVE for s in run.plan.steps[call.step + 1:])
+        keep = later_reuse and not run.disabled
+        seen_shapes, kept, handles = {}, {}, []
+        try:
+            if keep:
+                handles += self._recording_hooks(blocks, feature_block, seen_shapes, kept)
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
         if keep and FEATURE in kept:
             store.put(key, SHAPES, {**shapes, **seen_shapes})
             store.put(key, FEATURE, kept[FEATURE])
-        record.block_flops_full += sum(flops.values())
-        record.block_flops_done += sum(flops.values())
-
-    @staticmethod
-    def _stand_ins(blocks, skipped, feature_block, shapes, feature) -> dict:
-        placeholders = {}
-
-        def placeholder(name):
-            shape, dtype, device = shapes[name]
-            if (shape, dtype, device) not in placeholders:  # shared: nothing reads them
-                placeholders[(shape, dtype, device)] = torch.empty(shape, dtype=dtype, device=device)
-            return placeholders[(shape, dtype, device)]
-
-        def passthrough(x, *args, **kwargs):
-            return x
-
-        def returning(value):
-            return lambda *args, **kwargs: value
-
-        def kept_feature(*args, **kwargs):
-            return feature.clone()  # the host may add a residual to it in place
-
-        stand_ins = {}
-        for name in skipped:
-            layers = list(blocks[name])
-            for layer in layers[:-1]:
-                stand_ins[layer] = passthrough
-            stand_ins[layers[-1]] = kept_feature if name == feature_block else returning(placeholder(name))
-        return stand_ins
+        if flops is not None:
+            record.block_flops_full += sum(flops.values())
+            record.block_flops_done += sum(flops.values())
 
     @staticmethod
     def _recording_hooks(blocks, feature_block, shapes, kept) -> list:
@@ -214,6 +227,67 @@ class UNetAdapter(BlockStack):
                 elif all(isinstance(getattr(module, p, None), torch.nn.Linear) for p in ("to_q", "to_k", "to_v")):
                     handles += _attention_hooks(module, lambda value, name=name: add(name, value))
         return handles
+
+
+class DeepCacheReuse:
+    """Stand-ins for one DeepCache reuse call (see the module docstring)."""
+
+    def __init__(self, run, call, shapes, feature_block):
+        self.run, self.call, self.shapes, self.feature_block = run, call, shapes, feature_block
+        self.ready = self.failed = False
+        self.feature, self.placeholders, self.skipped = None, {}, ()
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """The kept feature and the placeholders, checked against the live input, before any
+        layer is skipped."""
+        shape, dtype, device = self.shapes[self.feature_block]
+        feature = self.run.store.get(self.call.key, FEATURE, device=device)
+        if feature is None or tuple(feature.shape) != tuple(shape) or feature.shape[0] != x.shape[0]:
+            raise RuntimeError(f"kept deep feature {getattr(feature, 'shape', None)} does not fit this call "
+                               f"(expected {tuple(shape)}, batch {x.shape[0]})")
+        self.feature = feature.to(x.device)
+        for name in self.skipped:
+            shape, dtype, device = self.shapes[name]
+            if (shape, dtype, device) not in self.placeholders:  # shared: nothing reads them
+                self.placeholders[(shape, dtype, device)] = torch.empty(shape, dtype=dtype, device=device)
+        self.ready = True
+
+    def stand_ins(self, blocks, skipped) -> dict:
+        def passthrough(x, *args, **kwargs):
+            return x
+
+        def placeholder(name):
+            return lambda *args, **kwargs: self.placeholders[self.shapes[name]]
+
+        def kept_feature(*args, **kwargs):
+            return self.feature.clone()  # the host may add a residual to it in place
+
+        self.skipped = tuple(skipped)
+        stand_ins = {}
+        for name in skipped:
+            layers = list(blocks[name])
+            for layer in layers[:-1]:
+                stand_ins[layer] = self._guarded(layer, passthrough)
+            last = kept_feature if name == self.feature_block else placeholder(name)
+            stand_ins[layers[-1]] = self._guarded(layers[-1], last)
+        return stand_ins
+
+    def _guarded(self, layer, role):
+        forward = own_forward(layer)
+
+        def run(*args, **kwargs):
+            if not self.ready and not self.failed:
+                try:
+                    self.prepare(args[0] if args else kwargs["x"])
+                except Exception as error:  # never fail a user's run over a cache problem
+                    if type(error).__name__ == "InterruptProcessingException":
+                        raise
+                    self.failed = True
+                    switch_off(self.run, self.call.step, "DeepCache's deep branch", error)
+            if self.failed:
+                return forward(*args, **kwargs)
+            return role(*args, **kwargs)
+        return run
 
 
 def _attention_hooks(attention, add) -> list:
