@@ -1,0 +1,213 @@
+"""Which operators of each family may run slice by slice, and the stand-ins that do it
+(Streamlined Inference's Feature Slicer + Operator Grouping, through the host's own modules).
+
+A rule names a submodule of a block class and the axis along which its items are
+independent:
+- token-wise groups over the token axis (1): the MLP (Linear -> activation -> Linear:
+  its hidden layer, 2.7-8x the model width, is the largest transient of a block) and
+  cross-attention (projections, attention over the whole text, output projection;
+  each query token is independent of the others);
+- per-frame groups over the batch x frames axis (0): the U-Net's ResBlocks
+  (GroupNorm -> conv -> embedding -> GroupNorm -> conv, per picture);
+- self-attention cannot be sliced at the module level (every token reads every other
+  token's key); its attention call runs over slices of queries through the host's
+  `optimized_attention_override`, writing into one output in the caller's layout.
+
+The stand-in of a module is an instance-level `forward` set for one model call and
+removed in `finally` (units.standing_in); it calls the module's own forward on each
+slice and writes the slices into one preallocated output. No forward is copied.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..cache_core.chunking import (attention_bytes_per_query, plan_chunks, query_axis, attention_arguments,
+                                   run_sliced, sliced_attention)
+from .units import own_forward, submodule
+
+MLP, CROSS_ATTENTION, PER_PICTURE = "mlp", "cross_attention", "per_picture"
+MIN_TOKENS = 256  # automatic slices never go below this many tokens (matmul efficiency)
+# kernels that hold a full [queries x keys] score matrix (the others stream over keys)
+SCORE_MATERIALIZING = ("attention_basic",)
+
+
+@dataclass(frozen=True)
+class SliceRule:
+    block_classes: tuple     # class names of the blocks holding the submodule
+    path: str                # attribute path of the submodule in the block
+    kind: str                # MLP, CROSS_ATTENTION or PER_PICTURE
+    axis: int = 1            # axis of the first input whose items are independent
+    sliced_args: tuple = ()  # positional args (after the first) cut along with it when they span the axis
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    family: str
+    model_classes: tuple     # class names of the diffusion model
+    rules: tuple
+    attention: bool = True   # slice self-attention calls over queries (the host's override hook)
+    diffusion_wrapper: bool = True  # the model's forward runs the DIFFUSION_MODEL wrappers
+    notes: str = ""
+
+
+WAN_BLOCKS = ("WanAttentionBlock", "VaceWanAttentionBlock")
+FLUX_DOUBLE = ("DoubleStreamBlock",)
+UNET_BLOCKS = ("BasicTransformerBlock",)
+
+SPECS = (
+    MemorySpec("wan", ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"),
+               (SliceRule(WAN_BLOCKS, "ffn", MLP), SliceRule(WAN_BLOCKS, "cross_attn", CROSS_ATTENTION))),
+    MemorySpec("hunyuan-video", ("HunyuanVideo",),
+               (SliceRule(FLUX_DOUBLE, "img_mlp", MLP), SliceRule(FLUX_DOUBLE, "txt_mlp", MLP)),
+               notes="single-stream blocks fuse their MLP into one projection with q/k/v: only their "
+                     "attention is sliced"),
+    MemorySpec("ltxv", ("LTXVModel",),
+               (SliceRule(("BasicTransformerBlock",), "ff", MLP),
+                SliceRule(("BasicTransformerBlock",), "attn2", CROSS_ATTENTION))),
+    MemorySpec("mochi", ("AsymmDiTJoint",),
+               (SliceRule(("AsymmetricJointBlock",), "mlp_x", MLP),
+                SliceRule(("AsymmetricJointBlock",), "mlp_y", MLP)),
+               diffusion_wrapper=False),
+    MemorySpec("sd-unet", ("UNetModel",),
+               (SliceRule(UNET_BLOCKS, "ff", MLP), SliceRule(UNET_BLOCKS, "attn2", CROSS_ATTENTION),
+                SliceRule(("ResBlock",), "", PER_PICTURE, axis=0, sliced_args=(0,)))),
+)
+
+
+@dataclass
+class SliceStats:
+    """What one model call sliced: calls and slices per kind (the tests and the log read it)."""
+    calls: dict = field(default_factory=dict)
+    slices: dict = field(default_factory=dict)
+
+    def add(self, kind: str, chunks: int) -> None:
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        self.slices[kind] = self.slices.get(kind, 0) + chunks
+
+    def summary(self) -> str:
+        parts = [f"{kind} {self.calls[kind]} calls in {self.slices[kind]} slices" for kind in sorted(self.calls)]
+        return ", ".join(parts) or "nothing sliced"
+
+
+@dataclass
+class SliceSettings:
+    """One model call's slicing: the user's chunk count (None: automatic) and the memory
+    an automatic slice may use (free device memory, when the glue knows it)."""
+    requested: Optional[int] = None
+    free_bytes: Optional[float] = None
+    stats: SliceStats = field(default_factory=SliceStats)
+
+    def chunks(self, length: int, bytes_per_item: float, input_bytes: float, min_slice: int) -> int:
+        # automatic: one slice's transients at most the size of the sliced input (so they
+        # never outweigh the residual stream), and at most an eighth of free memory
+        budget = float(input_bytes)
+        if self.free_bytes is not None:
+            budget = min(budget, self.free_bytes / 8)
+        return plan_chunks(length, bytes_per_item, budget, self.requested, min_slice)
+
+
+def widest_output(module: torch.nn.Module) -> int:
+    """The widest Linear output inside `module` (an MLP's hidden width)."""
+    widths = [m.out_features for m in module.modules() if hasattr(m, "out_features")]
+    return max(widths) if widths else 0
+
+
+def item_bytes(kind: str, module, x: torch.Tensor, axis: int) -> float:
+    """Transient bytes one item (token, or picture) costs inside the grouped operator."""
+    per_item = x.numel() / max(x.shape[axis], 1) * x.element_size()
+    if kind == MLP:  # hidden layer before and after the activation
+        width = x.shape[-1] if x.ndim else 1
+        return per_item * 2 * max(widest_output(module), width) / max(width, 1)
+    if kind == CROSS_ATTENTION:  # q, attention output (two layouts), output projection
+        return per_item * 4
+    return per_item * 3  # a ResBlock: normed/activated input, hidden, output
+
+
+class MemoryAdapter:
+    """The modules of one diffusion model that slice, and their stand-ins."""
+
+    def __init__(self, diffusion_model, spec: MemorySpec):
+        self.spec = spec
+        self.family = spec.family
+        self.targets = []  # (module, rule)
+        seen = set()
+        for block in diffusion_model.modules():
+            name = type(block).__name__
+            for rule in spec.rules:
+                if name not in rule.block_classes:
+                    continue
+                try:
+                    module = submodule(block, rule.path) if rule.path else block
+                except AttributeError:
+                    continue
+                if isinstance(module, torch.nn.Module) and id(module) not in seen:
+                    seen.add(id(module))
+                    self.targets.append((module, rule))
+
+    @classmethod
+    def for_model(cls, diffusion_model) -> Optional["MemoryAdapter"]:
+        name = type(diffusion_model).__name__
+        for spec in SPECS:
+            if name in spec.model_classes:
+                adapter = cls(diffusion_model, spec)
+                return adapter if adapter.targets or spec.attention else None
+        return None
+
+    def stand_ins(self, settings: SliceSettings) -> dict:
+        # a module another method already stands in for (DeepCache's reused blocks) is left to it:
+        # its stand-in need not be slice-independent
+        return {module: sliced_forward(module, rule, settings) for module, rule in self.targets
+                if "forward" not in module.__dict__}
+
+    def attention_override(self, settings: SliceSettings, previous=None):
+        """An `optimized_attention_override` slicing the queries; chains to `previous`."""
+        if not self.spec.attention:
+            return previous
+
+        def call(func, *args, **kwargs):
+            if previous is not None:
+                return previous(func, *args, **kwargs)
+            return func(*args, **kwargs)
+
+        def override(func, *args, **kwargs):
+            bound = attention_arguments(func, args, kwargs)
+            if bound is None:
+                return call(func, *args, **kwargs)
+            q, k, heads = bound.arguments["q"], bound.arguments["k"], bound.arguments["heads"]
+            q_axis, _ = query_axis(bound)
+            if not isinstance(q, torch.Tensor) or q.ndim <= q_axis:
+                return call(func, *args, **kwargs)
+            per_query = attention_bytes_per_query(q, k, int(heads), q_axis,
+                                                  getattr(func, "__name__", "") in SCORE_MATERIALIZING)
+            # the attention output's own size bounds a slice (it is what slicing saves)
+            chunks = settings.chunks(q.shape[q_axis], per_query, q.numel() * q.element_size() / 4, MIN_TOKENS)
+            if chunks > 1:
+                settings.stats.add("attention", chunks)
+            return sliced_attention(func, args, kwargs, chunks, call=call)
+        return override
+
+
+def sliced_forward(module, rule: SliceRule, settings: SliceSettings):
+    forward = own_forward(module)
+    min_slice = 1 if rule.axis == 0 else MIN_TOKENS
+
+    def run(x, *args, **kwargs):
+        if not isinstance(x, torch.Tensor) or x.ndim <= rule.axis:
+            return forward(x, *args, **kwargs)
+        if rule.kind == CROSS_ATTENTION and kwargs.get("context", args[0] if args else None) is None:
+            return forward(x, *args, **kwargs)  # no context: it attends to itself, not token-wise
+        length = x.shape[rule.axis]
+        chunks = settings.chunks(length, item_bytes(rule.kind, module, x, rule.axis),
+                                 x.numel() * x.element_size(), min_slice)
+        if chunks <= 1:
+            return forward(x, *args, **kwargs)
+        settings.stats.add(rule.kind, chunks)
+        return run_sliced(forward, x, rule.axis, chunks, *args, sliced_args=rule.sliced_args, **kwargs)
+    return run
+
+
+def find_memory_adapter(diffusion_model) -> Optional[MemoryAdapter]:
+    return MemoryAdapter.for_model(diffusion_model) if diffusion_model is not None else None

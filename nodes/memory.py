@@ -1,0 +1,34 @@
+"""The node "Reduce Video Memory (Feature Slicer)"."""
+from __future__ import annotations
+
+from ..cache_core.chunking import AUTO, parse_chunks
+from ..glue.memory import apply_feature_slicer
+from .base import ModelPatchNode
+
+
+class FeatureSlicer(ModelPatchNode):
+    DESCRIPTION = ("Lowers the peak memory of a model's activations without changing its output: operators that "
+                   "treat tokens (or frames) independently - the MLP, cross-attention, the U-Net's ResBlocks - "
+                   "run slice by slice, and self-attention runs over slices of queries. Same result up to float "
+                   "rounding, a little slower. Wan, HunyuanVideo, LTXV, Mochi and SD U-Nets; other models pass "
+                   "through unchanged. Combine it with Accelerate (DuCa) in either order.")
+    OUTPUT_TOOLTIPS = ("The model with slicing attached; connect it to your sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model whose memory to reduce (from your loader)."}),
+                "chunks": ("STRING", {"default": AUTO, "tooltip":
+                           "auto: slice count chosen per operator from its shapes and the free memory (a slice's "
+                           "temporaries stay below the size of the operator's input). A number: cut every "
+                           "sliced operator into that many slices (more slices: less memory, slower)."}),
+            },
+        }
+
+    def apply(self, model, chunks=AUTO, **_unknown):
+        try:
+            count = parse_chunks(chunks)
+        except ValueError as error:
+            raise ValueError(f"Reduce Video Memory (Feature Slicer): input 'chunks': {error}") from None
+        return (apply_feature_slicer(model, count),)

@@ -1,0 +1,202 @@
+"""Feature Slicer (glue/memory.py, adapters/memory.py) on the real host, family by family.
+
+Tolerance: float32 on the CPU, sliced and unsliced outputs of a whole sampling run agree to
+max |difference| <= 1e-5 x max(1, max |unsliced output|) (slicing only reorders float sums
+inside matrix products, convolutions and attention). Peak memory: live tensor storage allocated during one model
+call, counted by a TorchDispatchMode (cache_core/memory_meter.py); weights and inputs excluded.
+"""
+import logging
+
+import pytest
+import torch
+
+from testbed import host, models
+from testbed.families import FAMILIES
+
+TOLERANCE = 1e-5
+STEPS = 4
+CHUNKS = 3  # forced: the test models are far below the automatic mode's smallest slice
+
+
+def wan_t2v():
+    return models.wan(seed=2), models.text_conditioning(32, seed=1), models.text_conditioning(32, seed=2), \
+        models.video_latent(batch=2, frames=3, height=8, width=8)
+
+
+def from_family(name):
+    def build():
+        family = FAMILIES[name]
+        return family.build(3), family.conditioning(1), family.negative(2), family.latent(batch=2)
+    return build
+
+
+def sd_unet():
+    return models.sd_unet(seed=1), models.sd_conditioning(seed=1), models.sd_conditioning(seed=2), \
+        torch.zeros(2, 4, 4, 4)
+
+
+# family -> (builder, the kinds of operator its model must have sliced)
+CASES = {
+    "wan21-t2v": (wan_t2v, {"mlp", "cross_attention", "attention"}),
+    "wan21-i2v": (from_family("wan21-i2v"), {"mlp", "cross_attention", "attention"}),
+    "wan22-5b": (from_family("wan22-5b"), {"mlp", "cross_attention", "attention"}),
+    "hunyuan-video": (from_family("hunyuan-video"), {"mlp", "attention"}),
+    "ltxv": (from_family("ltxv"), {"mlp", "cross_attention", "attention"}),
+    "mochi": (from_family("mochi"), {"mlp", "attention"}),
+    "sd15-unet": (sd_unet, {"mlp", "cross_attention", "attention", "per_picture"}),
+}
+
+
+@pytest.fixture(scope="module")
+def slicer(pack):
+    from comfyui_duca.glue import memory
+    return memory
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, pack):
+    build, kinds = CASES[request.param]
+    model, positive, negative, latent = build()
+    reference = models.sample(model, positive, negative, steps=STEPS, cfg=4.0, latent=latent)
+    assert torch.isfinite(reference).all()
+    return request.param, model, (positive, negative, latent), reference, kinds
+
+
+def close(out, reference) -> bool:
+    return (out - reference).abs().max().item() <= TOLERANCE * max(1.0, reference.abs().max().item())
+
+
+def run(model, conds, steps=STEPS):
+    positive, negative, latent = conds
+    return models.sample(model, positive, negative, steps=steps, cfg=4.0, latent=latent)
+
+
+def patched_modules(model):
+    return [m for m in model.model.diffusion_model.modules() if "forward" in m.__dict__]
+
+
+def test_sliced_output_equals_unpatched(case, slicer):
+    name, model, conds, reference, kinds = case
+    sliced = slicer.apply_feature_slicer(model, CHUNKS)
+    assert sliced is not model
+    out = run(sliced, conds)
+    assert close(out, reference)
+    stats = slicer.last_slice_stats(sliced)
+    assert set(stats.calls) == kinds, stats.summary()
+    assert all(stats.slices[k] > stats.calls[k] for k in kinds)  # each sliced call really was cut
+    assert patched_modules(model) == []   # every stand-in is gone after the run
+    assert slicer.last_slice_stats(model) is None  # the original model is untouched
+
+
+@pytest.mark.parametrize("order", ["slicer-then-duca", "duca-then-slicer"])
+def test_composes_with_accelerate(case, slicer, duca, order):
+    name, model, conds, reference, kinds = case
+    patch, core = duca
+
+    def both(config):
+        if order == "slicer-then-duca":
+            return patch.apply_duca(slicer.apply_feature_slicer(model, CHUNKS), config)
+        return slicer.apply_feature_slicer(patch.apply_duca(model, config), CHUNKS)
+    full = both(core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    assert close(run(full, conds), reference)
+    cached_alone = run(patch.apply_duca(model, core.PRESETS["fast"].with_changes(first_full_steps=1)), conds)
+    cached = both(core.PRESETS["fast"].with_changes(first_full_steps=1))
+    out = run(cached, conds)
+    assert close(out, cached_alone)
+    assert patch.last_stats(cached).compute_fraction < 1.0   # DuCa did reuse, with slicing on
+    assert slicer.last_slice_stats(cached).calls                 # and slicing ran inside its calls
+    assert patched_modules(model) == []
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_stand_ins_and_override_are_gone_after_an_error(slicer, pack):
+    model, positive, negative, latent = wan_t2v()
+    sliced = slicer.apply_feature_slicer(model, CHUNKS)
+    blocks = model.model.diffusion_model.blocks
+    seen = {}
+
+    def fail(module, args, kwargs, output):
+        seen["stand-ins"] = len(patched_modules(model))
+        seen["override"] = "optimized_attention_override" in kwargs.get("transformer_options", {})
+        raise Boom("stop inside the last block")
+    handle = blocks[-1].register_forward_hook(fail, with_kwargs=True)
+    try:
+        with pytest.raises(Boom):
+            run(sliced, (positive, negative, latent), steps=2)
+    finally:
+        handle.remove()
+    assert seen["stand-ins"] > 0 and seen["override"]   # they were there while the model ran
+    assert patched_modules(model) == []
+    assert "optimized_attention_override" not in sliced.model_options["transformer_options"]
+
+
+def one_call_peak(model, x, sigma, context):
+    from comfyui_duca.cache_core.memory_meter import PeakMemory
+    options = dict(model.model_options.get("transformer_options", {}))
+    options["wrappers"] = model.wrappers
+    with torch.no_grad(), PeakMemory() as peak:
+        out = model.model.apply_model(x, sigma, c_crossattn=context, transformer_options=options)
+    return peak.peak_bytes, out
+
+
+@pytest.mark.parametrize("chunks", [None, 8])
+def test_peak_memory_is_lower_on_a_wider_wan(slicer, pack, chunks):
+    """1024 video tokens, width 128, FFN 1024: the FFN's hidden layer dominates the unpatched peak."""
+    model = models.wan(seed=0, dim=128, ffn_dim=1024, num_heads=2, num_layers=2)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 4, 32, 32, generator=gen)
+    context = torch.randn(1, 8, 32, generator=gen)
+    sigma = torch.full((1,), 0.5)
+    plain, reference = one_call_peak(model, x, sigma, context)
+    sliced = slicer.apply_feature_slicer(model, chunks)
+    low, out = one_call_peak(sliced, x, sigma, context)
+    assert close(out, reference)
+    assert slicer.last_slice_stats(sliced).calls["mlp"] == 2
+    assert low < plain / 2, (low, plain)
+
+
+def test_peak_memory_is_lower_on_a_unet_batch(slicer, pack):
+    model = models.sd_unet(seed=1)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 4, 16, 16, generator=gen)
+    context = torch.randn(4, 77, 768, generator=gen)
+    sigma = torch.full((4,), 1.0)
+    plain, reference = one_call_peak(model, x, sigma, context)
+    low, out = one_call_peak(slicer.apply_feature_slicer(model, 4), x, sigma, context)
+    assert close(out, reference)
+    assert low < plain * 0.75, (low, plain)
+
+
+def test_node_registered_validates_chunks_and_passes_unknown_models_through(pack, caplog):
+    node_class = pack.NODE_CLASS_MAPPINGS["DuCaFeatureSlicer"]
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["DuCaFeatureSlicer"] == "Reduce Video Memory (Feature Slicer)"
+    inputs = node_class.INPUT_TYPES()["required"]
+    assert inputs["chunks"][1]["default"] == "auto" and inputs["chunks"][1]["tooltip"]
+    node = node_class()
+    model = models.wan(seed=0)
+    (patched,) = node.apply(model, "auto")
+    assert patched is not model
+    (patched,) = node.apply(model, "6")
+    assert patched.model_options["transformer_options"]["duca_feature_slicer"].chunks == 6
+    for bad in ("0", "lots", "2.5"):
+        with pytest.raises(ValueError, match="chunks"):
+            node.apply(model, bad)
+    aura = FAMILIES["auraflow"].build(0)
+    with caplog.at_level(logging.WARNING, logger="comfyui-duca"):
+        (same,) = node.apply(aura, "auto")
+    assert same is aura
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "feature slicer" in r.getMessage()]
+    assert len(warnings) == 1 and "MMDiT" in warnings[0].getMessage()
+
+
+def test_applied_twice_the_last_setting_wins(slicer, pack):
+    model = models.wan(seed=0)
+    twice = slicer.apply_feature_slicer(slicer.apply_feature_slicer(model, 2), 5)
+    wrappers = twice.wrappers
+    count = sum(len(v.get("duca_feature_slicer", [])) for v in wrappers.values())
+    assert count == 1
+    assert twice.model_options["transformer_options"]["duca_feature_slicer"].chunks == 5
+
