@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-EVENT = "duca.stats"
+EVENT = "duca.stats"  # the message type web/js/duca_timeline.js listens for
 LOG = logging.getLogger("comfyui-duca")
 
 
@@ -17,5 +17,7 @@ def node_reporter(node_id):
         instance = getattr(PromptServer, "instance", None)
         if instance is None or node_id is None:
             return
-        instance.send_sync(EVENT, {"node": str(node_id), "stats": stats.to_dict()})
+        # To the client that queued the prompt (None, e.g. a prompt posted by a script: every client).
+        client = getattr(instance, "client_id", None)
+        instance.send_sync(EVENT, {"node": str(node_id), "stats": stats.to_dict()}, client)
     return report

@@ -40,3 +40,8 @@ def comfy(tmp_path_factory, artifacts):
     finally:
         server.stop()
         shutil.copy(server.log_path, artifacts / "server.log")
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy):
+    return comfy.get("/object_info")

@@ -16,11 +16,6 @@ SHORT_RUN = 12  # sampler steps on the CPU: long enough for full, conservative a
 OUTPUT_KEYS = ("images", "gifs", "videos", "animated")
 
 
-@pytest.fixture(scope="module")
-def object_info(comfy):
-    return comfy.get("/object_info")
-
-
 def load(path: Path) -> dict:
     return json.loads(path.read_text())
 

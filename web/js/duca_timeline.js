@@ -1,42 +1,97 @@
-// Draws what the last run did on each "Accelerate (DuCa)" node: one cell per
-// step, coloured by action, plus the block compute and model time.
+// Shows what the last run did on each node of the pack: a step timeline (one cell per
+// step, coloured by action) and the figures behind it. The server sends the run's
+// statistics as a "duca.stats" message when sampling ends (glue/ui.py).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const COLORS = { full: "#4c8bf5", conservative: "#f2a93b", aggressive: "#43b581" };
+const EVENT = "duca.stats";
 const NODE_TYPES = new Set(["DuCaAccelerate", "DuCaDeepCache"]);
-const STRIP_HEIGHT = 34;
+const SHOW_SETTING = "DuCa.Timeline.Show";
+const COLORS = { full: "#4c8bf5", conservative: "#f2a93b", aggressive: "#43b581" };
+const LABELS = { full: "computed", conservative: "refreshed", aggressive: "reused" };
+const PAD = 8;
+const STRIP = 12;
+const LINE = 15;
+const PANEL_HEIGHT = STRIP + 2 * LINE + 12;
 
-function drawTimeline(node, ctx) {
-  const stats = node.ducaStats;
-  if (!stats || node.flags?.collapsed) return;
-  const pad = 8;
-  const top = node.size[1] - STRIP_HEIGHT;
-  const width = node.size[0] - 2 * pad;
-  const cell = width / Math.max(stats.steps.length, 1);
-  stats.steps.forEach((step, i) => {
-    ctx.fillStyle = COLORS[step.action] || "#777";
-    ctx.fillRect(pad + i * cell, top, Math.max(cell - 1, 1), 10);
-  });
+function showTimeline() {
+  const settings = app.extensionManager?.setting;
+  return settings ? settings.get(SHOW_SETTING) !== false : true;
+}
+
+function countActions(steps) {
+  const counts = { full: 0, conservative: 0, aggressive: 0 };
+  for (const step of steps) {
+    if (step.action in counts) counts[step.action] += 1;
+  }
+  return counts;
+}
+
+function mebibytes(bytes) {
+  const mib = bytes / 2 ** 20;
+  return mib >= 1024 ? `${(mib / 1024).toFixed(1)} GiB` : `${mib.toFixed(1)} MiB`;
+}
+
+// The lines under the strip: the speedup the compute saving allows, the step counts, memory.
+function describe(stats) {
+  const counts = countActions(stats.steps);
   const speedup = stats.compute_fraction > 0 ? 1 / stats.compute_fraction : 0;
-  ctx.fillStyle = "#ccc";
+  const first = `up to ${speedup.toFixed(2)}x · compute ${(100 * stats.compute_fraction).toFixed(0)}% · ` +
+    `model ${stats.wall_seconds.toFixed(1)} s`;
+  const second = Object.keys(LABELS).map((a) => `${LABELS[a]} ${counts[a]}`).join(" · ") +
+    ` · cache ${mebibytes(stats.peak_cache_bytes)}`;
+  return [first, second];
+}
+
+function drawPanel(node, ctx) {
+  const stats = node.ducaStats;
+  if (!stats || node.flags?.collapsed || !showTimeline()) return;
+  const top = node.size[1] - PANEL_HEIGHT + 4;
+  const width = node.size[0] - 2 * PAD;
+  const cell = width / Math.max(stats.num_steps, stats.steps.length, 1);
+  ctx.save();
+  for (const step of stats.steps) {
+    ctx.fillStyle = COLORS[step.action] || "#777";
+    ctx.fillRect(PAD + step.step * cell, top, Math.max(cell - 1, 1), STRIP);
+  }
+  ctx.fillStyle = window.LiteGraph?.NODE_TEXT_COLOR || "#ccc";
   ctx.font = "11px sans-serif";
-  ctx.fillText(
-    `compute ${(100 * stats.compute_fraction).toFixed(0)}% (up to ${speedup.toFixed(2)}x) · ` +
-      `${stats.wall_seconds.toFixed(1)} s · cache ${(stats.peak_cache_bytes / 2 ** 20).toFixed(0)} MiB`,
-    pad, top + 24);
+  ctx.textBaseline = "top";
+  describe(stats).forEach((line, i) => ctx.fillText(line, PAD, top + STRIP + 4 + i * LINE, width));
+  ctx.restore();
+}
+
+// Node ids inside subgraphs arrive as "outer:inner"; the last part names the node.
+function findNode(id) {
+  const graph = app.graph;
+  if (!graph) return null;
+  return graph.getNodeById(id) ?? graph.getNodeById(Number(String(id).split(":").pop())) ?? null;
+}
+
+function makeRoom(node) {
+  const needed = node.computeSize()[1] + PANEL_HEIGHT;
+  if (node.size[1] < needed) node.setSize([node.size[0], needed]);
 }
 
 app.registerExtension({
   name: "duca.accelerate.timeline",
+  settings: [
+    {
+      id: SHOW_SETTING,
+      category: ["DuCa Accelerate", "Timeline", "Show"],
+      name: "Show the step timeline on DuCa nodes after a run",
+      tooltip: "Blue: computed, orange: partly recomputed (refreshed), green: reused.",
+      type: "boolean",
+      defaultValue: true,
+      onChange: () => app.graph?.setDirtyCanvas(true, false),
+    },
+  ],
   setup() {
-    api.addEventListener("duca.stats", ({ detail }) => {
-      const node = app.graph?.getNodeById(Number(detail.node));
-      if (!node) return;
+    api.addEventListener(EVENT, ({ detail }) => {
+      const node = findNode(detail?.node);
+      if (!node || !NODE_TYPES.has(node.type) || !detail.stats?.steps) return;
       node.ducaStats = detail.stats;
-      if (node.size[1] < node.computeSize()[1] + STRIP_HEIGHT) {
-        node.setSize([node.size[0], node.computeSize()[1] + STRIP_HEIGHT]);
-      }
+      if (showTimeline()) makeRoom(node);
       app.graph.setDirtyCanvas(true, false);
     });
   },
@@ -45,7 +100,7 @@ app.registerExtension({
     const draw = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function (ctx) {
       draw?.apply(this, arguments);
-      drawTimeline(this, ctx);
+      drawPanel(this, ctx);
     };
   },
 });

@@ -1,0 +1,166 @@
+"""ComfyUI's real frontend in headless Chromium: the pack's extension registers, its nodes
+are found by the node search, and after a run the step timeline is drawn on the node.
+Screenshots are kept in out/e2e/."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from e2e_browser import Browser
+from e2e_models import substitute
+from e2e_server import PACK_FOLDER
+from e2e_workflows import to_api
+
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "flux_accelerate_duca.json"
+EXTENSION = "duca.accelerate.timeline"
+SETTING = "DuCa.Timeline.Show"
+COLORS = {"full": (0x4C, 0x8B, 0xF5), "conservative": (0xF2, 0xA9, 0x3B), "aggressive": (0x43, 0xB5, 0x81)}
+PANEL_HEIGHT = 54  # web/js/duca_timeline.js: the strip and two lines of figures under the widgets
+STEPS = 28
+
+# Console errors of ComfyUI's own frontend on a fresh, offline user folder; they appear
+# the same with no custom node installed (the registry lookups, blocked offline, name every
+# node on the canvas). Anything else, and anything from the pack's script, fails.
+HOST_NOISE = [
+    re.compile(r"404 \(Not Found\) \S+/(api/userdata/)?user\.css$"),
+    re.compile(r"404 \(Not Found\) \S+/favicon\.ico$"),
+    re.compile(r"404 \(Not Found\) \S+/api/userdata\?dir=(workflows|subgraphs)"),
+    re.compile(r"404 \(Not Found\) \S+/api/userdata/comfy\.templates\.json$"),
+    re.compile(r"^log: Connecting to 'https://api\.comfy\.org/.*Content Security Policy", re.S),
+    # the settings store dispatches a change for a setting with no definition while the graph view loads
+    re.compile(r"^console\.error: TypeError: Cannot read properties of undefined \(reading 'id'\)\s+"
+               r"at onChange \S+\s+at Proxy\.set .*at load \(\S+/GraphView-", re.S),
+]
+
+
+@pytest.fixture(scope="module")
+def page(comfy, tmp_path_factory, artifacts):
+    status, _ = comfy.request("POST", "/settings/Comfy.TutorialCompleted", True)  # no template dialog
+    assert status == 200
+    browser = Browser(tmp_path_factory.mktemp("chromium_profile")).start()
+    try:
+        browser.navigate(comfy.url)
+        browser.wait_for("!!(window.app?.graph && window.app?.extensionManager?.setting && window.app?.canvas)", 120)
+        yield browser
+    finally:
+        browser.stop()
+        (artifacts / "browser_console.txt").write_text("\n".join(browser.errors))
+
+
+def colour_pixels(image: Image.Image, box) -> dict:
+    """How many pixels of each action's colour lie in `box` (left, top, right, bottom)."""
+    region = image.convert("RGB").crop(tuple(round(v) for v in box))
+    counts = dict.fromkeys(COLORS, 0)
+    wanted = {rgb: action for action, rgb in COLORS.items()}
+    for count, rgb in region.getcolors(maxcolors=1 << 20):
+        if rgb in wanted:
+            counts[wanted[rgb]] += count
+    return counts
+
+
+def node_box(page, node_id: int) -> dict:
+    """The node's body on the screen, in CSS pixels."""
+    return page.evaluate(f"""(() => {{
+        const node = app.graph.getNodeById({node_id}), ds = app.canvas.ds;
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        return {{x: rect.left + (node.pos[0] + ds.offset[0]) * ds.scale,
+                 y: rect.top + (node.pos[1] + ds.offset[1]) * ds.scale,
+                 width: node.size[0] * ds.scale, height: node.size[1] * ds.scale, scale: ds.scale}};
+    }})()""")
+
+
+def redraw(page) -> None:
+    page.evaluate("app.graph.setDirtyCanvas(true, true), app.canvas.draw(true, true), true")
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+
+
+def test_extension_is_served_and_registers(comfy, page):
+    assert f"/extensions/{PACK_FOLDER}/duca_timeline.js" in comfy.get("/extensions")
+    names = page.evaluate("app.extensions.map(e => e.name)")
+    assert EXTENSION in names
+    assert page.evaluate(f"app.extensionManager.setting.get('{SETTING}')") is True
+    registered = page.evaluate("Object.keys(LiteGraph.registered_node_types)")
+    assert {"DuCaAccelerate", "DuCaDeepCache"} <= set(registered)
+
+
+def test_node_search_finds_the_pack_nodes(page, artifacts):
+    page.evaluate("app.graph.clear(), true")
+    size = page.evaluate("[innerWidth, innerHeight]")
+    page.click(size[0] / 2, size[1] / 2, count=1)
+    page.click(size[0] / 2, size[1] / 2, count=2)  # a double click on the empty canvas opens the search
+    page.wait_for("document.activeElement?.tagName === 'INPUT'", 15)
+    page.type_text("DuCa")
+    found = page.wait_for("""(() => {
+        const texts = [...document.querySelectorAll('[role=option]')].map(e => e.innerText);
+        return texts.some(t => t.includes('Accelerate (DuCa)')) && texts.some(t => t.includes('DeepCache (U-Net)'))
+            && texts; })()""", 20)
+    page.screenshot(artifacts / "node_search.png")
+    assert any("DuCa Accelerate" in text for text in found), f"the category is not shown: {found}"
+    # Enter adds the highlighted result, as a user would
+    page.send("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter", windowsVirtualKeyCode=13, text="\r")
+    page.send("Input.dispatchKeyEvent", type="keyUp", key="Enter", code="Enter", windowsVirtualKeyCode=13)
+    added = page.wait_for("app.graph.nodes.map(n => n.type)", 15)
+    assert len(added) == 1 and added[0] in ("DuCaAccelerate", "DuCaDeepCache"), added
+
+
+def test_timeline_is_drawn_on_the_node_after_a_run(comfy, page, object_info, artifacts):
+    workflow = json.loads(WORKFLOW.read_text())
+    prompt = substitute(to_api(workflow, object_info), salt=31, steps=STEPS)
+    node_id = next(int(k) for k, n in prompt.items() if n["class_type"] == "DuCaAccelerate")
+    assert page.evaluate(f"app.loadGraphData({json.dumps(workflow)}).then(() => app.graph.nodes.length)") \
+        == len(workflow["nodes"])
+    assert not page.evaluate(f"!!app.graph.getNodeById({node_id}).ducaStats")
+    queued = page.evaluate("window.comfyAPI.api.api.queuePrompt(0, {output: %s, workflow: %s})"
+                           % (json.dumps(prompt), json.dumps(workflow)))  # queued by the frontend's client
+    comfy.wait(queued["prompt_id"], timeout=240)
+    stats = page.wait_for(f"app.graph.getNodeById({node_id}).ducaStats", 30)
+    assert stats["num_steps"] == STEPS and len(stats["steps"]) == STEPS
+    actions = {step["action"] for step in stats["steps"]}
+    assert actions == set(COLORS), actions
+
+    page.evaluate(f"""(() => {{ const node = app.graph.getNodeById({node_id});
+        app.canvas.ds.scale = 1.25; app.canvas.ds.offset = [90 - node.pos[0], 150 - node.pos[1]]; return true; }})()""")
+    redraw(page)
+    box = node_box(page, node_id)
+    shot = page.screenshot(artifacts / "after_run.png")
+    image = Image.open(shot)
+    panel_top = box["y"] + box["height"] - PANEL_HEIGHT * box["scale"]
+    panel = colour_pixels(image, (box["x"], panel_top, box["x"] + box["width"], box["y"] + box["height"]))
+    above = colour_pixels(image, (box["x"], box["y"], box["x"] + box["width"], panel_top))
+    cell_area = (box["width"] / STEPS) * 8 * box["scale"]  # at least 8 of the strip's 12 rows per cell
+    counts = {a: sum(s["action"] == a for s in stats["steps"]) for a in COLORS}
+    for action, pixels in panel.items():
+        assert pixels >= counts[action] * cell_area * 0.5, (action, pixels, counts)
+    assert sum(above.values()) < 0.02 * sum(panel.values()), f"timeline colours outside the panel: {above}"
+    margin = 30
+    page.screenshot(artifacts / "node_timeline.png",
+                    clip={"x": box["x"] - margin, "y": box["y"] - 30 * box["scale"] - margin,
+                          "width": box["width"] + 2 * margin, "height": box["height"] + 30 * box["scale"] + 2 * margin})
+
+
+def test_setting_hides_the_timeline(page, artifacts):
+    node_id = page.evaluate("app.graph.nodes.find(n => n.type === 'DuCaAccelerate').id")
+    assert page.evaluate(f"!!app.graph.getNodeById({node_id}).ducaStats"), "needs the run of the test above"
+    try:
+        page.evaluate(f"app.extensionManager.setting.set('{SETTING}', false).then(() => true)")
+        redraw(page)
+        box = node_box(page, node_id)
+        image = Image.open(page.screenshot(artifacts / "timeline_hidden.png"))
+        hidden = colour_pixels(image, (box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"]))
+        assert sum(hidden.values()) == 0, hidden
+    finally:
+        page.evaluate(f"app.extensionManager.setting.set('{SETTING}', true).then(() => true)")
+    redraw(page)
+    box = node_box(page, node_id)
+    shown = colour_pixels(Image.open(page.screenshot(artifacts / "timeline_shown.png")),
+                          (box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"]))
+    assert all(shown.values()), shown
+
+
+def test_no_errors_in_the_browser_console(page):
+    page.evaluate("new Promise(r => setTimeout(() => r(true), 500))")
+    unexpected = [e for e in page.errors if not any(p.search(e) for p in HOST_NOISE)]
+    assert not unexpected, "\n\n".join(unexpected)
+    assert not [e for e in page.errors if f"/extensions/{PACK_FOLDER}/" in e]
