@@ -102,6 +102,23 @@ def host_env(root: Path) -> dict:
     return env
 
 
+def ensure_chromium() -> None:
+    """The browser tests drive Debian's Chromium: install it when missing and we are root.
+    Otherwise those tests fail with a message saying how to install it (they never skip)."""
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        return
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        print("Chromium is missing: the browser tests will fail. Install it with `apt-get install -y chromium`.",
+              flush=True)
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
+    print("+", " ".join(install), flush=True)
+    if subprocess.call(install, env=env) != 0:  # a fresh machine may need its package lists first
+        _run(["apt-get", "update", "-q"], env=env)
+        _run(install, env=env)
+
+
 def main(argv: list) -> int:
     if not argv or argv[0] not in {"demo", "test", "bench", "path", "python"}:
         print(__doc__)
@@ -118,6 +135,7 @@ def main(argv: list) -> int:
     if command == "demo":
         cmd = [py, REPO / "bench" / "demo.py", *rest]
     elif command == "test":
+        ensure_chromium()
         # pytest runs from tests/ (see tests/pytest.ini); paths given from the checkout still work.
         rest = [str(REPO / arg) if not arg.startswith("-") and (REPO / arg).exists() else arg for arg in rest]
         cmd = [py, "-m", "pytest", "-c", REPO / "tests" / "pytest.ini", "--rootdir", REPO / "tests", *rest]
