@@ -5,7 +5,8 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const EVENT = "duca.stats";
-const NODE_TYPES = new Set(["DuCaAccelerate", "DuCaDeepCache"]);
+const CATEGORY = "DuCa Accelerate"; // nodes/base.py: every node of the pack is filed under it
+const NODE_TYPES = new Set(); // the pack's node types, filled as their definitions register
 const SHOW_SETTING = "DuCa.Timeline.Show";
 const COLORS = { full: "#4c8bf5", conservative: "#f2a93b", aggressive: "#43b581" };
 const LABELS = { full: "computed", conservative: "refreshed", aggressive: "reused" };
@@ -96,7 +97,8 @@ app.registerExtension({
     });
   },
   beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!NODE_TYPES.has(nodeData.name)) return;
+    if (!String(nodeData.category ?? "").startsWith(CATEGORY)) return;
+    NODE_TYPES.add(nodeData.name);
     const draw = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function (ctx) {
       draw?.apply(this, arguments);
