@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 
+from ..cache_core import family_defaults
+
 
 class BlockStack:
     """`keys`: ("double_block" | "single_block", index) in the order the model runs them."""
@@ -34,10 +36,10 @@ class BlockStack:
             return ["model"]
         return [f"{kind}.{index}" for kind, index in self.keys]
 
-    @staticmethod
-    def plan_for(config, num_steps: int):
-        """The run's plan (an adapter with its own method, the U-Net's DeepCache, overrides it)."""
-        return config.plan_for(num_steps)
+    def plan_for(self, config, num_steps: int):
+        """The run's plan: a preset's with this family's measured settings (an adapter with its
+        own method, the U-Net's DeepCache, overrides it)."""
+        return family_defaults.for_family(config, self.family).plan_for(num_steps)
 
     @staticmethod
     def can_refresh(kind: str, args: dict) -> bool:

@@ -26,8 +26,8 @@ class DuCaConfig:
     double_stream_factor: float = 0.4
     single_stream_factor: float = 1.6
     seed: int = 0                   # for the random token selector
-    plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the cycle
     preset: Optional[str] = None    # the preset it came from: adapters then use their family's defaults
+    plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the cycle
     unit_schedule: Optional[Schedule] = field(default=None, compare=False)  # per-unit decisions override both
     measure_change: bool = False    # calibration: compute everything, profile each unit's change
 

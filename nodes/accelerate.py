@@ -69,4 +69,6 @@ def build_config(preset, interval, refresh_ratio, token_selector, first_full_ste
             changes["interval"] = interval
         if refresh_ratio is not None:
             changes["refresh_ratio"] = refresh_ratio
+    else:
+        changes["preset"] = preset  # the adapter swaps in the model family's settings for it
     return base.with_changes(**changes)

@@ -317,3 +317,19 @@ def test_auraflow_conservative_steps_reuse_attention_and_refresh_the_planned_tok
                 if int(ratio * tokens):  # an MLP with no token to refresh is not called
                     expected[kind, index, stream] = [(batch_rows, int(ratio * tokens))]
             assert rows == expected
+
+
+@pytest.mark.parametrize("preset", ["quality", "balanced", "fast"])
+def test_the_accelerate_node_runs_auraflow_with_its_family_settings(pack, duca, preset):
+    """A preset picked on the node: the plan is the preset with AuraFlow's measured settings
+    (cache_core/family_defaults.py), counted in the steps of the run."""
+    patch, core = duca
+    from comfyui_duca.cache_core.family_defaults import family_settings
+    family, model = FAMILIES["auraflow"], MODELS["auraflow"]
+    (accelerated,) = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]().apply(model, preset)
+    steps = 20
+    models.sample(accelerated, family.conditioning(1), family.negative(2), steps=steps, cfg=4.0,
+                  latent=family.latent(1))
+    expected = core.PRESETS[preset].with_changes(**family_settings("auraflow", preset)).plan_for(steps)
+    assert family_settings("auraflow", preset)  # measured, not missing
+    assert patch.last_stats(accelerated).timeline == expected.timeline
