@@ -108,19 +108,35 @@ class Schedule:
                                    f"the connected model has {len(units)}")
 
     def resampled(self, num_steps: int) -> "Schedule":
-        """The same schedule on another step count: each new step takes the row at the same
-        relative position of the run (the first and last rows stay first and last)."""
+        """The same schedule on another step count, by relative position in the run.
+
+        Each unit keeps its density of computation: a new step computes when the computations
+        the old schedule made up to the end of that step, scaled to the new count, exceed
+        those made so far (so every-2nd stays every-2nd). Other cells take the most computing
+        reuse kind the old steps they cover held. The first step keeps the old first step.
+        """
         if num_steps == self.num_steps:
             return self
         if num_steps < 1 or self.num_steps < 1:
             raise ValueError(f"cannot resample a {self.num_steps}-step schedule to {num_steps} steps")
-        if num_steps == 1:
-            rows = torch.zeros(1, dtype=torch.long)
-        else:
-            rows = torch.round(torch.arange(num_steps, dtype=torch.float64) * (self.num_steps - 1)
-                               / (num_steps - 1)).long()
+        old, scale = self.num_steps, self.num_steps / num_steps
+        computed = (self.table == Cell.COMPUTE).double()                   # [old, units]
+        table = torch.empty(num_steps, len(self.units), dtype=torch.uint8)
+        done = torch.zeros(len(self.units), dtype=torch.float64)
+        for i in range(num_steps):
+            end = (i + 1) * scale
+            coverage = (end - torch.arange(old, dtype=torch.float64)).clamp(0, 1)   # of each old step
+            due = torch.floor((coverage[:, None] * computed).sum(0) / scale + 0.5)
+            covered = self.table[int(i * scale):max(int(i * scale) + 1, int(torch.ceil(torch.tensor(end))))]
+            reuse_kind = torch.where((covered == Cell.REUSE_ATTENTION).any(0), int(Cell.REUSE_ATTENTION),
+                                     int(Cell.REUSE))
+            compute = (due > done) if i else (self.table[0] == Cell.COMPUTE)
+            table[i] = torch.where(compute, int(Cell.COMPUTE), reuse_kind).to(torch.uint8)
+            if i == 0 and not bool(compute.all()):
+                table[0] = self.table[0]
+            done += compute.double()
         note = f"resampled from {self.num_steps} to {num_steps} steps"
-        return replace(self, table=self.table[rows], notes=self.notes + (note,))
+        return replace(self, table=table, notes=self.notes + (note,))
 
     # --- showing it -------------------------------------------------------
     def __str__(self) -> str:

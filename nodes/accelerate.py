@@ -43,15 +43,19 @@ class AccelerateDuCa(ModelPatchNode):
                 "cache_device": (list(CACHE_DEVICES), {"default": "compute", "tooltip":
                                  "compute: keep caches on the GPU (fastest). cpu: offload them to RAM "
                                  "(saves VRAM, costs transfers)."}),
+                "schedule": ("DUCA_SCHEDULE", {"tooltip": "Optional: a cache schedule (FORA, EB-Cache, Block "
+                             "Caching, L2C) that decides per block and step instead of the preset's cycle."}),
             },
             "hidden": HIDDEN_INPUTS,
         }
 
     def apply(self, model, preset="balanced", interval=None, refresh_ratio=None, token_selector=None,
-              first_full_steps=None, start_percent=0.0, end_percent=1.0, cache_device="compute", unique_id=None,
-              **_unknown):
+              first_full_steps=None, start_percent=0.0, end_percent=1.0, cache_device="compute", schedule=None,
+              unique_id=None, **_unknown):
         config = build_config(preset, interval, refresh_ratio, token_selector, first_full_steps,
                               start_percent, end_percent, cache_device)
+        if schedule is not None:
+            config = config.with_changes(unit_schedule=schedule)
         return (apply_duca(model, config, listeners=[node_reporter(unique_id)]),)
 
 

@@ -1,0 +1,44 @@
+"""Where schedules are saved and found: `models/duca_schedules/` (shared schedules a user
+drops in) and `output/duca_schedules/` (what Save Cache Schedule writes)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+
+FOLDER = "duca_schedules"
+FORMATS = {"safetensors": ".safetensors", "json": ".json"}
+
+
+def _register() -> None:
+    paths = [os.path.join(folder_paths.models_dir, FOLDER), os.path.join(folder_paths.get_output_directory(), FOLDER)]
+    if FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(FORMATS.values()))
+
+
+def available() -> list:
+    _register()
+    return folder_paths.get_filename_list(FOLDER)
+
+
+def path_of(name: str) -> str:
+    _register()
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None:
+        raise ValueError(f"schedule_name: {name!r} is not in models/{FOLDER} or output/{FOLDER}")
+    return path
+
+
+def save(schedule, filename_prefix: str, format: str) -> Path:
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    folder = Path(folder_paths.get_output_directory()) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in filename_prefix) or "duca_schedule"
+    number = 1
+    while any((folder / f"{stem}_{number:05d}{ext}").exists() for ext in FORMATS.values()):
+        number += 1
+    path = folder / f"{stem}_{number:05d}{FORMATS[format]}"
+    schedule.save(path)
+    return path
