@@ -10,9 +10,10 @@ setting with the best latent PSNR to the uncached output at the preset's compute
 Models: every entry of testbed/families.py plus Flux (random and the small trained one)
 and Wan 2.1 text-to-video and SD3 from testbed/models.py. All but the trained Flux have
 seeded random weights: their features change across steps unlike a trained model's, so
-the choice is a measurement on the real classes' arithmetic, not on real pictures. A
-setting replaces the papers' only when it wins by at least --margin dB on the family's
-models (mean over models and seeds); otherwise the papers' setting stays.
+the choice is a measurement on the real classes' arithmetic, not on real pictures; where a
+family has a trained model, it alone decides. A setting replaces the papers' only when it
+wins by at least --margin dB (mean over the deciding models and seeds) or the papers'
+setting falls outside the budget; Flux keeps the papers' settings (KEEP_PAPERS).
 Writes a markdown table and the JSON of every point to --out (bench/out/family_defaults).
 """
 from __future__ import annotations
