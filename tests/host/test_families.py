@@ -328,8 +328,10 @@ def test_the_accelerate_node_runs_auraflow_with_its_family_settings(pack, duca, 
     family, model = FAMILIES["auraflow"], MODELS["auraflow"]
     (accelerated,) = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]().apply(model, preset)
     steps = 20
-    models.sample(accelerated, family.conditioning(1), family.negative(2), steps=steps, cfg=4.0,
-                  latent=family.latent(1))
+    outs = [models.sample(m, family.conditioning(1), family.negative(2), steps=steps, cfg=4.0,
+                          latent=family.latent(1)) for m in (model, accelerated)]
     expected = core.PRESETS[preset].with_changes(**family_settings("auraflow", preset)).plan_for(steps)
     assert family_settings("auraflow", preset)  # measured, not missing
     assert patch.last_stats(accelerated).timeline == expected.timeline
+    assert 0 < patch.last_stats(accelerated).compute_fraction < 1
+    assert 1e-7 < relative_l2(outs[1], outs[0]) < 0.3
