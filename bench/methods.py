@@ -80,9 +80,55 @@ def presets(base) -> list:
 
 
 def every_k(base, steps, ks=(2, 3, 4)) -> list:
+    from comfyui_duca.adapters.unet import UNetAdapter
     from comfyui_duca.cache_core import DuCaConfig, every_kth_step_plan
+    if UNetAdapter.for_model(base.model.diffusion_model) is not None:  # the pack runs DeepCache there
+        return [whole_step_reuse(base, every_kth_step_plan(steps, k, first_full_steps=1), f"every-{k}",
+                                 {"k": k, "first_full_steps": 1, "level": "step"}) for k in ks]
     return [duca(base, DuCaConfig(plan=every_kth_step_plan(steps, k, first_full_steps=1)), f"every-{k}",
                  "every-k", {"k": k, "first_full_steps": 1}) for k in ks]
+
+
+class WholeStepReuse:
+    """Whole-step reuse around the model call (as the pack's step level does): on a plan's
+    aggressive steps the output of the last computed call of the same conditionings is
+    returned and the model is not called. State lives for one sampling run."""
+
+    def __init__(self, plan):
+        self.plan, self.sigmas, self.outputs = plan, None, {}
+
+    def outer_sample(self, executor, *args, **kwargs):
+        sigmas = kwargs["sigmas"] if "sigmas" in kwargs else args[3]
+        self.sigmas, self.outputs = [float(s) for s in sigmas], {}
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.sigmas, self.outputs = None, {}
+
+    def diffusion_model(self, executor, *args, **kwargs):
+        from comfyui_duca.cache_core import Action, step_index
+        from comfyui_duca.glue.patch import find_transformer_options
+        from comfyui_duca.glue.run import call_key, current_sigma
+        options = find_transformer_options(args, kwargs)
+        sigma = current_sigma(options)
+        if self.sigmas is None or not args or sigma is None:
+            return executor(*args, **kwargs)
+        step = min(step_index(self.sigmas, sigma), len(self.plan) - 1)
+        key = call_key(args[0], options)
+        if self.plan[step].action is Action.AGGRESSIVE and key in self.outputs:
+            return self.outputs[key].clone()  # a copy: the sampler may work on it in place
+        output = executor(*args, **kwargs)
+        self.outputs[key] = output.detach().clone()
+        return output
+
+
+def whole_step_reuse(base, plan, name, settings) -> Method:
+    import comfy.patcher_extension as ext
+    reuse = WholeStepReuse(plan)
+    model = base.clone()
+    model.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, "bench_whole_step", reuse.outer_sample)
+    model.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "bench_whole_step", reuse.diffusion_model)
+    return Method(name, "every-k", model, "calls", settings)
 
 
 def match_threshold(base, group, target: float, fraction_of: Callable, iterations: int, copy=False):

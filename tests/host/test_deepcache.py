@@ -377,3 +377,30 @@ def test_published_u_nets_run_full_and_reuse_calls(pack, duca, name, config_clas
     assert run.stats.timeline == "FA"
     reuse = run.stats.steps[1]
     assert 0 < reuse.block_flops_done / reuse.block_flops_full < reuse_share, name
+
+
+def test_a_failing_reuse_call_computes_and_switches_caching_off(pack, duca, unet, conds, monkeypatch, caplog):
+    """The first stand-in of a reuse call raises before any layer is skipped: every layer of
+    that call computes, the rest of the run computes, one log line and one stats note say so,
+    and the output is the uncached one, bit for bit."""
+    import logging
+    patch, core = duca
+    from comfyui_duca.adapters import unet as unet_adapter
+    kw = dict(KW, cfg=3.0)
+    reference = models.sample(unet, *conds, **kw)
+    tries = []
+
+    def broken(self, x):
+        tries.append(self.call.step)
+        raise RuntimeError("kept feature lost")
+    monkeypatch.setattr(unet_adapter.DeepCacheReuse, "prepare", broken)
+    model = patch.apply_duca(unet, core.DeepCacheConfig(interval=3, branch=1))
+    with caplog.at_level(logging.ERROR, logger="comfyui-duca"):
+        out, counts = sample_counting(model, unet, *conds, **kw)
+    stats = patch.last_stats(model)
+    assert tries == [1]  # the first reuse call failed; nothing was tried after it
+    assert torch.equal(out, reference) and stats.compute_fraction == 1.0
+    assert set(counts.values()) == {STEPS}  # every block really ran on every step
+    assert [n for n in stats.notes if "switched off" in n] == ["caching switched off at step 1: "
+                                                               "RuntimeError('kept feature lost')"]
+    assert len([r for r in caplog.records if "reusing features failed" in r.getMessage()]) == 1
