@@ -23,8 +23,9 @@ class AccelerateDuCa(ModelPatchNode):
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to accelerate (from your loader)."}),
                 "preset": (list(PRESETS) + [CUSTOM], {"default": "balanced", "tooltip":
-                           "quality: full step every 3rd step. balanced: every 4th (the papers' Flux setting). "
-                           "fast: every 6th. custom: use the advanced inputs below."}),
+                           "quality / balanced / fast: on Flux a full step every 3rd / 4th (the papers' setting) "
+                           "/ 6th step; other families use settings measured for them (README). custom: use the "
+                           "advanced inputs below."}),
             },
             "optional": {
                 "interval": ("INT", {"default": balanced.interval, "min": 1, "max": 100, "tooltip":

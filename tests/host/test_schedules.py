@@ -235,3 +235,18 @@ def test_exposure_bias_scales_the_sampler_derivative_and_composes(api, flux, flu
     assert api["patch"].last_stats(both).compute_fraction < 1.0
     with pytest.raises(ValueError, match="delta"):
         node.apply(flux, 3.0)
+
+
+def test_step_rehash_node_finds_key_steps_by_similarity(api, flux, flux_conds):
+    node = api["nodes"].StepRehashSchedule()
+    strict, _ = node.make(flux, **flux_sampling_inputs(flux_conds), similarity=1.0, shallow_blocks=1,
+                          first_full_steps=1)
+    assert strict.computes_everything          # no step is ever that similar: all are key steps
+    loose, _ = node.make(flux, **flux_sampling_inputs(flux_conds), similarity=-1.0, shallow_blocks=2,
+                         first_full_steps=1)
+    cell = api["Cell"]
+    assert loose.computes_step(0) and not any(loose.computes_step(i) for i in range(1, STEPS))
+    assert all(loose.cell(i, 1) is cell.COMPUTE and loose.cell(i, 2) is cell.REUSE for i in range(1, STEPS))
+    patched = scheduled(api, flux, loose)
+    run_flux(patched, flux_conds)
+    assert api["patch"].last_stats(patched).compute_fraction < 0.6
