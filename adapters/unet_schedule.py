@@ -17,7 +17,7 @@ transformers) and block patches.
 - Calibration (config.measure_change, every step computed): every unit's residual goes to
   the run's ChangeProfile on every step.
 
-FLOPs: each block's and each unit's are counted once per call key (unet.flop_hooks); a
+FLOPs: each block's and each unit's are counted once per call key (UNetAdapter._flop_hooks); a
 step's block compute is all blocks minus the units reused at it.
 """
 from __future__ import annotations
