@@ -10,10 +10,10 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the e2e helper modules (their names are unique: e2e_*)
     sys.path.insert(0, str(HERE))
 
-from e2e_models import write_models  # noqa: E402
-from e2e_server import PACK_FOLDER, ComfyServer  # noqa: E402
+from e2e_models import write_models
+from e2e_server import PACK_FOLDER, ComfyServer
 
-from testbed import host  # noqa: E402
+from testbed import host
 
 REPO = HERE.parent.parent
 ARTIFACTS = REPO / "out" / "e2e"  # git-ignored

@@ -41,7 +41,7 @@ class Browser:
         return self.loop.run_until_complete(coroutine)
 
     # --- lifecycle ----------------------------------------------------------
-    def start(self) -> "Browser":
+    def start(self) -> Browser:
         self.profile.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen([chromium_path(), *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -138,7 +138,7 @@ class Browser:
     def navigate(self, url: str) -> None:
         self.send("Page.navigate", url=url)
 
-    def screenshot(self, path: Path, clip: dict = None) -> Path:
+    def screenshot(self, path: Path, clip: dict | None = None) -> Path:
         params = {"format": "png"}
         if clip:
             params["clip"] = {**clip, "scale": 1}

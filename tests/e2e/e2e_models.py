@@ -17,9 +17,9 @@ WAN_FILE = "wan_e2e.safetensors"
 SD_FILE = "sd_unet_e2e.safetensors"
 WAN_VAE_FILE = "wan_vae_e2e.safetensors"
 
-FLUX_SIZE = dict(hidden_size=3072, num_heads=24, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56],
-                 context_in_dim=4096, vec_in_dim=768)
-WAN_SIZE = dict(dim=128, ffn_dim=256, num_heads=1, num_layers=2, text_dim=4096)
+FLUX_SIZE = {"hidden_size": 3072, "num_heads": 24, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56],
+             "context_in_dim": 4096, "vec_in_dim": 768}
+WAN_SIZE = {"dim": 128, "ffn_dim": 256, "num_heads": 1, "num_layers": 2, "text_dim": 4096}
 
 # What each family's text encoder would have produced: (tokens, width, pooled width).
 CONDITIONING = {"flux": (8, 4096, 768), "sd": (77, 768, 0), "wan": (8, 4096, 0)}
@@ -72,7 +72,7 @@ def family_of(file_name: str) -> str:
     raise ValueError(f"no small model stands in for {file_name!r}: add its family to tests/e2e/e2e_models.py")
 
 
-def substitute(prompt: dict, salt: int = 0, steps: int = None) -> dict:
+def substitute(prompt: dict, salt: int = 0, steps: int | None = None) -> dict:
     """Point an API-format prompt at the small models; returns a new prompt.
 
     Text encoders become the test-only conditioning node, checkpoints become the small

@@ -29,7 +29,7 @@ class ComfyServer:
         self.log_path = base / "server.log"
         self.process = None
 
-    def start(self) -> "ComfyServer":
+    def start(self) -> ComfyServer:
         for name in ("user", "output", "input", "temp"):
             (self.base / name).mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, str(self.comfy_dir / "main.py"), "--cpu", "--listen", "127.0.0.1",

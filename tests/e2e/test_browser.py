@@ -6,12 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from e2e_browser import Browser
 from e2e_models import substitute
 from e2e_server import PACK_FOLDER
 from e2e_workflows import to_api
+from PIL import Image
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "flux_accelerate_duca.json"
 EXTENSION = "duca.accelerate.timeline"
@@ -28,10 +27,12 @@ HOST_NOISE = [
     re.compile(r"404 \(Not Found\) \S+/favicon\.ico$"),
     re.compile(r"404 \(Not Found\) \S+/api/userdata\?dir=(workflows|subgraphs)"),
     re.compile(r"404 \(Not Found\) \S+/api/userdata/comfy\.templates\.json$"),
-    re.compile(r"^log: Connecting to 'https://api\.comfy\.org/.*Content Security Policy", re.S),
+    re.compile(r"^log: Connecting to 'https://api\.comfy\.org/.*Content Security Policy", re.DOTALL),
     # the settings store dispatches a change for a setting with no definition while the graph view loads
     re.compile(r"^console\.error: TypeError: Cannot read properties of undefined \(reading 'id'\)\s+"
-               r"at onChange \S+\s+at Proxy\.set .*at load \(\S+/GraphView-", re.S),
+               r"at onChange \S+\s+at Proxy\.set .*at load \(\S+/GraphView-", re.DOTALL),
+    # opening any subgraph
+    re.compile(r"^console\.error: Attempted to cleanup event listeners for graph that was never set up$"),
 ]
 
 
@@ -76,6 +77,12 @@ def redraw(page) -> None:
     page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
 
 
+def queue_from_the_page(page, prompt: dict) -> dict:
+    """Queue through the frontend's own API client, with the graph on the canvas as the workflow."""
+    return page.evaluate(f"""app.graphToPrompt().then(p =>
+        window.comfyAPI.api.api.queuePrompt(0, {{output: {json.dumps(prompt)}, workflow: p.workflow}}))""")
+
+
 def test_extension_is_served_and_registers(comfy, page):
     assert f"/extensions/{PACK_FOLDER}/duca_timeline.js" in comfy.get("/extensions")
     names = page.evaluate("app.extensions.map(e => e.name)")
@@ -107,13 +114,16 @@ def test_node_search_finds_the_pack_nodes(page, artifacts):
 
 def test_timeline_is_drawn_on_the_node_after_a_run(comfy, page, object_info, artifacts):
     workflow = json.loads(WORKFLOW.read_text())
-    prompt = substitute(to_api(workflow, object_info), salt=31, steps=STEPS)
-    node_id = next(int(k) for k, n in prompt.items() if n["class_type"] == "DuCaAccelerate")
     assert page.evaluate(f"app.loadGraphData({json.dumps(workflow)}).then(() => app.graph.nodes.length)") \
         == len(workflow["nodes"])
+    # the frontend's own API-format prompt; the same as the tests' conversion of the file
+    from_page = page.evaluate("app.graphToPrompt().then(p => p.output)")
+    bare = {key: {"class_type": n["class_type"], "inputs": n["inputs"]} for key, n in from_page.items()}
+    assert bare == to_api(workflow, object_info)
+    prompt = substitute(from_page, salt=31, steps=STEPS)
+    node_id = next(int(k) for k, n in prompt.items() if n["class_type"] == "DuCaAccelerate")
     assert not page.evaluate(f"!!app.graph.getNodeById({node_id}).ducaStats")
-    queued = page.evaluate("window.comfyAPI.api.api.queuePrompt(0, {output: %s, workflow: %s})"
-                           % (json.dumps(prompt), json.dumps(workflow)))  # queued by the frontend's client
+    queued = queue_from_the_page(page, prompt)
     comfy.wait(queued["prompt_id"], timeout=240)
     stats = page.wait_for(f"app.graph.getNodeById({node_id}).ducaStats", 30)
     assert stats["num_steps"] == STEPS and len(stats["steps"]) == STEPS
@@ -157,6 +167,25 @@ def test_setting_hides_the_timeline(page, artifacts):
     shown = colour_pixels(Image.open(page.screenshot(artifacts / "timeline_shown.png")),
                           (box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"]))
     assert all(shown.values()), shown
+
+
+def test_stats_reach_a_node_inside_a_subgraph(comfy, page, artifacts):
+    """Inside a subgraph the server names the node by its path ("13:4"): the stats must land
+    on that inner node, not on a node of the root graph with the inner id."""
+    page.evaluate(f"app.loadGraphData({WORKFLOW.read_text()}).then(() => true)")
+    page.evaluate("""(async () => { const node = app.graph.nodes.find(n => n.type === 'DuCaAccelerate');
+        app.canvas.deselectAll(); app.canvas.select(node);
+        await app.extensionManager.command.execute('Comfy.Graph.ConvertToSubgraph'); return true; })()""")
+    prompt = substitute(page.evaluate("app.graphToPrompt().then(p => p.output)"), salt=41, steps=8)
+    path = next(k for k, n in prompt.items() if n["class_type"] == "DuCaAccelerate")
+    outer, inner = (int(part) for part in path.split(":"))
+    comfy.wait(queue_from_the_page(page, prompt)["prompt_id"], timeout=240)
+    stats = page.wait_for(f"app.graph.getNodeById({outer}).subgraph.getNodeById({inner}).ducaStats", 30)
+    assert len(stats["steps"]) == 8
+    assert not page.evaluate("app.graph.nodes.some(n => n.ducaStats)"), "stats landed on a root node"
+    page.evaluate(f"(node => (app.canvas.openSubgraph(node.subgraph, node), true))(app.graph.getNodeById({outer}))")
+    redraw(page)
+    page.screenshot(artifacts / "subgraph_timeline.png")
 
 
 def test_no_errors_in_the_browser_console(page):

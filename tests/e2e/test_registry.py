@@ -1,9 +1,10 @@
 """What the ComfyUI Registry and ComfyUI-Manager read: pyproject.toml, the icon, the
 README's images, and node names and categories as the loaded pack declares them."""
 import re
-import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import tomllib
 
 from testbed import host
 

@@ -6,13 +6,12 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from e2e_models import substitute
 from e2e_server import PACK_FOLDER
 from e2e_workflows import output_nodes, to_api
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
-SHORT_RUN = 12  # sampler steps on the CPU: long enough for full, conservative and aggressive steps
+SHORT_RUN = 8  # sampler steps on the CPU: enough for full, conservative and aggressive steps (FFFCACFC)
 OUTPUT_KEYS = ("images", "gifs", "videos", "animated")
 
 
