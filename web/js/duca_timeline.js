@@ -62,11 +62,16 @@ function drawPanel(node, ctx) {
   ctx.restore();
 }
 
-// Node ids inside subgraphs arrive as "outer:inner"; the last part names the node.
+// Node ids inside subgraphs arrive as a path, "outer:inner": walk it from the root graph.
 function findNode(id) {
-  const graph = app.graph;
-  if (!graph) return null;
-  return graph.getNodeById(id) ?? graph.getNodeById(Number(String(id).split(":").pop())) ?? null;
+  let graph = app.rootGraph ?? app.graph;
+  let node = null;
+  for (const part of String(id).split(":")) {
+    if (!graph) return null;
+    node = graph.getNodeById(Number(part)) ?? graph.getNodeById(part);
+    graph = node?.subgraph;
+  }
+  return node ?? null;
 }
 
 function makeRoom(node) {
@@ -84,7 +89,7 @@ app.registerExtension({
       tooltip: "Blue: computed, orange: partly recomputed (refreshed), green: reused.",
       type: "boolean",
       defaultValue: true,
-      onChange: () => app.graph?.setDirtyCanvas(true, false),
+      onChange: () => app.canvas?.setDirty(true, false),
     },
   ],
   setup() {
@@ -93,7 +98,7 @@ app.registerExtension({
       if (!node || !NODE_TYPES.has(node.type) || !detail.stats?.steps) return;
       node.ducaStats = detail.stats;
       if (showTimeline()) makeRoom(node);
-      app.graph.setDirtyCanvas(true, false);
+      app.canvas?.setDirty(true, false);
     });
   },
   beforeRegisterNodeDef(nodeType, nodeData) {
