@@ -12,7 +12,8 @@ from e2e_server import PACK_FOLDER
 from e2e_workflows import to_api
 from PIL import Image
 
-WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "flux_accelerate_duca.json"
+WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
+WORKFLOW = WORKFLOWS[0].with_name("flux_accelerate_duca.json")
 EXTENSION = "duca.accelerate.timeline"
 SETTING = "DuCa.Timeline.Show"
 COLORS = {"full": (0x4C, 0x8B, 0xF5), "conservative": (0xF2, 0xA9, 0x3B), "aggressive": (0x43, 0xB5, 0x81)}
@@ -186,6 +187,18 @@ def test_stats_reach_a_node_inside_a_subgraph(comfy, page, artifacts):
     page.evaluate(f"(node => (app.canvas.openSubgraph(node.subgraph, node), true))(app.graph.getNodeById({outer}))")
     redraw(page)
     page.screenshot(artifacts / "subgraph_timeline.png")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_frontend_loads_the_workflow_as_the_file_says(path, page, object_info):
+    workflow = json.loads(path.read_text())
+    loaded = page.evaluate(f"""app.loadGraphData({json.dumps(workflow)}).then(() => app.graph.nodes.map(n =>
+        [n.id, n.type, n.type in LiteGraph.registered_node_types]))""")
+    assert sorted(node_id for node_id, _, _ in loaded) == sorted(n["id"] for n in workflow["nodes"])
+    assert all(known for _, _, known in loaded), [t for _, t, known in loaded if not known]
+    from_page = page.evaluate("app.graphToPrompt().then(p => p.output)")
+    bare = {key: {"class_type": n["class_type"], "inputs": n["inputs"]} for key, n in from_page.items()}
+    assert bare == to_api(workflow, object_info)
 
 
 def test_no_errors_in_the_browser_console(page):
