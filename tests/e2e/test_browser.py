@@ -201,6 +201,29 @@ def test_frontend_loads_the_workflow_as_the_file_says(path, page, object_info):
     assert bare == to_api(workflow, object_info)
 
 
+def test_template_browser_shows_every_workflow_with_its_thumbnail(comfy, page, artifacts):
+    page.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates').then(() => true)")
+    page.wait_for(f"""(() => {{ const entry = [...document.querySelectorAll('div')].find(e =>
+        e.children.length <= 2 && e.innerText?.trim() === '{PACK_FOLDER}' && e.className.includes('cursor-pointer'));
+        return entry && (entry.click(), true); }})()""", 30)
+    names = [p.stem for p in WORKFLOWS]
+    # each card: its title and its thumbnail (fetched from the pack's workflows/ folder, shown as a blob)
+    cards = page.wait_for(f"""(() => {{ const dialog = document.querySelector('[role=dialog]');
+        const text = dialog?.innerText ?? '', images = [...(dialog?.querySelectorAll('img') ?? [])];
+        return {json.dumps(names)}.every(n => text.includes(n)) && images.length >= {len(names)}
+            && images.every(i => i.complete && i.naturalWidth > 0) && images.length; }})()""", 30)
+    page.screenshot(artifacts / "template_browser.png")
+    assert cards == len(names)
+    for name in names:
+        status, _ = comfy.request("GET", f"/api/workflow_templates/{PACK_FOLDER}/{name}.jpg")
+        assert status == 200, name
+    # close it with its top-right button, as a user would
+    page.evaluate("""(() => { const buttons = [...document.querySelector('[role=dialog]').querySelectorAll('button')];
+        const corner = b => { const r = b.getBoundingClientRect(); return r.right - r.top; };
+        buttons.reduce((a, b) => corner(b) > corner(a) ? b : a).click(); return true; })()""")
+    page.wait_for("!document.querySelector('[role=dialog]')", 15)
+
+
 def test_no_errors_in_the_browser_console(page):
     page.evaluate("new Promise(r => setTimeout(() => r(true), 500))")
     unexpected = [e for e in page.errors if not any(p.search(e) for p in HOST_NOISE)]

@@ -26,6 +26,7 @@ def test_every_workflow_is_listed_and_served_by_the_template_browser(comfy):
     for path in WORKFLOWS:
         served = comfy.get(f"/api/workflow_templates/{PACK_FOLDER}/{path.name}")
         assert served == load(path)
+        assert path.with_suffix(".jpg").is_file(), f"{path.name} has no thumbnail for the template browser"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
