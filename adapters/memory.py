@@ -26,10 +26,12 @@ import torch
 
 from ..cache_core.chunking import (attention_bytes_per_query, plan_chunks, query_axis, attention_arguments,
                                    run_sliced, sliced_attention)
-from .units import own_forward, submodule
+from .memory_attention import QUERY_BLOCK, grouped_self_attention
+from .units import own_forward, standing_in, submodule
 
-MLP, CROSS_ATTENTION, PER_PICTURE = "mlp", "cross_attention", "per_picture"
+MLP, CROSS_ATTENTION, PER_PICTURE, SELF_ATTENTION = "mlp", "cross_attention", "per_picture", "self_attention"
 MIN_TOKENS = 256  # automatic slices never go below this many tokens (matmul efficiency)
+TOKEN_BLOCK = 64   # token slices of the other operators: whole multiples of this
 # kernels that hold a full [queries x keys] score matrix (the others stream over keys)
 SCORE_MATERIALIZING = ("attention_basic",)
 
@@ -38,9 +40,13 @@ SCORE_MATERIALIZING = ("attention_basic",)
 class SliceRule:
     block_classes: tuple     # class names of the blocks holding the submodule
     path: str                # attribute path of the submodule in the block
-    kind: str                # MLP, CROSS_ATTENTION or PER_PICTURE
+    kind: str                # MLP, CROSS_ATTENTION, PER_PICTURE or SELF_ATTENTION
     axis: int = 1            # axis of the first input whose items are independent
     sliced_args: tuple = ()  # positional args (after the first) cut along with it when they span the axis
+    children: tuple = ()     # SELF_ATTENTION: paths of its query, key, value and output projections;
+                             # CROSS_ATTENTION: its projections of the context (computed once per call)
+    norms: tuple = ()        # SELF_ATTENTION: paths of its query and key norms
+    token_args: tuple = ()   # SELF_ATTENTION: per-token args (rotary frequencies) as (position, name, axis)
 
 
 @dataclass(frozen=True)
@@ -57,22 +63,32 @@ WAN_BLOCKS = ("WanAttentionBlock", "VaceWanAttentionBlock")
 FLUX_DOUBLE = ("DoubleStreamBlock",)
 UNET_BLOCKS = ("BasicTransformerBlock",)
 
+WAN_SELF_ATTENTION = SliceRule(WAN_BLOCKS, "self_attn", SELF_ATTENTION, children=("q", "k", "v", "o"),
+                               norms=("norm_q", "norm_k"), token_args=((0, "freqs", 1),))
+WAN_CROSS_ATTENTION = SliceRule(WAN_BLOCKS, "cross_attn", CROSS_ATTENTION, children=("k", "v", "k_img", "v_img"))
+LTXV_SELF_ATTENTION = SliceRule(("BasicTransformerBlock",), "attn1", SELF_ATTENTION,
+                                children=("to_q", "to_k", "to_v", "to_out"), norms=("q_norm", "k_norm"),
+                                token_args=((2, "pe", 2),))
+CONTEXT_PROJECTIONS = ("to_k", "to_v")
+
 SPECS = (
     MemorySpec("wan", ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"),
-               (SliceRule(WAN_BLOCKS, "ffn", MLP), SliceRule(WAN_BLOCKS, "cross_attn", CROSS_ATTENTION))),
+               (SliceRule(WAN_BLOCKS, "ffn", MLP), WAN_CROSS_ATTENTION, WAN_SELF_ATTENTION)),
     MemorySpec("hunyuan-video", ("HunyuanVideo",),
                (SliceRule(FLUX_DOUBLE, "img_mlp", MLP), SliceRule(FLUX_DOUBLE, "txt_mlp", MLP)),
                notes="single-stream blocks fuse their MLP into one projection with q/k/v: only their "
                      "attention is sliced"),
     MemorySpec("ltxv", ("LTXVModel",),
                (SliceRule(("BasicTransformerBlock",), "ff", MLP),
-                SliceRule(("BasicTransformerBlock",), "attn2", CROSS_ATTENTION))),
+                SliceRule(("BasicTransformerBlock",), "attn2", CROSS_ATTENTION, children=CONTEXT_PROJECTIONS),
+                LTXV_SELF_ATTENTION)),
     MemorySpec("mochi", ("AsymmDiTJoint",),
                (SliceRule(("AsymmetricJointBlock",), "mlp_x", MLP),
                 SliceRule(("AsymmetricJointBlock",), "mlp_y", MLP)),
                diffusion_wrapper=False),
     MemorySpec("sd-unet", ("UNetModel",),
-               (SliceRule(UNET_BLOCKS, "ff", MLP), SliceRule(UNET_BLOCKS, "attn2", CROSS_ATTENTION),
+               (SliceRule(UNET_BLOCKS, "ff", MLP),
+                SliceRule(UNET_BLOCKS, "attn2", CROSS_ATTENTION, children=CONTEXT_PROJECTIONS),
                 SliceRule(("ResBlock",), "", PER_PICTURE, axis=0, sliced_args=(0,)))),
 )
 
@@ -99,11 +115,13 @@ class SliceSettings:
     requested: Optional[int] = None
     free_bytes: Optional[float] = None
     stats: SliceStats = field(default_factory=SliceStats)
+    min_tokens: int = MIN_TOKENS
 
-    def chunks(self, length: int, bytes_per_item: float, input_bytes: float, min_slice: int) -> int:
-        # automatic: one slice's transients at most the size of the sliced input (so they
-        # never outweigh the residual stream), and at most an eighth of free memory
-        budget = float(input_bytes)
+    def chunks(self, length: int, bytes_per_item: float, budget_bytes: float, min_slice: int) -> int:
+        # automatic: one slice's transients within `budget_bytes` (a small multiple of the
+        # sliced input, so they never outweigh what self-attention must hold whole: its input,
+        # keys, values and output), and at most an eighth of free memory
+        budget = float(budget_bytes)
         if self.free_bytes is not None:
             budget = min(budget, self.free_bytes / 8)
         return plan_chunks(length, bytes_per_item, budget, self.requested, min_slice)
@@ -159,8 +177,8 @@ class MemoryAdapter:
     def stand_ins(self, settings: SliceSettings) -> dict:
         # a module another method already stands in for (DeepCache's reused blocks) is left to it:
         # its stand-in need not be slice-independent
-        return {module: sliced_forward(module, rule, settings) for module, rule in self.targets
-                if "forward" not in module.__dict__}
+        return {module: (grouped_self_attention if rule.kind == SELF_ATTENTION else sliced_forward)(
+                    module, rule, settings) for module, rule in self.targets if "forward" not in module.__dict__}
 
     def attention_override(self, settings: SliceSettings, previous=None):
         """An `optimized_attention_override` slicing the queries; chains to `previous`."""
@@ -182,17 +200,19 @@ class MemoryAdapter:
                 return call(func, *args, **kwargs)
             per_query = attention_bytes_per_query(q, k, int(heads), q_axis,
                                                   getattr(func, "__name__", "") in SCORE_MATERIALIZING)
-            # the attention output's own size bounds a slice (it is what slicing saves)
-            chunks = settings.chunks(q.shape[q_axis], per_query, q.numel() * q.element_size() / 4, MIN_TOKENS)
+            # slices of the output (and its copy in the caller's layout) up to the size of q
+            chunks = settings.chunks(q.shape[q_axis], per_query, q.numel() * q.element_size(), settings.min_tokens)
             if chunks > 1:
                 settings.stats.add("attention", chunks)
-            return sliced_attention(func, args, kwargs, chunks, call=call)
+            return sliced_attention(func, args, kwargs, chunks, call=call, align=QUERY_BLOCK)
+        override.slices_queries = True
+        override.previous = previous  # what a hook that slices the queries itself calls instead
         return override
 
 
 def sliced_forward(module, rule: SliceRule, settings: SliceSettings):
     forward = own_forward(module)
-    min_slice = 1 if rule.axis == 0 else MIN_TOKENS
+    min_slice = 1 if rule.axis == 0 else settings.min_tokens
 
     def run(x, *args, **kwargs):
         if not isinstance(x, torch.Tensor) or x.ndim <= rule.axis:
@@ -201,11 +221,43 @@ def sliced_forward(module, rule: SliceRule, settings: SliceSettings):
             return forward(x, *args, **kwargs)  # no context: it attends to itself, not token-wise
         length = x.shape[rule.axis]
         chunks = settings.chunks(length, item_bytes(rule.kind, module, x, rule.axis),
-                                 x.numel() * x.element_size(), min_slice)
+                                 2 * x.numel() * x.element_size(), min_slice)
         if chunks <= 1:
             return forward(x, *args, **kwargs)
         settings.stats.add(rule.kind, chunks)
-        return run_sliced(forward, x, rule.axis, chunks, *args, sliced_args=rule.sliced_args, **kwargs)
+        with standing_in(context_memos(module, rule)):
+            return run_sliced(forward, x, rule.axis, chunks, *args, sliced_args=rule.sliced_args,
+                              align=1 if rule.axis == 0 else TOKEN_BLOCK, **kwargs)
+    return run
+
+
+def context_memos(module, rule: SliceRule) -> dict:
+    """Cross-attention: its projections of the context run once for all slices (every slice
+    passes the same context). A projection someone watches with hooks is left alone."""
+    memos = {}
+    if rule.kind != CROSS_ATTENTION:
+        return memos
+    for path in rule.children:
+        try:
+            child = submodule(module, path)
+        except AttributeError:
+            continue
+        if child._forward_hooks or child._forward_pre_hooks or "forward" in child.__dict__:
+            continue
+        memos[child] = memoized(own_forward(child))
+    return memos
+
+
+def memoized(forward):
+    seen = {}
+
+    def run(x, *args, **kwargs):
+        if args or kwargs or not isinstance(x, torch.Tensor):
+            return forward(x, *args, **kwargs)
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
+        if key not in seen:
+            seen[key] = forward(x)
+        return seen[key]
     return run
 
 

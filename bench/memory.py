@@ -80,11 +80,11 @@ def peak_bytes(model, inputs, device):
 def timed(model, inputs, device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = call(model, inputs)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def main(argv=None):
@@ -102,12 +102,15 @@ def main(argv=None):
     del outputs
     peaks = {name: peak_bytes(m, inputs, args.device) for name, m in variants.items()}
     times = {name: [] for name in variants}
+    cpu_times = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, m in variants.items():
-            seconds, out = timed(m, inputs, args.device)
+            seconds, cpu_seconds, out = timed(m, inputs, args.device)
             times[name].append(seconds)
+            cpu_times[name].append(cpu_seconds)
             del out
     medians = {name: statistics.median(t) for name, t in times.items()}
+    cpu_medians = {name: statistics.median(t) for name, t in cpu_times.items()}
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -117,12 +120,15 @@ def main(argv=None):
           f"{next(model.model.diffusion_model.parameters()).dtype}, chunks {args.chunks}, "
           f"median of {args.repeats}")
     print(f"sliced: {last_slice_stats(sliced).summary()}")
-    print("| variant | peak activation memory | time per model call |")
-    print("|---|---:|---:|")
+    print("| variant | peak activation memory | time per model call | process CPU time |")
+    print("|---|---:|---:|---:|")
     for name in variants:
-        print(f"| {name} | {peaks[name] / 2**20:.0f} MiB | {medians[name]:.2f} s |")
+        print(f"| {name} | {peaks[name] / 2**20:.0f} MiB | {medians[name]:.2f} s | {cpu_medians[name]:.2f} s |")
+    print(f"all times: { {name: [round(t, 2) for t in ts] for name, ts in times.items()} }")
     print(f"peak memory {peaks['unpatched'] / max(peaks['feature slicer'], 1):.2f}x lower, "
-          f"time x{medians['feature slicer'] / medians['unpatched']:.3f}, max |difference| {diff:.2e}")
+          f"time x{medians['feature slicer'] / medians['unpatched']:.3f} "
+          f"(CPU time x{cpu_medians['feature slicer'] / cpu_medians['unpatched']:.3f}), "
+          f"max |difference| {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,20 @@ def plan_chunks(length: int, bytes_per_item: float, budget_bytes: float, request
     return max(1, min(needed, most))
 
 
-def slice_bounds(length: int, chunks: int) -> list:
-    """`chunks` contiguous (start, stop) ranges covering range(length), sizes differing by at most 1."""
-    chunks = max(1, min(chunks, length)) if length > 0 else 1
+def slice_bounds(length: int, chunks: int, align: int = 1) -> list:
+    """At most `chunks` contiguous (start, stop) ranges covering range(length).
+
+    Sizes differ by at most one item; with `align` > 1 and slices at least that long,
+    every slice but the last is a multiple of `align` items instead (attention kernels
+    work in blocks of queries: a slice of 256 + 4 queries costs two passes over the keys).
+    """
+    if length <= 0:
+        return [(0, 0)]
+    chunks = max(1, min(chunks, length))
+    even = -(-length // chunks)
+    if align > 1 and even >= align:
+        size = -(-even // align) * align
+        return [(start, min(start + size, length)) for start in range(0, length, size)]
     base, extra = divmod(length, chunks)
     bounds, start = [], 0
     for i in range(chunks):
@@ -78,7 +89,7 @@ def narrow(value, axis: int, start: int, stop: int, length: int):
 
 
 def run_sliced(fn: Callable, x: torch.Tensor, axis: int, chunks: int, *args, sliced_args=(), sliced_kwargs=(),
-               **kwargs) -> torch.Tensor:
+               align: int = 1, **kwargs) -> torch.Tensor:
     """`fn(x, *args, **kwargs)` computed slice by slice along `axis` of `x`.
 
     The positional args at indices in `sliced_args` and the kwargs named in `sliced_kwargs`
@@ -87,7 +98,7 @@ def run_sliced(fn: Callable, x: torch.Tensor, axis: int, chunks: int, *args, sli
     `axis`; slices are written into one preallocated output.
     """
     length = x.shape[axis]
-    bounds = slice_bounds(length, chunks)
+    bounds = slice_bounds(length, chunks, align)
     if len(bounds) == 1:
         return fn(x, *args, **kwargs)
     out = None
@@ -135,7 +146,8 @@ def query_axis(bound: inspect.BoundArguments) -> tuple:
     return (2 if skip_in else 1), (2 if skip_out else 1)
 
 
-def sliced_attention(func: Callable, args: tuple, kwargs: dict, chunks: int, call: Optional[Callable] = None):
+def sliced_attention(func: Callable, args: tuple, kwargs: dict, chunks: int, call: Optional[Callable] = None,
+                     align: int = 1):
     """Attention `func(q, k, v, heads, ...)` computed over slices of the queries, each slice's
     output written into one preallocated output (in the layout the caller asked for, so no
     full-size reshape copy is made). Every query attends to all keys: the result equals the
@@ -154,7 +166,7 @@ def sliced_attention(func: Callable, args: tuple, kwargs: dict, chunks: int, cal
     mask = bound.arguments.get("mask")
     if isinstance(mask, torch.Tensor) and mask.ndim >= 2 and mask.shape[-2] not in (1, length):
         return run(func, *args, **kwargs)  # a mask layout we don't know how to cut
-    bounds = slice_bounds(length, chunks)
+    bounds = slice_bounds(length, chunks, align)
     if len(bounds) == 1:
         return run(func, *args, **kwargs)
     out = None

@@ -37,11 +37,11 @@ def sd_unet():
 
 # family -> (builder, the kinds of operator its model must have sliced)
 CASES = {
-    "wan21-t2v": (wan_t2v, {"mlp", "cross_attention", "attention"}),
-    "wan21-i2v": (from_family("wan21-i2v"), {"mlp", "cross_attention", "attention"}),
-    "wan22-5b": (from_family("wan22-5b"), {"mlp", "cross_attention", "attention"}),
+    "wan21-t2v": (wan_t2v, {"mlp", "cross_attention", "attention", "self_attention"}),
+    "wan21-i2v": (from_family("wan21-i2v"), {"mlp", "cross_attention", "attention", "self_attention"}),
+    "wan22-5b": (from_family("wan22-5b"), {"mlp", "cross_attention", "attention", "self_attention"}),
     "hunyuan-video": (from_family("hunyuan-video"), {"mlp", "attention"}),
-    "ltxv": (from_family("ltxv"), {"mlp", "cross_attention", "attention"}),
+    "ltxv": (from_family("ltxv"), {"mlp", "cross_attention", "attention", "self_attention"}),
     "mochi": (from_family("mochi"), {"mlp", "attention"}),
     "sd15-unet": (sd_unet, {"mlp", "cross_attention", "attention", "per_picture"}),
 }
@@ -106,6 +106,25 @@ def test_composes_with_accelerate(case, slicer, duca, order):
     assert patch.last_stats(cached).compute_fraction < 1.0   # DuCa did reuse, with slicing on
     assert slicer.last_slice_stats(cached).calls                 # and slicing ran inside its calls
     assert patched_modules(model) == []
+
+
+def test_self_attention_runs_whole_while_its_projections_are_watched(slicer, pack):
+    """A hook on a projection (DuCa records value vectors that way) must see every token in one call."""
+    model, positive, negative, latent = wan_t2v()
+    reference = run(model, (positive, negative, latent), steps=2)
+    seen = []
+    handles = [b.self_attn.v.register_forward_hook(lambda _m, _a, out: seen.append(out.shape[1]))
+               for b in model.model.diffusion_model.blocks]
+    try:
+        sliced = slicer.apply_feature_slicer(model, CHUNKS)
+        out = run(sliced, (positive, negative, latent), steps=2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert close(out, reference)
+    assert set(seen) == {48}    # 3 frames x 4 x 4 tokens, never a slice
+    stats = slicer.last_slice_stats(sliced)
+    assert "self_attention" not in stats.calls and stats.calls["mlp"] > 0
 
 
 class Boom(RuntimeError):

@@ -150,3 +150,10 @@ def test_meter_sees_the_lower_peak_of_a_sliced_mlp():
     hidden_bytes = 512 * 1024 * 4
     assert whole.peak_bytes >= 2 * hidden_bytes            # Linear output and GELU output together
     assert sliced.peak_bytes < whole.peak_bytes / 4
+
+
+def test_slice_bounds_align_long_slices_to_kernel_blocks():
+    assert slice_bounds(4680, 6, align=256) == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4096), (4096, 4680)]
+    assert slice_bounds(48, 3, align=256) == [(0, 16), (16, 32), (32, 48)]   # short slices: even split
+    bounds = slice_bounds(1000, 3, align=64)
+    assert len(bounds) <= 3 and bounds[0] == (0, 384) and bounds[-1][1] == 1000
