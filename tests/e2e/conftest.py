@@ -40,6 +40,7 @@ def comfy(tmp_path_factory, artifacts):
     finally:
         server.stop()
         shutil.copy(server.log_path, artifacts / "server.log")
+        shutil.rmtree(base / "models", ignore_errors=True)  # over 1 GB, rewritten by every session
 
 
 @pytest.fixture(scope="session")
