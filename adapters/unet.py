@@ -36,7 +36,7 @@ import torch
 
 from .base import BlockStack
 from .units import own_forward, standing_in
-from .unet_schedule import scheduled_call, switch_off, transformer_units
+from .unet_schedule import scheduled_call, transformer_units
 from ..cache_core.deepcache import DeepCacheConfig
 from ..cache_core.plan import Action
 
@@ -283,7 +283,7 @@ class DeepCacheReuse:
                     if type(error).__name__ == "InterruptProcessingException":
                         raise
                     self.failed = True
-                    switch_off(self.run, self.call.step, "DeepCache's deep branch", error)
+                    self.run.switch_off(self.call, error, "DeepCache's deep branch")
             if self.failed:
                 return forward(*args, **kwargs)
             return role(*args, **kwargs)

@@ -23,7 +23,6 @@ step's block compute is all blocks minus the units reused at it.
 from __future__ import annotations
 
 import contextlib
-import logging
 
 from .units import own_forward, standing_in
 from ..cache_core.plan import Action
@@ -31,7 +30,6 @@ from ..cache_core.schedule import Cell
 
 RESIDUAL = "unet_unit_residual"   # store name prefix: (RESIDUAL, unit) -> output minus input
 TRANSFORMER_CLASSES = ("SpatialTransformer",)  # subclasses (SpatialVideoTransformer) match too
-LOG = logging.getLogger("comfyui-duca")
 
 
 def is_transformer_unit(layer) -> bool:
@@ -112,16 +110,8 @@ def _reusing(run, call, u, unit, reused):
         except Exception as error:  # never fail a user's run over a cache problem
             if _interrupted(error):
                 raise
-            switch_off(run, call.step, f"transformer.{u}", error)
+            run.switch_off(call, error, f"transformer.{u}")
             return forward(*args, **kwargs)
         reused.add(u)
         return out
     return reuse
-
-
-def switch_off(run, step: int, where: str, error) -> None:
-    """Reusing failed: one log line, one stats note, and the rest of the run computes."""
-    LOG.exception("DuCa: reusing features failed at step %d, %s; computing the rest of this run without "
-                  "caching", step, where)
-    run.stats.notes.append(f"caching switched off at step {step}: {error!r}")
-    run.disabled = True

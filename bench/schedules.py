@@ -34,7 +34,11 @@ def parse_args(argv=None):
     parser.add_argument("--l2c-windows", type=int, default=30, help="training windows for the router")
     parser.add_argument("--l2c-full-every", type=int, nargs="+", default=[3, 4])
     parser.add_argument("--fora", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--delta", type=float, default=0.98, help="exposure-bias delta for the on/off rows")
+    parser.add_argument("--l2c-pressure", type=float, default=0.01,
+                        help="L2C's push toward reuse; small, since a threshold then sets the compute")
+    parser.add_argument("--delta", type=float, nargs="+", default=[0.98, 0.96],
+                        help="exposure-bias deltas for the on/off rows")
+    parser.add_argument("--no-eb", action="store_true", help="skip the exposure-bias rows")
     parser.add_argument("--out", default="out/schedules")
     return parser.parse_args(argv)
 
@@ -90,7 +94,7 @@ def main(argv=None):
     for full_every in args.l2c_full_every:
         started = time.perf_counter()
         learned = l2c.learn_router(model, sampling(0, 0), full_every=full_every, iterations=args.l2c_windows,
-                                   seconds=3600)
+                                   seconds=3600, reuse_pressure=args.l2c_pressure)
         learned_runs[full_every] = learned
         print(f"L2C full_every={full_every}: {learned.iterations} windows in {time.perf_counter() - started:.0f} s",
               flush=True)
@@ -108,11 +112,13 @@ def main(argv=None):
     accelerators = {"none": model, "DuCa balanced": patch.apply_duca(model, PRESETS["balanced"]),
                     "FORA N=3": with_schedule(fora.get(3, rules.fora(args.steps, units, family, 3))),
                     "EB-Cache 3/2": with_schedule(eb_table)}
-    if learned_runs:
+    if learned_runs:  # thresholded to FORA N=2's compute
         full_every, learned = next(iter(learned_runs.items()))
-        accelerators["L2C"] = with_schedule(learned.schedule(adapter, 0.5, {"full_every": full_every}))
-    for name, accelerated in accelerators.items():
-        for delta in (1.0, args.delta):
+        threshold = rules.threshold_for_fraction(learned.gates, learned.routed_steps, 0.5)
+        accelerators[f"L2C full_every={full_every} @50%"] = with_schedule(
+            learned.schedule(adapter, threshold, {"full_every": full_every}))
+    for name, accelerated in ({} if args.no_eb else accelerators).items():
+        for delta in (1.0, *args.delta):
             evaluate(f"{name} | EB delta={delta}", exposure.apply_exposure_bias(accelerated, delta), {"delta": delta})
 
     out = Path(args.out)

@@ -234,15 +234,14 @@ def learn_router(model, sampling: Sampling, full_every: int = 2, first_full_step
     num_steps = max(len(trajectory.sigmas) - 1, 1)
     full = base_full_steps(num_steps, full_every, first_full_steps)
     routed = [i for i in range(num_steps) if i not in full and trajectory.at(i)]
-    logits = torch.full((num_steps, len(adapter.keys)), 3.0)
     if not routed:
-        return LearnedRouter(torch.sigmoid(logits), [], 0, 0.0, [])
+        return LearnedRouter(torch.sigmoid(torch.full((num_steps, len(adapter.keys)), 3.0)), [], 0, 0.0, [])
     import comfy.model_management
     comfy.model_management.load_models_gpu([model])
     diffusion_model = model.model.diffusion_model
     device = trajectory.calls[0].output.device
-    with torch.inference_mode(False):
-        logits = logits.to(device).requires_grad_()
+    with torch.inference_mode(False):  # the host runs nodes in inference mode; the router must learn
+        logits = torch.full((num_steps, len(adapter.keys)), 3.0, device=device, requires_grad=True)
         blocks = RouterBlocks(adapter, logits)
     windows = {}  # full step -> the routed steps that reuse its caches
     for step in routed:

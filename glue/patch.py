@@ -15,7 +15,7 @@ import comfy.model_patcher
 import comfy.patcher_extension as ext
 
 from ..adapters import find_adapter
-from ..cache_core import DuCaConfig
+from ..cache_core import Action, DuCaConfig
 from .run import RunState
 
 LOG = logging.getLogger("comfyui-duca")
@@ -103,12 +103,30 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         reused = run.reused_output(call, args[0])
         if reused is not None:
             return reused
-        with run.adapter.around_call(run, call):
-            output = executor(*args, **kwargs)
+        # the host consumes some arguments (ControlNet residual lists are popped): keep copies
+        # for a retry, in case reusing fails partway through a call that stands in for modules
+        retry = (_fresh_containers(args), _fresh_containers(kwargs)) if call.action is not Action.FULL else None
+        try:
+            with run.adapter.around_call(run, call):
+                output = executor(*args, **kwargs)
+        except Exception as error:
+            if retry is None or run.disabled or type(error).__name__ == "InterruptProcessingException":
+                raise
+            run.switch_off(call, error)
+            output = executor(*retry[0], **retry[1])
         run.keep_output(call, output)
         return output
     finally:
         run.end_call(call)
+
+
+def _fresh_containers(value):
+    """The same tensors in new dicts and lists (so a consumed list can be replayed)."""
+    if isinstance(value, dict):
+        return {k: _fresh_containers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fresh_containers(v) for v in value)
+    return value
 
 
 def apply_duca(model, config: DuCaConfig, listeners=()):

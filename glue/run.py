@@ -109,6 +109,13 @@ class RunState:
         record.cache_bytes = max(record.cache_bytes, self.store.nbytes())
         self.call = None
 
+    def switch_off(self, call: Call, error: Exception, where: str = "the model call") -> None:
+        """Reusing failed: the rest of this run computes everything (logged once, noted in the stats)."""
+        LOG.exception("DuCa: reusing features failed at step %d (%s); computing the rest of this run "
+                      "without caching", call.step, where)
+        self.stats.notes.append(f"caching switched off at step {call.step}: {error!r}")
+        self.disabled = True
+
     # --- whole model calls (families without block hooks) -----------------
     def reused_output(self, call: Call, x: torch.Tensor) -> Optional[torch.Tensor]:
         """Step level: the output to return instead of calling the model, or None to compute."""
@@ -175,10 +182,7 @@ class RunState:
             except Exception as error:  # never fail a user's run over a cache problem
                 if type(error).__name__ == "InterruptProcessingException":
                     raise
-                LOG.exception("DuCa: reusing features failed at step %d, block %s; computing the rest "
-                              "of this run without caching", call.step, name)
-                self.stats.notes.append(f"caching switched off at step {call.step}: {error!r}")
-                self.disabled = True
+                self.switch_off(call, error, f"block {name}")
         record.block_flops_done += full_flops
         return self._compute(call, name, block, args, streams, record, original)
 

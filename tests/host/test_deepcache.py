@@ -404,3 +404,34 @@ def test_a_failing_reuse_call_computes_and_switches_caching_off(pack, duca, unet
     assert [n for n in stats.notes if "switched off" in n] == ["caching switched off at step 1: "
                                                                "RuntimeError('kept feature lost')"]
     assert len([r for r in caplog.records if "reusing features failed" in r.getMessage()]) == 1
+
+
+def test_a_reuse_call_failing_partway_is_computed_again(pack, duca, unet, conds, monkeypatch, caplog):
+    """A stand-in raising after shallow layers have run (and ControlNet-style inputs may have
+    been consumed): the whole call runs again uncached and the rest of the run computes."""
+    import logging
+    patch, core = duca
+    from comfyui_duca.adapters import unet as unet_adapter
+    kw = dict(KW, cfg=3.0)
+    reference = models.sample(unet, *conds, **kw)
+    original_stand_ins = unet_adapter.DeepCacheReuse.stand_ins
+
+    def failing_feature(self, blocks, skipped):
+        stand_ins = original_stand_ins(self, blocks, skipped)
+        last = list(blocks[self.feature_block])[-1]
+        guarded = stand_ins[last]
+
+        def fail(*args, **kwargs):
+            guarded(*args, **kwargs)  # prepared and checked: the failure comes after
+            raise RuntimeError("lost mid-call")
+        stand_ins[last] = fail
+        return stand_ins
+    monkeypatch.setattr(unet_adapter.DeepCacheReuse, "stand_ins", failing_feature)
+    model = patch.apply_duca(unet, core.DeepCacheConfig(interval=3, branch=1))
+    with caplog.at_level(logging.ERROR, logger="comfyui-duca"):
+        out = models.sample(model, *conds, **kw)
+    stats = patch.last_stats(model)
+    assert torch.equal(out, reference)
+    assert [n for n in stats.notes if "switched off" in n] == ["caching switched off at step 1: "
+                                                               "RuntimeError('lost mid-call')"]
+    assert len([r for r in caplog.records if "reusing features failed" in r.getMessage()]) == 1
