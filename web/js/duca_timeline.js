@@ -8,8 +8,9 @@ const EVENT = "duca.stats";
 const CATEGORY = "DuCa Accelerate"; // nodes/base.py: every node of the pack is filed under it
 const NODE_TYPES = new Set(); // the pack's node types, filled as their definitions register
 const SHOW_SETTING = "DuCa.Timeline.Show";
-const COLORS = { full: "#4c8bf5", conservative: "#f2a93b", aggressive: "#43b581" };
-const LABELS = { full: "computed", conservative: "refreshed", aggressive: "reused" };
+// partial: a cache schedule computed some blocks of the step and reused the others
+const COLORS = { full: "#4c8bf5", conservative: "#f2a93b", aggressive: "#43b581", partial: "#a77bd8" };
+const LABELS = { full: "computed", conservative: "refreshed", aggressive: "reused", partial: "scheduled" };
 const PAD = 8;
 const STRIP = 12;
 const LINE = 15;
@@ -21,7 +22,7 @@ function showTimeline() {
 }
 
 function countActions(steps) {
-  const counts = { full: 0, conservative: 0, aggressive: 0 };
+  const counts = { full: 0, conservative: 0, aggressive: 0, partial: 0 };
   for (const step of steps) {
     if (step.action in counts) counts[step.action] += 1;
   }
@@ -39,7 +40,8 @@ function describe(stats) {
   const speedup = stats.compute_fraction > 0 ? 1 / stats.compute_fraction : 0;
   const first = `up to ${speedup.toFixed(2)}x · compute ${(100 * stats.compute_fraction).toFixed(0)}% · ` +
     `model ${stats.wall_seconds.toFixed(1)} s`;
-  const second = Object.keys(LABELS).map((a) => `${LABELS[a]} ${counts[a]}`).join(" · ") +
+  const shown = Object.keys(LABELS).filter((a) => a !== "partial" || counts.partial > 0);
+  const second = shown.map((a) => `${LABELS[a]} ${counts[a]}`).join(" · ") +
     ` · cache ${mebibytes(stats.peak_cache_bytes)}`;
   return [first, second];
 }
