@@ -218,7 +218,8 @@ class SaveCacheSchedule:
 
     def save(self, schedule, filename_prefix, format="safetensors", **_unknown):
         path = schedule_files.save(schedule, filename_prefix, format)
-        return {"ui": {"text": [f"saved {path.name}"]}}
+        saved = {"filename": path.name, "subfolder": schedule_files.FOLDER, "type": "output"}
+        return {"ui": {"schedules": [saved], "text": [f"saved {path.name}"]}}
 
 
 class LoadCacheSchedule:

@@ -12,7 +12,7 @@ from e2e_workflows import output_nodes, to_api
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
 SHORT_RUN = 8  # sampler steps on the CPU: enough for full, conservative and aggressive steps (FFFCACFC)
-OUTPUT_KEYS = ("images", "gifs", "videos", "animated")
+OUTPUT_KEYS = ("images", "gifs", "videos", "animated", "schedules")  # schedules: Save Cache Schedule
 
 
 def load(path: Path) -> dict:

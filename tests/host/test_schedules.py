@@ -130,7 +130,8 @@ def test_schedule_nodes_make_save_load_and_apply(api, flux, flux_conds, tmp_path
     folder_paths.set_output_directory(str(tmp_path))
     try:
         for fmt in ("safetensors", "json"):
-            nodes.SaveCacheSchedule().save(schedule, "mine", fmt)
+            saved = nodes.SaveCacheSchedule().save(schedule, "mine", fmt)["ui"]["schedules"][0]
+            assert (tmp_path / saved["subfolder"] / saved["filename"]).exists()
         names = nodes.LoadCacheSchedule.INPUT_TYPES()["required"]["schedule_name"][0]
         assert {"mine_00001.safetensors", "mine_00002.json"} <= set(names)
         for name in ("mine_00001.safetensors", "mine_00002.json"):
