@@ -14,7 +14,8 @@ from typing import Optional
 
 import torch
 
-from ..cache_core import Action, CacheStore, all_full_plan, DuCaConfig, RunStats, TokenSelector, layer_refresh_ratio, step_index
+from ..cache_core import (Action, CacheStore, DuCaConfig, RunStats, TokenSelector, all_full_plan, layer_refresh_ratio,
+                          step_index)
 from ..cache_core.profile import ChangeProfile
 from ..cache_core.schedule import Cell, Schedule
 
@@ -58,7 +59,8 @@ class RunState:
         self.adapter = adapter
         self.sigmas = [float(s) for s in sigmas]
         self.num_steps = max(len(self.sigmas) - 1, 0)
-        self.schedule = fit_schedule(config.unit_schedule, adapter, self.num_steps) if config.unit_schedule else None
+        schedule = config.unit_schedule
+        self.schedule = fit_schedule(schedule, adapter, self.num_steps) if schedule is not None else None
         if config.measure_change:  # a calibration run computes everything
             self.plan = all_full_plan(self.num_steps)
         elif self.schedule is not None:
