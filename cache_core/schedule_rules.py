@@ -109,8 +109,8 @@ def router(gates: torch.Tensor, routed_steps, units, family: str, threshold: flo
 
 
 def threshold_for_fraction(gates: torch.Tensor, routed_steps, fraction: float) -> float:
-    """The router threshold that computes about `fraction` of all unit-steps (for comparing
-    a learned schedule with a fixed one at the same compute)."""
+    """The router threshold that computes `fraction` of all unit-steps (more where gates tie at
+    the cut), for a schedule of a given compute or one compared with a fixed schedule."""
     gates = torch.as_tensor(gates, dtype=torch.float64)
     routed = sorted(set(routed_steps))
     steps, units = gates.shape
@@ -121,7 +121,10 @@ def threshold_for_fraction(gates: torch.Tensor, routed_steps, fraction: float) -
         return 1.0
     if wanted >= len(values):
         return 0.0
-    return float((values[wanted - 1] + values[wanted]) / 2)
+    if values[wanted - 1] > values[wanted]:
+        return float((values[wanted - 1] + values[wanted]) / 2)
+    # a tie at the cut: compute all of the tied unit-steps rather than none of them
+    return float(values[wanted - 1]) - 1e-12
 
 
 def step_rehash(similarity: torch.Tensor, units, family: str, threshold: float, keep_first: int = 1,

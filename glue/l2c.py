@@ -220,7 +220,7 @@ class LearnedRouter:
 
 
 def learn_router(model, sampling: Sampling, full_every: int = 2, first_full_steps: int = 1,
-                 iterations: int = 200, seconds: float = 300.0, reuse_pressure: float = 0.05,
+                 iterations: int = 600, seconds: float = 300.0, reuse_pressure: float = 0.01,
                  learning_rate: float = 0.3, seed: int = 0,
                  progress: Optional[Callable[[int, int], None]] = None,
                  interrupted: Optional[Callable[[], None]] = None) -> LearnedRouter:

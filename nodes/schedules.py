@@ -147,8 +147,8 @@ class StepRehashSchedule(ScheduleMaker):
 
 class LearnToCache(ScheduleMaker):
     DESCRIPTION = ("Learning-to-Cache: learns, on your model and prompt, which block to reuse at which step (a "
-                   "router trained against the uncached output), then thresholds it into a schedule. Runs on "
-                   "your GPU if the model is there; interrupt to stop early.")
+                   "router trained against the uncached output), then thresholds it into a schedule with the "
+                   "compute you ask for. Runs on your GPU if the model is there; interrupt to stop early.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -157,18 +157,20 @@ class LearnToCache(ScheduleMaker):
             "full_every": ("INT", {"default": 2, "min": 2, "max": 20, "tooltip":
                            "Every N-th step is computed; the router decides the blocks of the steps between "
                            "(the paper alternates: 2)."}),
-            "threshold": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                          "A block is computed on a routed step when its learned gate exceeds this; lower computes "
-                          "more."}),
-            "iterations": ("INT", {"default": 60, "min": 1, "max": 100000, "tooltip":
-                           "Training windows (a full step and the routed steps after it)."}),
+            "compute": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                        "Fraction of block compute the schedule keeps (the full steps included). The learned "
+                        "gates are thresholded where this fraction is reached: they decide where it goes."}),
+            "iterations": ("INT", {"default": 600, "min": 1, "max": 100000, "tooltip":
+                           "Training windows (a full step and the routed steps after it); a few hundred "
+                           "let the router tell blocks apart."}),
             "minutes": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 600.0, "step": 0.5, "tooltip":
                         "Time budget: training stops at whichever comes first."}),
-            "reuse_pressure": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
-                               "The push toward reuse (the paper's L1 weight on the gates)."})}}
+            "reuse_pressure": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
+                               "The push toward reuse (the paper's L1 weight on the gates); it lowers every "
+                               "gate alike, the threshold sets how much is computed."})}}
 
     def make(self, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, full_every,
-             threshold, iterations, minutes, reuse_pressure, **_unknown):
+             compute, iterations, minutes, reuse_pressure, **_unknown):
         import comfy.model_management
         import comfy.utils
         from ..glue import l2c
@@ -180,7 +182,8 @@ class LearnToCache(ScheduleMaker):
                                    interrupted=comfy.model_management.throw_exception_if_processing_interrupted)
         adapter = schedules.model_adapter(model)
         LOG.info("DuCa: Learn to Cache trained %d windows in %.0f s", learned.iterations, learned.seconds)
-        return schedule_outputs(learned.schedule(adapter, threshold, {"full_every": full_every}))
+        threshold = rules.threshold_for_fraction(learned.gates, learned.routed_steps, compute)
+        return schedule_outputs(learned.schedule(adapter, threshold, {"full_every": full_every, "compute": compute}))
 
 
 class ApplyCacheSchedule(ModelPatchNode):

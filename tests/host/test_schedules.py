@@ -205,15 +205,19 @@ def test_learn_to_cache_trains_the_router_on_weights_loaded_in_inference_mode(ap
 
 def test_learn_to_cache_node_reports_progress_and_refuses_step_level_families(api, flux, flux_conds):
     schedule, picture = api["nodes"].LearnToCache().make(flux, **flux_sampling_inputs(flux_conds), full_every=2,
-                                                         threshold=0.5, iterations=1, minutes=1.0,
+                                                         compute=0.5, iterations=1, minutes=1.0,
                                                          reuse_pressure=0.05)
     assert schedule.units == units_of(api, flux)[1] and picture.shape[0] == 1
+    assert schedule.compute_fraction() == pytest.approx(0.5)  # the full steps alone: every routed block reused
+    more, _ = api["nodes"].LearnToCache().make(flux, **flux_sampling_inputs(flux_conds), full_every=2,
+                                               compute=0.75, iterations=1, minutes=1.0, reuse_pressure=0.05)
+    assert more.compute_fraction() >= 0.75 - 1 / 36  # untrained steps' gates tie: all of a tie is computed
     lumina = FAMILIES["lumina2"]
     with pytest.raises(ValueError, match="model: Learn to Cache needs"):
         api["nodes"].LearnToCache().make(lumina.build(0), positive=lumina.conditioning(1),
                                          negative=lumina.negative(2), latent_image={"samples": lumina.latent(1)},
                                          seed=0, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
-                                         full_every=2, threshold=0.5, iterations=1, minutes=1.0, reuse_pressure=0.05)
+                                         full_every=2, compute=0.5, iterations=1, minutes=1.0, reuse_pressure=0.05)
 
 
 def test_exposure_bias_scales_the_sampler_derivative_and_composes(api, flux, flux_conds):

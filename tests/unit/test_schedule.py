@@ -89,6 +89,9 @@ def test_router_threshold_and_matching_a_compute_fraction():
     assert schedule.table.tolist() == [[0, 0], [0, 2], [2, 0], [0, 0]]
     threshold = rules.threshold_for_fraction(gates, [1, 2], 5 / 8)
     assert rules.router(gates, [1, 2], ("a", "b"), "flux", threshold).compute_fraction() == pytest.approx(5 / 8)
+    tied = torch.tensor([[1.0, 1.0], [0.5, 0.5], [0.5, 0.5], [1.0, 1.0]])
+    threshold = rules.threshold_for_fraction(tied, [1, 2], 5 / 8)
+    assert rules.router(tied, [1, 2], ("a", "b"), "flux", threshold).compute_fraction() == 1.0
 
 
 def test_step_rehash_key_steps_by_similarity():
