@@ -27,3 +27,21 @@ def duca(pack):
     from comfyui_duca import cache_core
     from comfyui_duca.glue import patch
     return patch, cache_core
+
+
+# Small SD U-Nets of the real class, for the DeepCache and U-Net schedule tests (a module may
+# define its own `conds`).
+@pytest.fixture(scope="module")
+def unet(pack):
+    return models.sd_unet_small(seed=1)
+
+
+@pytest.fixture(scope="module")
+def conds(unet):
+    return models.class_conditioning(unet, 0), models.class_conditioning(unet, -1)
+
+
+@pytest.fixture(scope="module")
+def trained(pack):
+    model = models.sd_unet_trained()
+    return model, models.class_conditioning(model, 1), models.class_conditioning(model, -1)

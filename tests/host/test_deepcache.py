@@ -12,22 +12,6 @@ STEPS = 9
 KW = dict(steps=STEPS, channels=4, height=128, width=128)
 
 
-@pytest.fixture(scope="module")
-def unet(pack):
-    return models.sd_unet_small(seed=1)
-
-
-@pytest.fixture(scope="module")
-def conds(unet):
-    return models.class_conditioning(unet, 0), models.class_conditioning(unet, -1)
-
-
-@pytest.fixture(scope="module")
-def trained(pack):
-    model = models.sd_unet_trained()
-    return model, models.class_conditioning(model, 1), models.class_conditioning(model, -1)
-
-
 def blocks_of(model):
     """The host's blocks by name, in the order `_forward` runs them."""
     dm = model.model.diffusion_model
