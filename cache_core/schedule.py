@@ -14,6 +14,7 @@ that step:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
@@ -121,19 +122,18 @@ class Schedule:
             raise ValueError(f"cannot resample a {self.num_steps}-step schedule to {num_steps} steps")
         old, scale = self.num_steps, self.num_steps / num_steps
         computed = (self.table == Cell.COMPUTE).double()                   # [old, units]
-        table = torch.empty(num_steps, len(self.units), dtype=torch.uint8)
-        done = torch.zeros(len(self.units), dtype=torch.float64)
-        for i in range(num_steps):
+        table = self.table[:1].clone()                                      # the first step as it was
+        done = computed[0].clone()
+        for i in range(1, num_steps):
             end = (i + 1) * scale
             coverage = (end - torch.arange(old, dtype=torch.float64)).clamp(0, 1)   # of each old step
             due = torch.floor((coverage[:, None] * computed).sum(0) / scale + 0.5)
-            covered = self.table[int(i * scale):max(int(i * scale) + 1, int(torch.ceil(torch.tensor(end))))]
+            covered = self.table[int(i * scale):max(int(i * scale) + 1, math.ceil(end))]
             reuse_kind = torch.where((covered == Cell.REUSE_ATTENTION).any(0), int(Cell.REUSE_ATTENTION),
                                      int(Cell.REUSE))
-            compute = (due > done) if i else (self.table[0] == Cell.COMPUTE)
-            table[i] = torch.where(compute, int(Cell.COMPUTE), reuse_kind).to(torch.uint8)
-            if i == 0 and not bool(compute.all()):
-                table[0] = self.table[0]
+            compute = due > done
+            row = torch.where(compute, int(Cell.COMPUTE), reuse_kind).to(torch.uint8)
+            table = torch.cat([table, row[None]])
             done += compute.double()
         note = f"resampled from {self.num_steps} to {num_steps} steps"
         return replace(self, table=table, notes=self.notes + (note,))

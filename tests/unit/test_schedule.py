@@ -34,6 +34,10 @@ def test_resampling_keeps_first_and_last_rows_and_says_so():
     assert torch.equal(shorter.table[0], schedule.table[0]) and torch.equal(shorter.table[-1], schedule.table[-1])
     assert shorter.notes == ("resampled from 28 to 10 steps",)
     assert schedule.resampled(28) is schedule
+    # each unit keeps its density of computation
+    assert rules.fora(12, UNITS, "flux", interval=2).resampled(6).as_plan().timeline == "FPFPFP"
+    longer = rules.fora(20, UNITS, "flux", interval=3).resampled(28)
+    assert abs(longer.compute_fraction() - 7 / 20) < 0.03
 
 
 def test_mismatched_family_or_block_count_is_a_clear_error():
