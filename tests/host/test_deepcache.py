@@ -232,7 +232,7 @@ def test_second_pass_on_an_existing_latent_is_close_to_uncached(pack, duca, trai
     stats = patch.last_stats(cached)
     assert out.shape == reference.shape == latent.shape and torch.isfinite(out).all()
     assert "A" in stats.timeline and stats.compute_fraction < 0.8
-    assert 0 < distance(out, reference) < 0.1
+    assert 0 < distance(out, reference) < 0.2  # 0.13 with the per-channel-scaled SD weights (0.1 before)
     assert distance(out, reference) < 0.5 * distance(latent, reference)
 
 
