@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from .block_stack import BlockStackAdapter, StackSpec
-from .units import own_forward, standing_in
-from ..cache_core.tokens import TokenLayout, gather_tokens, scatter_tokens, value_norm_score
+from .units import standing_in, token_refresh
+from ..cache_core.tokens import TokenLayout, value_norm_score
 
 SPEC = StackSpec("auraflow", ("MMDiT",), (("double_block", "double_layers"), ("single_block", "single_layers")),
                  outputs=("img", "txt"))
@@ -106,7 +106,7 @@ class AuraFlowAdapter(BlockStackAdapter):
         else:
             stand_ins = {block.attn: lambda *a, **k: cache["seq_attn"]}
         for stream, mlp, _ in (DOUBLE_STREAMS if kind == "double_block" else SINGLE_STREAMS):
-            stand_ins[getattr(block, mlp)] = _refresh(getattr(block, mlp), cache, f"{stream}_mlp", picks[stream])
+            stand_ins[getattr(block, mlp)] = token_refresh(getattr(block, mlp), cache, f"{stream}_mlp", picks[stream])
         with standing_in(stand_ins):
             return original(args)
 
@@ -133,14 +133,3 @@ class AuraFlowAdapter(BlockStackAdapter):
         params = self._stream_params[id(block)]
         return sum(2 * params[f"{name}_mlp"] * k for name, k in picked.items())
 
-
-def _refresh(module, cache: dict, name: str, idx: torch.Tensor):
-    """An MLP stand-in: the picked tokens through the host's module, cached rows for the rest."""
-    forward = own_forward(module)
-
-    def run(x, *args, **kwargs):
-        rows = cache[name]
-        if idx.shape[1] > 0:
-            scatter_tokens(rows, idx, forward(gather_tokens(x, idx), *args, **kwargs))
-        return rows
-    return run

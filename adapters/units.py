@@ -93,16 +93,18 @@ def conservative_units(block, spec: UnitSpec, cache: dict, idx: torch.Tensor) ->
     def reuse(path):
         return lambda *args, **kwargs: cache[path]
 
-    def refresh(path):
-        module = submodule(block, path)
-        forward = own_forward(module)
-
-        def run(x, *args, **kwargs):
-            rows = cache[path]
-            if idx.shape[1] > 0:
-                scatter_tokens(rows, idx, forward(gather_tokens(x, idx), *args, **kwargs))
-            return rows
-        return run
     stand_ins = {submodule(block, p): reuse(p) for p in spec.reused}
-    stand_ins.update({submodule(block, p): refresh(p) for p in spec.tokenwise})
+    stand_ins.update({submodule(block, p): token_refresh(submodule(block, p), cache, p, idx) for p in spec.tokenwise})
     return stand_ins
+
+
+def token_refresh(module, cache: dict, name: str, idx: torch.Tensor):
+    """An MLP stand-in: the picked tokens through the host's module, the cached rows for the rest."""
+    forward = own_forward(module)
+
+    def run(x, *args, **kwargs):
+        rows = cache[name]
+        if idx.shape[1] > 0:
+            scatter_tokens(rows, idx, forward(gather_tokens(x, idx), *args, **kwargs))
+        return rows
+    return run
