@@ -122,9 +122,9 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
 
 def _fresh_containers(value):
     """The same tensors in new dicts and lists (so a consumed list can be replayed)."""
-    if isinstance(value, dict):
+    if type(value) is dict:
         return {k: _fresh_containers(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):  # not subclasses: a named tuple can't be rebuilt from one iterable
         return type(value)(_fresh_containers(v) for v in value)
     return value
 
