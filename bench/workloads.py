@@ -100,7 +100,7 @@ def testbed_workload(name: str, steps: int, classes: int, seeds: list) -> Worklo
             model = models.flux_trained() if name == "flux_trained" else models.sd_unet_trained()
             notes.append(f"weights {path.name}, sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}")
         else:
-            model = models.flux(**models.FLUX_TRAINED) if name == "flux_trained" else models.sd_unet_small()
+            model = models.flux(**models.FLUX_TRAINED) if name == "flux_trained" else models.sd_unet_small(**models.SD_TRAINED)
             notes.append(f"UNTRAINED: {path.name} is missing, random weights")
         side = models.FLUX_TRAINED_PIXELS if name == "flux_trained" else models.SD_TRAINED_PIXELS
         pixels = side * 4  # picture side = latent side * 2, latent side = pixels // 8
@@ -112,7 +112,7 @@ def testbed_workload(name: str, steps: int, classes: int, seeds: list) -> Worklo
                        f"double + {size['depth_single_blocks']} single blocks), {side}x{side} RGB pictures, "
                        f"{(pixels // 16) ** 2} image tokens" if name == "flux_trained" else
                        f"ComfyUI SD1.5-class U-Net trained on photographs, {side}x{side} grey pictures")
-        return Workload(name, description, model, cases, steps, 3.0, width=pixels, height=pixels,
+        return Workload(name, description, model, cases, steps, models.TRAINED_CFG, width=pixels, height=pixels,
                         decode=decode, notes=notes)
     size = models.FLUX_BENCH if name == "flux_bench" else models.FLUX_SMALL
     pixels = 512 if name == "flux_bench" else 128

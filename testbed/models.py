@@ -155,18 +155,26 @@ WEIGHTS = __import__("pathlib").Path(__file__).resolve().parent / "weights"
 CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
 FLUX_TRAINED = dict(hidden_size=128, num_heads=4, depth=3, depth_single_blocks=3, axes_dim=[8, 12, 12],
                     context_in_dim=64, vec_in_dim=32, guidance_embed=False)
-SD_TRAINED = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
-                  transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, num_head_channels=16,
-                  context_dim=64)
+# the random-weight U-Net of the plumbing tests: 2 levels, 7 transformer layers
+SD_SMALL = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
+                transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, num_head_channels=16,
+                context_dim=64)
+# the trained one is laid out like SDXL's: 3 levels, no attention at the full resolution (where it
+# costs most), so the shallow path DeepCache keeps computing is a small share of a call
+SD_TRAINED = dict(SD_SMALL, channel_mult=[1, 2, 4], num_res_blocks=[1, 1, 1], transformer_depth=[0, 1, 1],
+                  transformer_depth_output=[0, 0, 1, 1, 1, 1])
 FLUX_TRAINED_PIXELS = 64   # picture side: 64x64 RGB -> 32x32x16 latent -> 256 tokens
 SD_TRAINED_PIXELS = 32     # picture side: 32x32 grey -> 16x16x4 latent
+# the cfg both trained models are sampled at: there the U-Net's samples differ between classes and
+# between seeds about as much as its training crops do (higher cfg saturates more pixels)
+TRAINED_CFG = 3.0
 CONTEXT_TOKENS = 8
 
 
 def class_conditioning(model, label: int, batch: int = 1):
     """Fixed context (and pooled) tensors per class; label -1 is the empty prompt (for cfg)."""
     dm = model.model.diffusion_model
-    context_dim = dm.params.context_in_dim if hasattr(dm, "params") else SD_TRAINED["context_dim"]
+    context_dim = dm.params.context_in_dim if hasattr(dm, "params") else SD_SMALL["context_dim"]
     gen = torch.Generator().manual_seed(1000 + label)
     context = torch.randn(1, CONTEXT_TOKENS, context_dim, generator=gen)
     extra = {}
@@ -183,7 +191,7 @@ def sd_unet_small(seed: int = 0, **size):
     import comfy.supported_models
     unet_config = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
                    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None,
-                   "use_linear_in_transformer": False, "num_heads": -1, **SD_TRAINED, **size}
+                   "use_linear_in_transformer": False, "num_heads": -1, **SD_SMALL, **size}
     model_config = comfy.supported_models.SD15(unet_config)
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
@@ -206,7 +214,7 @@ def flux_trained():
 
 def sd_unet_trained():
     """The small SD U-Net trained on photographs (see training/); 32x32 pictures."""
-    return _load_trained(sd_unet_small(), "sd_unet_small")
+    return _load_trained(sd_unet_small(**SD_TRAINED), "sd_unet_small")
 
 
 def wan(seed: int = 0, dtype=torch.float32, device=None, **size):

@@ -1,7 +1,7 @@
 """Train the small models the benchmarks use for fidelity, on the CPU, from photographs.
 
     python3 scripts/host.py python training/train_small_models.py --model flux --minutes 20
-    python3 scripts/host.py python training/train_small_models.py --model sd --minutes 19 --lr 1e-3
+    python3 scripts/host.py python training/train_small_models.py --model sd --minutes 14 --lr 1e-3
 
 Models of ComfyUI's own classes (a Flux, flow matching; an SD1.5-class U-Net,
 epsilon prediction), conditioned per class through fixed context tensors
@@ -102,7 +102,7 @@ SETUPS = {
     "flux": dict(build=lambda: models.flux(seed=0, **models.FLUX_TRAINED), loss=flux_loss,
                  side=models.FLUX_TRAINED_PIXELS, channels=pixel_latents.FLUX_CHANNELS, name="flux_small",
                  settings=models.FLUX_TRAINED),
-    "sd": dict(build=lambda: models.sd_unet_small(seed=0), loss=unet_loss, side=models.SD_TRAINED_PIXELS,
+    "sd": dict(build=lambda: models.sd_unet_small(seed=0, **models.SD_TRAINED), loss=unet_loss, side=models.SD_TRAINED_PIXELS,
                channels=pixel_latents.SD_CHANNELS, name="sd_unet_small", settings=models.SD_TRAINED),
 }
 
@@ -169,7 +169,7 @@ def sample_grid(kind: str, steps: int = 28, seeds=(0, 1)) -> Path:
         row = []
         for label in range(len(models.CLASSES)):
             latent = models.sample(model, models.class_conditioning(model, label),
-                                   models.class_conditioning(model, -1), steps=steps, cfg=3.0, seed=seed,
+                                   models.class_conditioning(model, -1), steps=steps, cfg=models.TRAINED_CFG, seed=seed,
                                    channels=channels, height=latent_side * 8, width=latent_side * 8)
             rgb = pixel_latents.decode(model.model.process_latent_in(latent))[0]
             row.append(pixel_latents.to_uint8(rgb))
