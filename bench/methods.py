@@ -133,8 +133,8 @@ def whole_step_reuse(base, plan, name, settings) -> Method:
 
 def match_threshold(base, group, target: float, fraction_of: Callable, iterations: int, copy=False):
     """Bisection on reuse_threshold (geometric, between THRESHOLD_MIN and the node's maximum)
-    towards the threshold whose fraction of computed model calls is the smallest still >= target,
-    so the baseline never gets less compute than ours.
+    towards the threshold whose fraction (what `fraction_of` measures: computed model calls, or
+    time) is the smallest still >= target, so the baseline never gets less compute than ours.
     Returns (threshold, fraction, tried) where tried lists every (threshold, fraction)."""
     tried = []
 

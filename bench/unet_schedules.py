@@ -5,7 +5,8 @@ ComfyUI's EasyCache, on the same seeds and conditionings.
 
 Block Caching is calibrated first: one all-computing run per class on a seed the cases do not
 use (`DuCaConfig(measure_change=True)`), the relative change profiles averaged, then
-thresholded. Per method: seconds (median over repeats of the summed cases; methods
+thresholded. EasyCache runs at several thresholds and at the one matched to DeepCache interval
+3's speed (bisection on time measured side by side with no cache on case 0). Per method: seconds (median over repeats of the summed cases; methods
 interleaved, order rotated, after an untimed warm-up), speedup over no cache (and "best": the
 fastest repeat of each, as load only adds time), block compute (block FLOPs done / all,
 from the run's stats; model calls computed for EasyCache and whole-step reuse), latent and
@@ -41,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.2],
                    help="Block Caching thresholds (accumulated relative L1 change)")
+    p.add_argument("--easycache", type=float, nargs="+", default=[0.2, 0.1, 0.05, 0.025],
+                   help="EasyCache thresholds (besides the one matched to DeepCache's speed)")
+    p.add_argument("--search-iterations", type=int, default=8, help="bisection steps for the matched threshold")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     p.add_argument("--out", default=str(BENCH / "out" / "unet_schedules"))
     return p.parse_args(argv)
@@ -76,12 +80,40 @@ def build(work, args):
         schedule = schedule_rules.fora(steps, units, "unet", interval=n)
         rows.append(M.duca(base, DuCaConfig(unit_schedule=schedule), f"FORA interval {n}", "fora",
                            {"interval": n, "unit_compute": schedule.compute_fraction()}))
-    rows.append(M.duca(base, DeepCacheConfig(interval=3), "DeepCache interval 3", "deepcache", {"interval": 3}))
+    for n in (2, 3, 4):
+        rows.append(M.duca(base, DeepCacheConfig(interval=n), f"DeepCache interval {n}", "deepcache",
+                           {"interval": n}))
     rows.append(M.whole_step_reuse(base, every_kth_step_plan(steps, 3, first_full_steps=1), "every-3 (whole step)",
                                    {"k": 3}))
-    for t in (M.CACHE_NODE_DEFAULTS["reuse_threshold"], 0.05):
+    for t in args.easycache:
         rows.append(M.cache_node(base, "EasyCache", t, f"EasyCache t={t:g}"))
     return rows, change
+
+
+def seconds_ratio(work, method, reference, runs=5):
+    """Median over interleaved runs of case 0 of method's seconds / reference's."""
+    ratios = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work.sample(reference.model, work.cases[0])
+        middle = time.perf_counter()
+        work.sample(method.model, work.cases[0])
+        ratios.append((time.perf_counter() - middle) / (middle - start))
+    return statistics.median(ratios)
+
+
+def easycache_at_speed_of(work, rows, name, iterations):
+    """EasyCache with the threshold whose time on case 0 is the shortest still at least `name`'s
+    (both over no cache's, measured side by side): at the same speed, or slower, never faster."""
+    reference, method = rows[0], next(m for m in rows if m.name == name)
+    target = seconds_ratio(work, method, reference)
+
+    def time_ratio(model):
+        return seconds_ratio(work, M.Method("EasyCache", "EasyCache", model), reference, runs=3)
+    t, ratio, tried = M.match_threshold(work.model, "EasyCache", target, time_ratio, iterations)
+    matched = M.cache_node(work.model, "EasyCache", t, f"EasyCache at {name}'s speed (t={t:.3g})")
+    return matched, {"to": name, "time_ratio": target, "threshold": t, "easycache_time_ratio": ratio,
+                     "tried": tried}
 
 
 def main(argv=None):
@@ -92,6 +124,8 @@ def main(argv=None):
     work = workloads.testbed_workload("sd_trained", args.steps, args.classes, args.seeds)
     rows, change = build(work, args)
     counter = M.CallCounter(work.model.model.diffusion_model)
+    matched, matching = easycache_at_speed_of(work, rows, "DeepCache interval 3", args.search_iterations)
+    rows.append(matched)
     times = {m.name: [0.0] * args.repeats for m in rows}
     outputs = {m.name: [None] * len(work.cases) for m in rows}
     fractions = {m.name: [None] * len(work.cases) for m in rows}
@@ -132,11 +166,13 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     setup = {"steps": args.steps, "cases": [(c.label, c.seed) for c in work.cases], "repeats": args.repeats,
              "cfg": work.cfg, "threads": args.threads, "notes": work.notes,
-             "calibration": change.tolist()}
+             "calibration": change.tolist(), "matching": matching}
     (out / "results.json").write_text(json.dumps({"setup": setup, "results": results}, indent=1,
                                                  default=str).replace("Infinity", "null"))
     print(f"{work.description}; {args.steps} steps, cfg {work.cfg}, {len(work.cases)} cases, "
           f"median of {args.repeats} repeats")
+    print(f"EasyCache matched to {matching['to']} on case 0: {matching['time_ratio']:.1%} of no cache's time; "
+          f"EasyCache at threshold {matching['threshold']:.3g}: {matching['easycache_time_ratio']:.1%}")
     print("| method | s (all cases) | speedup | speedup (best) | block compute | latent PSNR dB | picture PSNR dB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
