@@ -7,8 +7,9 @@ Block Caching is calibrated first: one all-computing run per class on a seed the
 use (`DuCaConfig(measure_change=True)`), the relative change profiles averaged, then
 thresholded. EasyCache runs at several thresholds and at the one matched to DeepCache interval
 3's speed (bisection on time measured side by side with no cache on case 0). Per method:
-seconds (median over repeats of the summed cases; methods interleaved, order rotated, after an untimed warm-up), speedup over no cache (and "best": the
-fastest repeat of each, as load only adds time), block compute (block FLOPs done / all,
+seconds (median over repeats of the summed cases; methods interleaved, order rotated, after
+an untimed warm-up), speedup over no cache (and "best": the fastest repeat of each, as load
+only adds time), block compute (block FLOPs done / all,
 from the run's stats; model calls computed for EasyCache and whole-step reuse), latent and
 picture PSNR to the uncached output (medians over the cases). Writes
 bench/out/unet_schedules/results.json and prints a table.
