@@ -100,7 +100,8 @@ def testbed_workload(name: str, steps: int, classes: int, seeds: list) -> Worklo
             model = models.flux_trained() if name == "flux_trained" else models.sd_unet_trained()
             notes.append(f"weights {path.name}, sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}")
         else:
-            model = models.flux(**models.FLUX_TRAINED) if name == "flux_trained" else models.sd_unet_small(**models.SD_TRAINED)
+            model = (models.flux(**models.FLUX_TRAINED) if name == "flux_trained"
+                     else models.sd_unet_small(**models.SD_TRAINED))
             notes.append(f"UNTRAINED: {path.name} is missing, random weights")
         side = models.FLUX_TRAINED_PIXELS if name == "flux_trained" else models.SD_TRAINED_PIXELS
         pixels = side * 4  # picture side = latent side * 2, latent side = pixels // 8

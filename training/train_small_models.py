@@ -102,8 +102,8 @@ SETUPS = {
     "flux": dict(build=lambda: models.flux(seed=0, **models.FLUX_TRAINED), loss=flux_loss,
                  side=models.FLUX_TRAINED_PIXELS, channels=pixel_latents.FLUX_CHANNELS, name="flux_small",
                  settings=models.FLUX_TRAINED),
-    "sd": dict(build=lambda: models.sd_unet_small(seed=0, **models.SD_TRAINED), loss=unet_loss, side=models.SD_TRAINED_PIXELS,
-               channels=pixel_latents.SD_CHANNELS, name="sd_unet_small", settings=models.SD_TRAINED),
+    "sd": dict(build=lambda: models.sd_unet_small(seed=0, **models.SD_TRAINED), loss=unet_loss,
+               side=models.SD_TRAINED_PIXELS, channels=pixel_latents.SD_CHANNELS, name="sd_unet_small", settings=models.SD_TRAINED),
 }
 
 
