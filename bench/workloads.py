@@ -113,8 +113,8 @@ def testbed_workload(name: str, steps: int, classes: int, seeds: list) -> Worklo
                        f"double + {size['depth_single_blocks']} single blocks), {side}x{side} RGB pictures, "
                        f"{(pixels // 16) ** 2} image tokens" if name == "flux_trained" else
                        f"ComfyUI SD1.5-class U-Net trained on photographs, {side}x{side} grey pictures")
-        return Workload(name, description, model, cases, steps, models.TRAINED_CFG, width=pixels, height=pixels,
-                        decode=decode, notes=notes)
+        return Workload(name, description, model, cases, steps, models.TRAINED_CFG, width=pixels,
+                        height=pixels, decode=decode, notes=notes)
     size = models.FLUX_BENCH if name == "flux_bench" else models.FLUX_SMALL
     pixels = 512 if name == "flux_bench" else 128
     model = models.flux(seed=0, **size)

@@ -103,7 +103,8 @@ SETUPS = {
                  side=models.FLUX_TRAINED_PIXELS, channels=pixel_latents.FLUX_CHANNELS, name="flux_small",
                  settings=models.FLUX_TRAINED),
     "sd": dict(build=lambda: models.sd_unet_small(seed=0, **models.SD_TRAINED), loss=unet_loss,
-               side=models.SD_TRAINED_PIXELS, channels=pixel_latents.SD_CHANNELS, name="sd_unet_small", settings=models.SD_TRAINED),
+               side=models.SD_TRAINED_PIXELS, channels=pixel_latents.SD_CHANNELS, name="sd_unet_small",
+               settings=models.SD_TRAINED),
 }
 
 
@@ -169,8 +170,8 @@ def sample_grid(kind: str, steps: int = 28, seeds=(0, 1)) -> Path:
         row = []
         for label in range(len(models.CLASSES)):
             latent = models.sample(model, models.class_conditioning(model, label),
-                                   models.class_conditioning(model, -1), steps=steps, cfg=models.TRAINED_CFG, seed=seed,
-                                   channels=channels, height=latent_side * 8, width=latent_side * 8)
+                                   models.class_conditioning(model, -1), steps=steps, cfg=models.TRAINED_CFG,
+                                   seed=seed, channels=channels, height=latent_side * 8, width=latent_side * 8)
             rgb = pixel_latents.decode(model.model.process_latent_in(latent))[0]
             row.append(pixel_latents.to_uint8(rgb))
         rows.append(np.concatenate(row, axis=1))
