@@ -9,9 +9,12 @@ independent:
   each query token is independent of the others);
 - per-frame groups over the batch x frames axis (0): the U-Net's ResBlocks
   (GroupNorm -> conv -> embedding -> GroupNorm -> conv, per picture);
-- self-attention cannot be sliced at the module level (every token reads every other
-  token's key); its attention call runs over slices of queries through the host's
-  `optimized_attention_override`, writing into one output in the caller's layout.
+- self-attention reads every token's key and value: it is grouped with its projections
+  (memory_attention.py, keys first, then slices of queries), and its attention call runs
+  over slices of queries through the host's `optimized_attention_override`;
+- whole blocks (Wan, LTXV) group over the token axis: keys and values first, then the
+  rest of the block slice by slice (memory_block.py). Their submodules keep their own
+  rules for the calls the block runs plainly (another method at work on the block).
 
 The stand-in of a module is an instance-level `forward` set for one model call and
 removed in `finally` (units.standing_in); it calls the module's own forward on each
@@ -19,6 +22,7 @@ slice and writes the slices into one preallocated output. No forward is copied.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -26,7 +30,8 @@ import torch
 
 from ..cache_core.chunking import (attention_bytes_per_query, plan_chunks, query_axis, attention_arguments,
                                    run_sliced, sliced_attention)
-from .memory_attention import QUERY_BLOCK, grouped_self_attention
+from .memory_attention import QUERY_BLOCK, grouped_self_attention, memoized
+from .memory_block import BLOCK, BlockRule, grouped_block
 from .units import own_forward, standing_in, submodule
 
 MLP, CROSS_ATTENTION, PER_PICTURE, SELF_ATTENTION = "mlp", "cross_attention", "per_picture", "self_attention"
@@ -70,16 +75,22 @@ LTXV_SELF_ATTENTION = SliceRule(("BasicTransformerBlock",), "attn1", SELF_ATTENT
                                 children=("to_q", "to_k", "to_v", "to_out"), norms=("q_norm", "k_norm"),
                                 token_args=((2, "pe", 2),))
 CONTEXT_PROJECTIONS = ("to_k", "to_v")
+# exact class names: subclasses (VACE, audio) take arguments of their own
+WAN_BLOCK = BlockRule(("WanAttentionBlock",), WAN_SELF_ATTENTION, token_args=(("freqs", 1),),
+                      row_args=(("e", 1, 4),),
+                      context_projections=("cross_attn.k", "cross_attn.v", "cross_attn.k_img", "cross_attn.v_img"))
+LTXV_BLOCK = BlockRule(("BasicTransformerBlock",), LTXV_SELF_ATTENTION, token_args=(("pe", 2),),
+                       row_args=(("timestep", 1, 3),), context_projections=("attn2.to_k", "attn2.to_v"))
 
 SPECS = (
     MemorySpec("wan", ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"),
-               (SliceRule(WAN_BLOCKS, "ffn", MLP), WAN_CROSS_ATTENTION, WAN_SELF_ATTENTION)),
+               (WAN_BLOCK, SliceRule(WAN_BLOCKS, "ffn", MLP), WAN_CROSS_ATTENTION, WAN_SELF_ATTENTION)),
     MemorySpec("hunyuan-video", ("HunyuanVideo",),
                (SliceRule(FLUX_DOUBLE, "img_mlp", MLP), SliceRule(FLUX_DOUBLE, "txt_mlp", MLP)),
                notes="single-stream blocks fuse their MLP into one projection with q/k/v: only their "
                      "attention is sliced"),
     MemorySpec("ltxv", ("LTXVModel",),
-               (SliceRule(("BasicTransformerBlock",), "ff", MLP),
+               (LTXV_BLOCK, SliceRule(("BasicTransformerBlock",), "ff", MLP),
                 SliceRule(("BasicTransformerBlock",), "attn2", CROSS_ATTENTION, children=CONTEXT_PROJECTIONS),
                 LTXV_SELF_ATTENTION)),
     MemorySpec("mochi", ("AsymmDiTJoint",),
@@ -116,6 +127,7 @@ class SliceSettings:
     free_bytes: Optional[float] = None
     stats: SliceStats = field(default_factory=SliceStats)
     min_tokens: int = MIN_TOKENS
+    cap_bytes: Optional[float] = None  # inside a sliced block: its slices' budget
 
     def chunks(self, length: int, bytes_per_item: float, budget_bytes: float, min_slice: int) -> int:
         # automatic: one slice's transients within `budget_bytes` (a small multiple of the
@@ -124,7 +136,20 @@ class SliceSettings:
         budget = float(budget_bytes)
         if self.free_bytes is not None:
             budget = min(budget, self.free_bytes / 8)
+        if self.cap_bytes is not None:
+            budget = min(budget, self.cap_bytes)
         return plan_chunks(length, bytes_per_item, budget, self.requested, min_slice)
+
+    @contextlib.contextmanager
+    def nested(self, budget_bytes: float):
+        """Operators inside a block that is run in slices: the user's slice count applied to the
+        block; inside a slice they cut themselves only where their transients pass its budget."""
+        saved = self.requested, self.cap_bytes
+        self.requested, self.cap_bytes = None, budget_bytes
+        try:
+            yield
+        finally:
+            self.requested, self.cap_bytes = saved
 
 
 def widest_output(module: torch.nn.Module) -> int:
@@ -177,8 +202,9 @@ class MemoryAdapter:
     def stand_ins(self, settings: SliceSettings) -> dict:
         # a module another method already stands in for (DeepCache's reused blocks) is left to it:
         # its stand-in need not be slice-independent
-        return {module: (grouped_self_attention if rule.kind == SELF_ATTENTION else sliced_forward)(
-                    module, rule, settings) for module, rule in self.targets if "forward" not in module.__dict__}
+        makers = {SELF_ATTENTION: grouped_self_attention, BLOCK: grouped_block}
+        return {module: makers.get(rule.kind, sliced_forward)(module, rule, settings)
+                for module, rule in self.targets if "forward" not in module.__dict__}
 
     def attention_override(self, settings: SliceSettings, previous=None):
         """An `optimized_attention_override` slicing the queries; chains to `previous`."""
@@ -228,6 +254,7 @@ def sliced_forward(module, rule: SliceRule, settings: SliceSettings):
         with standing_in(context_memos(module, rule)):
             return run_sliced(forward, x, rule.axis, chunks, *args, sliced_args=rule.sliced_args,
                               align=1 if rule.axis == 0 else TOKEN_BLOCK, **kwargs)
+    run.feature_slicer = True
     return run
 
 
@@ -246,19 +273,6 @@ def context_memos(module, rule: SliceRule) -> dict:
             continue
         memos[child] = memoized(own_forward(child))
     return memos
-
-
-def memoized(forward):
-    seen = {}
-
-    def run(x, *args, **kwargs):
-        if args or kwargs or not isinstance(x, torch.Tensor):
-            return forward(x, *args, **kwargs)
-        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
-        if key not in seen:
-            seen[key] = forward(x)
-        return seen[key]
-    return run
 
 
 def find_memory_adapter(diffusion_model) -> Optional[MemoryAdapter]:

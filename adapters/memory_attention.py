@@ -5,14 +5,15 @@ rotary embedding in float32, attention, output projection) is token-wise. The ho
 attention forward is run twice per slice of tokens, with the slice's rotary frequencies:
 1. keys: its query projection (and norm) and output projection stand in as free
    stand-ins (a broadcast zero, no memory), and the attention hook keeps the slice's keys
-   and values in two full tensors instead of attending;
+   and values instead of attending; they are copied into two full tensors;
 2. queries: its key and value projections (and key norm) are free stand-ins, and the attention
-   hook attends the slice's queries to the kept keys and values; the output projection's
-   slice goes into one preallocated output.
-So no full-size query, rotary temporary or attention output exists: the peak inside is
-input + keys + values + output. The attention forward itself is the host's, not a copy.
+   hook attends the slice's queries to the kept keys and values.
+So no full-size query, rotary temporary or attention output exists. The attention forward
+itself is the host's, not a copy. `SelfAttentionParts` does one slice of either pass; the
+module-level stand-in here loops over slices of its input, and the block-level one
+(memory_block.py) loops over slices of the whole block.
 
-It falls back to one plain call (with the query-slicing hook) whenever the forward does
+Both fall back to one plain call (with the query-slicing hook) whenever the forward does
 something this does not expect: no per-token frequencies, a context (cross-attention),
 hooks on the projections (another method watching them), or not exactly one attention
 call per slice.
@@ -29,7 +30,7 @@ QUERY_BLOCK = 256  # slices are whole multiples of this many queries (attention 
 
 
 class Unexpected(Exception):
-    """The host's attention forward did not go as planned: compute this call plainly."""
+    """The host's forward did not go as planned: compute this call plainly."""
 
 
 def free_zeros(shape, like: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ def same(x, *args, **kwargs):
     return x
 
 
-def unused(stand_ins: dict) -> dict:
+def present(stand_ins: dict) -> dict:
     return {module: fn for module, fn in stand_ins.items() if module is not None}
 
 
@@ -73,79 +74,64 @@ def with_token_slice(args: tuple, kwargs: dict, token_args: tuple, start: int, s
     return tuple(args), kwargs
 
 
-def grouped_self_attention(module, rule, settings):
-    """The stand-in for one self-attention module (rule: adapters.memory.SliceRule with
-    `children` = (query, key, value, output) paths and `token_args` = ((position, name, axis), ...))."""
-    forward = own_forward(module)
-    q_mod, k_mod, v_mod, o_mod = (submodule(module, path) for path in rule.children)
-    q_norm, k_norm = (submodule(module, path) for path in rule.norms) if rule.norms else (None, None)
+def with_override(kwargs: dict, override) -> dict:
+    options = kwargs.get("transformer_options")
+    if not isinstance(options, dict):
+        raise Unexpected()
+    return {**kwargs, "transformer_options": {**options, OVERRIDE_KEY: override}}
 
-    def plain(x, *args, **kwargs):
-        return forward(x, *args, **kwargs)
 
-    def run(x, *args, **kwargs):
+class SelfAttentionParts:
+    """One self-attention module (rule: adapters.memory.SliceRule with `children` = (query, key,
+    value, output) paths, `norms` = (query, key) norm paths and `token_args`), run one token
+    slice at a time. Built before any stand-in is set, so `forward` is the host's."""
+
+    def __init__(self, module, rule):
+        self.module, self.rule = module, rule
+        self.forward = own_forward(module)
+        self.q, self.k, self.v, self.o = (submodule(module, path) for path in rule.children)
+        self.q_norm, self.k_norm = (submodule(module, path) for path in rule.norms) if rule.norms else (None, None)
+
+    def fits(self, x, args: tuple, kwargs: dict) -> bool:
+        """Whether a call with these arguments can run in slices (else: call it plainly)."""
         if not isinstance(x, torch.Tensor) or x.ndim != 3 or kwargs.get("context") is not None:
-            return plain(x, *args, **kwargs)
-        length = x.shape[1]
-        for position, name, axis in rule.token_args:
+            return False
+        for position, name, axis in self.rule.token_args:
             value = token_argument(args, kwargs, position, name)
-            if not isinstance(value, torch.Tensor) or value.ndim <= axis or value.shape[axis] != length:
-                return plain(x, *args, **kwargs)
-        if any(watched(m) for m in (q_mod, k_mod, v_mod, o_mod, q_norm, k_norm) if m is not None):
-            return plain(x, *args, **kwargs)
-        chunks = settings.chunks(length, 6 * x.shape[-1] * x.element_size(), x.numel() * x.element_size(),
-                                 settings.min_tokens)
-        if chunks <= 1:
-            return plain(x, *args, **kwargs)
-        options = kwargs.get("transformer_options")
-        if not isinstance(options, dict):
-            return plain(x, *args, **kwargs)
-        try:
-            out = two_passes(x, args, kwargs, options, chunks)
-        except Unexpected:
-            return plain(x, *args, **kwargs)
-        settings.stats.add("self_attention", chunks)
-        return out
+            if not isinstance(value, torch.Tensor) or value.ndim <= axis or value.shape[axis] != x.shape[1]:
+                return False
+        if not isinstance(kwargs.get("transformer_options"), dict):
+            return False
+        return not any(watched(m) for m in (self.q, self.k, self.v, self.o, self.q_norm, self.k_norm)
+                       if m is not None)
 
-    def two_passes(x, args, kwargs, options, chunks):
-        length = x.shape[1]
-        bounds = slice_bounds(length, chunks, QUERY_BLOCK)
+    def keys(self, x, args: tuple, kwargs: dict):
+        """(keys, values) of the tokens of `x`, as the host's attention kernel would receive them."""
         kept = {}
 
         def keep(func, *a, **kw):
             bound = attention_arguments(func, a, kw)
-            if bound is None or query_axis(bound) != (1, 1) or "k" in kept.get("slice", {}):
+            if bound is None or query_axis(bound) != (1, 1) or kept:
                 raise Unexpected()
-            k, v = bound.arguments["k"], bound.arguments["v"]
-            kept["slice"] = {"k": k, "v": v}
-            return free_zeros(v.shape, v)
+            kept["k"], kept["v"] = bound.arguments["k"], bound.arguments["v"]
+            return free_zeros(kept["v"].shape, kept["v"])
 
-        keys = values = None
-        with standing_in(unused({q_mod: projection_stand_in(q_mod), o_mod: same, q_norm: same})):
-            for start, stop in bounds:
-                kept["slice"] = {}
-                a, kw = with_token_slice(args, kwargs, rule.token_args, start, stop)
-                kw["transformer_options"] = {**options, OVERRIDE_KEY: keep}
-                forward(x.narrow(1, start, stop - start), *a, **kw)
-                part = kept["slice"]
-                if "k" not in part or part["k"].shape[1] != stop - start:
-                    raise Unexpected()
-                if keys is None:
-                    keys = part["k"].new_empty((x.shape[0], length, *part["k"].shape[2:]))
-                    values = part["v"].new_empty((x.shape[0], length, *part["v"].shape[2:]))
-                keys.narrow(1, start, stop - start).copy_(part["k"])
-                values.narrow(1, start, stop - start).copy_(part["v"])
-                del part
-        kept.clear()
+        with standing_in(present({self.q: projection_stand_in(self.q), self.o: same, self.q_norm: same})):
+            self.forward(x, *args, **with_override(kwargs, keep))
+        if "k" not in kept or kept["k"].shape[1] != x.shape[1]:
+            raise Unexpected()
+        return kept["k"], kept["v"]
 
-        outer = options.get(OVERRIDE_KEY)
+    def attend(self, x, args: tuple, kwargs: dict, keys, values):
+        """The module's output for the tokens of `x`, their queries attending to `keys`, `values`."""
+        outer = kwargs["transformer_options"].get(OVERRIDE_KEY)
         if getattr(outer, "slices_queries", False):  # ours: these queries are a slice already
             outer = outer.previous
         calls = []
 
         def attend(func, *a, **kw):
             bound = attention_arguments(func, a, kw)
-            if bound is None or query_axis(bound)[0] != 1:
+            if bound is None or query_axis(bound)[0] != 1 or calls:
                 raise Unexpected()
             calls.append(1)
             bound.arguments["k"], bound.arguments["v"] = keys, values
@@ -153,19 +139,67 @@ def grouped_self_attention(module, rule, settings):
                 return outer(func, *bound.args, **bound.kwargs)
             return func(*bound.args, **bound.kwargs)
 
-        out = None
-        with standing_in(unused({k_mod: projection_stand_in(k_mod), v_mod: projection_stand_in(v_mod),
-                                 k_norm: same})):
+        with standing_in(present({self.k: projection_stand_in(self.k), self.v: projection_stand_in(self.v),
+                                  self.k_norm: same})):
+            out = self.forward(x, *args, **with_override(kwargs, attend))
+        if not calls or not isinstance(out, torch.Tensor) or out.shape[1] != x.shape[1]:
+            raise Unexpected()
+        return out
+
+
+def into(buffer, part: torch.Tensor, start: int, length: int):
+    """Copy `part` into rows [start, start + len) of `buffer` (allocated like `part`, `length` rows)."""
+    if buffer is None:
+        buffer = part.new_empty((part.shape[0], length, *part.shape[2:]))
+    buffer.narrow(1, start, part.shape[1]).copy_(part)
+    return buffer
+
+
+def memoized(forward):
+    """`forward` of one tensor, computed once per input tensor (same storage, shape and layout)."""
+    seen = {}
+
+    def run(x, *args, **kwargs):
+        if args or kwargs or not isinstance(x, torch.Tensor):
+            return forward(x, *args, **kwargs)
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
+        if key not in seen:
+            seen[key] = forward(x)
+        return seen[key]
+    run.feature_slicer = True
+    return run
+
+
+def grouped_self_attention(module, rule, settings):
+    """The module-level stand-in for one self-attention module: both passes over slices of its input."""
+    parts = SelfAttentionParts(module, rule)
+
+    def plain(x, *args, **kwargs):
+        return parts.forward(x, *args, **kwargs)
+
+    def run(x, *args, **kwargs):
+        if not parts.fits(x, args, kwargs):
+            return plain(x, *args, **kwargs)
+        length = x.shape[1]
+        chunks = settings.chunks(length, 6 * x.shape[-1] * x.element_size(), x.numel() * x.element_size(),
+                                 settings.min_tokens)
+        if chunks <= 1:
+            return plain(x, *args, **kwargs)
+        bounds = slice_bounds(length, chunks, QUERY_BLOCK)
+        try:
+            keys = values = None
             for start, stop in bounds:
                 a, kw = with_token_slice(args, kwargs, rule.token_args, start, stop)
-                kw["transformer_options"] = {**options, OVERRIDE_KEY: attend}
-                part = forward(x.narrow(1, start, stop - start), *a, **kw)
-                if len(calls) != 1 or not isinstance(part, torch.Tensor) or part.shape[1] != stop - start:
-                    raise Unexpected()
-                calls.clear()
-                if out is None:
-                    out = part.new_empty((x.shape[0], length, *part.shape[2:]))
-                out.narrow(1, start, stop - start).copy_(part)
-                del part
+                k, v = parts.keys(x.narrow(1, start, stop - start), a, kw)
+                keys, values = into(keys, k, start, length), into(values, v, start, length)
+                del k, v
+            out = None
+            for start, stop in bounds:
+                a, kw = with_token_slice(args, kwargs, rule.token_args, start, stop)
+                out = into(out, parts.attend(x.narrow(1, start, stop - start), a, kw, keys, values), start, length)
+        except Unexpected:
+            return plain(x, *args, **kwargs)
+        settings.stats.add("self_attention", chunks)
         return out
+    run.feature_slicer = True
     return run

@@ -35,13 +35,14 @@ def sd_unet():
         torch.zeros(2, 4, 4, 4)
 
 
-# family -> (builder, the kinds of operator its model must have sliced)
+# family -> (builder, the kinds of operator its model must have sliced). Wan and LTXV run whole
+# blocks in slices (the operators inside a slice are far below their own smallest slice here).
 CASES = {
-    "wan21-t2v": (wan_t2v, {"mlp", "cross_attention", "attention", "self_attention"}),
-    "wan21-i2v": (from_family("wan21-i2v"), {"mlp", "cross_attention", "attention", "self_attention"}),
-    "wan22-5b": (from_family("wan22-5b"), {"mlp", "cross_attention", "attention", "self_attention"}),
+    "wan21-t2v": (wan_t2v, {"block"}),
+    "wan21-i2v": (from_family("wan21-i2v"), {"block"}),
+    "wan22-5b": (from_family("wan22-5b"), {"block"}),
     "hunyuan-video": (from_family("hunyuan-video"), {"mlp", "attention"}),
-    "ltxv": (from_family("ltxv"), {"mlp", "cross_attention", "attention", "self_attention"}),
+    "ltxv": (from_family("ltxv"), {"block"}),
     "mochi": (from_family("mochi"), {"mlp", "attention"}),
     "sd15-unet": (sd_unet, {"mlp", "cross_attention", "attention", "per_picture"}),
 }
@@ -190,7 +191,9 @@ def test_peak_memory_is_lower_on_a_wider_wan(slicer, pack, chunks):
     sliced = slicer.apply_feature_slicer(model, chunks)
     low, out = one_call_peak(sliced, x, sigma, context)
     assert close(out, reference)
-    assert slicer.last_slice_stats(sliced).calls["mlp"] == 2
+    stats = slicer.last_slice_stats(sliced)
+    print(f"chunks {chunks}: peak {plain} -> {low} bytes, {stats.summary()}")
+    assert stats.calls["block"] == 2
     assert low < plain / 2, (low, plain)
 
 

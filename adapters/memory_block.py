@@ -1,0 +1,212 @@
+"""A whole transformer block run slice by slice over its tokens, through the host's own forward.
+
+In a block built as self-attention, cross-attention and MLP with per-token norms and
+modulation (Wan, LTXV), only self-attention mixes tokens, and only through its keys and
+values. So the host's block forward is run twice per slice of tokens:
+1. keys: up to its self-attention, which keeps the slice's keys and values
+   (SelfAttentionParts.keys) and then stops the block (KeysKept);
+2. the rest: the whole block on the slice, its self-attention attending the slice's
+   queries to all kept keys and values; the slice's output goes into one output tensor
+   (or stays in the input, for a block that updates its input in place).
+Everything a block holds whole is then its input, the keys, the values and the output;
+every other intermediate (modulated input, queries, attention output, cross-attention,
+the MLP's wide hidden layer) is slice-sized. Per-token arguments (rotary frequencies)
+and per-row modulation (one row per frame or per token) are cut with the tokens.
+
+It runs the block plainly whenever it can't be sure of the result: another method's
+stand-in or hook inside the block (DuCa at work on it), an argument it can't cut, or a
+forward that does not go as expected.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from ..cache_core.chunking import slice_bounds
+from .memory_attention import QUERY_BLOCK, SelfAttentionParts, Unexpected, into, memoized, watched
+from .units import own_forward, standing_in, submodule
+
+BLOCK = "block"
+
+
+@dataclass(frozen=True)
+class BlockRule:
+    block_classes: tuple     # class names of the blocks (exact: subclasses add arguments of their own)
+    attention: object        # its self-attention: an adapters.memory.SliceRule (path from the block)
+    token_args: tuple = ()   # (name, axis): per-token arguments (rotary frequencies)
+    row_args: tuple = ()     # (name, axis, ndim): per-row modulation, cut when it has `ndim` dims and rows
+    context_projections: tuple = ()  # paths of projections of the context: computed once for all slices
+    path: str = ""           # the rule applies to the block itself
+    kind: str = BLOCK
+
+
+class KeysKept(Exception):
+    """Stops the block's forward once its self-attention has given its keys and values."""
+
+    def __init__(self, keys, values):
+        super().__init__()
+        self.keys, self.values = keys, values
+
+
+def others_at_work(block) -> bool:
+    """Another method's stand-in or hook on a module inside the block (its result would be a whole-block one)."""
+    for module in block.modules():
+        if module is block:
+            continue
+        forward = module.__dict__.get("forward")
+        if watched(module) or (forward is not None and not getattr(forward, "feature_slicer", False)):
+            return True
+    return False
+
+
+def row_tokens(bound: dict, rule: BlockRule, length: int):
+    """Tokens per modulation row (1: per token or a single row), or None if the rows don't divide the tokens."""
+    unit = 1
+    for name, axis, ndim in rule.row_args:
+        value = bound.get(name)
+        if not isinstance(value, torch.Tensor) or value.ndim != ndim or value.shape[axis] == 1:
+            continue
+        rows = value.shape[axis]
+        if length % rows:
+            return None
+        unit = max(unit, length // rows)
+    return unit
+
+
+def slices_of(bound: dict, x_name: str, rule: BlockRule, length: int, unit: int):
+    """A function (start, stop) -> the block's arguments for those tokens."""
+    def cut(start, stop):
+        part = dict(bound)
+        part[x_name] = bound[x_name].narrow(1, start, stop - start)
+        for name, axis in rule.token_args:
+            part[name] = bound[name].narrow(axis, start, stop - start)
+        for name, axis, ndim in rule.row_args:
+            value = bound.get(name)
+            if isinstance(value, torch.Tensor) and value.ndim == ndim and value.shape[axis] > 1:
+                rows_per_token = value.shape[axis] / length
+                first, last = int(start * rows_per_token), int(stop * rows_per_token)
+                part[name] = value.narrow(axis, first, last - first)
+        return part
+    return cut
+
+
+def uncut_token_tensor(bound: dict, names: set, length: int) -> bool:
+    """An argument of the tokens' length along axis 1 that the rule doesn't know how to cut."""
+    return any(isinstance(v, torch.Tensor) and v.ndim > 1 and v.shape[1] == length
+               for k, v in bound.items() if k not in names)
+
+
+def grouped_block(block, rule: BlockRule, settings):
+    forward = own_forward(block)
+    signature = inspect.signature(forward)
+    attention_module = submodule(block, rule.attention.path)
+    attention = SelfAttentionParts(attention_module, rule.attention)
+    projections = []
+    for path in rule.context_projections:
+        try:
+            projections.append(submodule(block, path))
+        except AttributeError:
+            pass
+
+    def run(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return forward(*args, **kwargs)
+        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
+            return forward(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        x_name = next(iter(signature.parameters))
+        x = arguments[x_name]
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or others_at_work(block):
+            return forward(*args, **kwargs)
+        length = x.shape[1]
+        known = {x_name} | {name for name, _ in rule.token_args} | {name for name, _, _ in rule.row_args}
+        tokens_ok = all(isinstance(arguments.get(name), torch.Tensor) and arguments[name].ndim > axis
+                        and arguments[name].shape[axis] == length for name, axis in rule.token_args)
+        unit = row_tokens(arguments, rule, length)
+        if not tokens_ok or unit is None or uncut_token_tensor(arguments, known, length):
+            return forward(*args, **kwargs)
+        row_bytes = x.numel() // length * x.element_size()
+        budget = x.numel() * x.element_size() / 2  # a slice's transients: well under one full tensor
+        chunks = settings.chunks(length, 6 * row_bytes, budget, settings.min_tokens)
+        if unit > 1:
+            bounds = [(a * unit, b * unit) for a, b in slice_bounds(length // unit, chunks)]
+        else:
+            bounds = slice_bounds(length, chunks, QUERY_BLOCK)
+        if len(bounds) <= 1:
+            return forward(*args, **kwargs)
+        cut = slices_of(arguments, x_name, rule, length, unit)
+        try:
+            keys, values = keys_of(cut, bounds, length)
+        except Unexpected:
+            return forward(*args, **kwargs)
+        try:
+            with settings.nested(budget), standing_in(context_memos(projections)):
+                out = rest_of(x, cut, bounds, keys, values)
+        except Unexpected:  # nothing written into the input yet (rest_of says so otherwise)
+            return forward(*args, **kwargs)
+        settings.stats.add(BLOCK, len(bounds))
+        return out
+
+    def keys_of(cut, bounds, length):
+        def capture(x, *a, **kw):
+            if not attention.fits(x, a, kw):
+                raise Unexpected()
+            raise KeysKept(*attention.keys(x, a, kw))
+
+        keys = values = None
+        with standing_in({attention_module: capture}):
+            for start, stop in bounds:
+                try:
+                    forward(**cut(start, stop))
+                except KeysKept as kept:
+                    keys, values = into(keys, kept.keys, start, length), into(values, kept.values, start, length)
+                    del kept
+                else:  # the block never reached its self-attention
+                    raise Unexpected()
+        return keys, values
+
+    def rest_of(x, cut, bounds, keys, values):
+        def attend(q, *a, **kw):
+            if not attention.fits(q, a, kw):
+                raise Unexpected()
+            return attention.attend(q, a, kw, keys, values)
+
+        out, in_place = None, None
+        with standing_in({attention_module: attend}):
+            for start, stop in bounds:
+                part_args = cut(start, stop)
+                rows = part_args[next(iter(signature.parameters))]
+                try:
+                    part = forward(**part_args)
+                except Unexpected:
+                    if in_place:  # the input holds finished rows already: no plain rerun possible
+                        raise RuntimeError("feature slicer: a block that updates its input in place "
+                                           "changed its course between slices") from None
+                    raise
+                if not isinstance(part, torch.Tensor) or part.shape[1] != stop - start:
+                    raise RuntimeError(f"feature slicer: {type(block).__name__} returned "
+                                       f"{tuple(getattr(part, 'shape', ()))} for {stop - start} tokens")
+                if in_place is None:  # the host's block returns its own input, updated (LTXV)
+                    in_place = part.data_ptr() == rows.data_ptr() and part.stride() == rows.stride()
+                if in_place:
+                    if part.data_ptr() != rows.data_ptr():
+                        rows.copy_(part)
+                else:
+                    out = into(out, part, start, x.shape[1])
+                del part
+        return x if in_place else out
+
+    run.feature_slicer = True
+    return run
+
+
+def context_memos(projections) -> dict:
+    """Projections of the context run once for all slices (every slice passes the same context).
+    A projection someone watches with hooks or stands in for is left alone."""
+    return {child: memoized(own_forward(child)) for child in projections
+            if not watched(child) and "forward" not in child.__dict__}
