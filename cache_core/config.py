@@ -30,6 +30,7 @@ class DuCaConfig:
     plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the cycle
     unit_schedule: Optional[Schedule] = field(default=None, compare=False)  # per-unit decisions override both
     measure_change: bool = False    # calibration: compute everything, profile each unit's change
+    probe_unit: int = -1            # calibration: the unit whose residual is compared across steps (Step Rehash)
 
     def __post_init__(self):
         _check_int("interval", self.interval, 1, 100)

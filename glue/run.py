@@ -75,7 +75,8 @@ class RunState:
         self.stats = RunStats(self.plan.method, self.num_steps, level=adapter.level)
         self.unit_index = {key: i for i, key in enumerate(adapter.keys)}
         self.last_reuse = self._last_reuse_steps()
-        self.profile = ChangeProfile(self.num_steps, len(adapter.schedule_units())) if config.measure_change else None
+        self.profile = ChangeProfile(self.num_steps, len(adapter.schedule_units()), config.probe_unit) \
+            if config.measure_change else None
         if self.schedule is not None:
             self.stats.notes.extend(self.schedule.notes)
         self.selector = TokenSelector(config.token_selector, config.interval)

@@ -53,9 +53,10 @@ class Sampling:
                                    callback=callback, disable_pbar=True)
 
 
-def measure_change(model, sampling: Sampling):
-    """Run the model once, computing everything, and profile each unit's change per step."""
-    measured = patch.apply_duca(model, DuCaConfig(measure_change=True))
+def measure_change(model, sampling: Sampling, probe_unit: int = -1):
+    """Run the model once, computing everything, and profile each unit's change per step
+    (and the similarity across steps of unit `probe_unit`'s residual)."""
+    measured = patch.apply_duca(model, DuCaConfig(measure_change=True, probe_unit=probe_unit))
     if measured is model:
         raise ValueError("model: not a model family this pack can calibrate")
     sampling.run(measured)
@@ -70,7 +71,11 @@ def block_caching_schedule(model, sampling: Sampling, threshold: float, first_fu
 
 
 def step_rehash_schedule(model, sampling: Sampling, threshold: float, keep_first: int = 1,
-                         first_full_steps: int = 1):
+                         first_full_steps: int = 1, probe_block: int = -1):
+    """Key steps where unit `probe_block`'s output (-1: the last, the deepest) drifts from the last key step."""
     family, units = model_units(model)
-    profile = measure_change(model, sampling)
+    if not -len(units) <= probe_block < len(units):
+        raise ValueError(f"probe_block: this model has {len(units)} blocks (0 to {len(units) - 1}, or -1 for "
+                         f"the last), got {probe_block}")
+    profile = measure_change(model, sampling, probe_block)
     return step_rehash(profile.similarity(), units, family, threshold, keep_first, first_full_steps), profile

@@ -124,8 +124,9 @@ class BlockCachingCalibration(ScheduleMaker):
 
 
 class StepRehashSchedule(ScheduleMaker):
-    DESCRIPTION = ("Step Rehash: samples once, finds key steps by how similar the last block's output is to the "
-                   "last key step; other steps recompute only the first blocks and reuse the deep ones.")
+    DESCRIPTION = ("Step Rehash: samples once, finds key steps by how similar a chosen block's output (by default "
+                   "the last, deepest one) is to the last key step; other steps recompute only the first blocks "
+                   "and reuse the deep ones.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -135,13 +136,17 @@ class StepRehashSchedule(ScheduleMaker):
                            "A step below this cosine similarity to the last key step becomes a key step."}),
             "shallow_blocks": ("INT", {"default": 1, "min": 0, "max": 1000, "tooltip":
                                "Blocks recomputed on non-key steps (the rest are reused)."}),
-            "first_full_steps": FIRST_FULL_INPUT}}
+            "first_full_steps": FIRST_FULL_INPUT},
+            "optional": {
+                "probe_block": ("INT", {"default": -1, "min": -1000, "max": 1000, "tooltip":
+                                "The block whose output is compared between steps: 0 is the first, -1 the last "
+                                "(the paper probes a deep layer)."})}}
 
     def make(self, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, similarity,
-             shallow_blocks, first_full_steps, **_unknown):
+             shallow_blocks, first_full_steps, probe_block=-1, **_unknown):
         sampling = sampling_from(positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler)
         schedule, _ = schedules.step_rehash_schedule(uncached(model, "Step Rehash"), sampling, similarity,
-                                                     shallow_blocks, first_full_steps)
+                                                     shallow_blocks, first_full_steps, probe_block)
         return schedule_outputs(schedule)
 
 

@@ -256,3 +256,20 @@ def test_step_rehash_node_finds_key_steps_by_similarity(api, flux, flux_conds):
     patched = scheduled(api, flux, loose)
     run_flux(patched, flux_conds)
     assert api["patch"].last_stats(patched).compute_fraction < 0.6
+
+
+def test_step_rehash_compares_the_chosen_block(api, flux, flux_conds):
+    _, units = units_of(api, flux)
+    sampling = api["nodes"].sampling_from(**flux_sampling_inputs(flux_conds))
+    rehash = api["schedules"].step_rehash_schedule
+    similarity = {}
+    for probe in (0, -1):
+        _, profile = rehash(flux, sampling, 0.95, 1, 1, probe_block=probe)
+        assert profile.probe_unit == probe % len(units)
+        similarity[probe] = profile.similarity()
+    assert not torch.allclose(similarity[0], similarity[-1])   # another block's output, other similarities
+    node = api["nodes"].StepRehashSchedule()
+    for bad in (len(units), -len(units) - 1):
+        with pytest.raises(ValueError, match="probe_block"):
+            node.make(flux, **flux_sampling_inputs(flux_conds), similarity=0.9, shallow_blocks=1,
+                      first_full_steps=1, probe_block=bad)
