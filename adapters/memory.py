@@ -8,7 +8,12 @@ independent:
   cross-attention (projections, attention over the whole text, output projection;
   each query token is independent of the others);
 - per-frame groups over the batch x frames axis (0): the U-Net's ResBlocks
-  (GroupNorm -> conv -> embedding -> GroupNorm -> conv, per picture);
+  (GroupNorm -> conv -> embedding -> GroupNorm -> conv, per picture), and the spatial part of
+  SVD's VideoResBlocks (the ResBlock `_forward` their own forward calls, stood in for during it);
+- temporal groups over the batch x space axis (0) of SVD's temporal transformer blocks
+  (SpatialVideoTransformer.time_stack, fed [(b s), frames, c]): the whole block per slice of
+  positions, every slice keeping all frames (attention over frames mixes them), its
+  time context cut with it; what runs inside a slice cuts only within the slice's budget;
 - self-attention reads every token's key and value: it is grouped with its projections
   (memory_attention.py, keys first, then slices of queries), and its attention call runs
   over slices of queries through the host's `optimized_attention_override`;
@@ -35,6 +40,7 @@ from .memory_block import BLOCK, BlockRule, grouped_block
 from .units import own_forward, standing_in, submodule
 
 MLP, CROSS_ATTENTION, PER_PICTURE, SELF_ATTENTION = "mlp", "cross_attention", "per_picture", "self_attention"
+TEMPORAL = "temporal"
 MIN_TOKENS = 256  # automatic slices never go below this many tokens (matmul efficiency)
 TOKEN_BLOCK = 64   # token slices of the other operators: whole multiples of this
 # kernels that hold a full [queries x keys] score matrix (the others stream over keys)
@@ -45,13 +51,15 @@ SCORE_MATERIALIZING = ("attention_basic",)
 class SliceRule:
     block_classes: tuple     # class names of the blocks holding the submodule
     path: str                # attribute path of the submodule in the block
-    kind: str                # MLP, CROSS_ATTENTION, PER_PICTURE or SELF_ATTENTION
+    kind: str                # MLP, CROSS_ATTENTION, PER_PICTURE, SELF_ATTENTION or TEMPORAL
     axis: int = 1            # axis of the first input whose items are independent
     sliced_args: tuple = ()  # positional args (after the first) cut along with it when they span the axis
     children: tuple = ()     # SELF_ATTENTION: paths of its query, key, value and output projections;
                              # CROSS_ATTENTION: its projections of the context (computed once per call)
     norms: tuple = ()        # SELF_ATTENTION: paths of its query and key norms
     token_args: tuple = ()   # SELF_ATTENTION: per-token args (rotary frequencies) as (position, name, axis)
+    sliced_kwargs: tuple = ()  # kwargs cut along with the first input when they span the axis
+    inner: str = ""          # a method the module's own forward calls: it is sliced instead, during that forward
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,12 @@ WAN_BLOCK = BlockRule(("WanAttentionBlock",), WAN_SELF_ATTENTION, token_args=(("
 LTXV_BLOCK = BlockRule(("BasicTransformerBlock",), LTXV_SELF_ATTENTION, token_args=(("pe", 2),),
                        row_args=(("timestep", 1, 3),), context_projections=("attn2.to_k", "attn2.to_v"))
 
+# SVD (UNetModel with temporal layers). A VideoResBlock's time_stack is a ResBlock with a 3D conv over
+# frames and GroupNorm over frames and space: it can't be cut over space or frames, only over videos
+# (the ResBlock rule above does that: its input is [b, c, t, h, w]).
+SVD_RULES = (SliceRule(("SpatialVideoTransformer",), "time_stack.*", TEMPORAL, axis=0, sliced_kwargs=("context",)),
+             SliceRule(("VideoResBlock",), "", PER_PICTURE, axis=0, sliced_args=(0,), inner="_forward"))
+
 SPECS = (
     MemorySpec("wan", ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"),
                (WAN_BLOCK, SliceRule(WAN_BLOCKS, "ffn", MLP), WAN_CROSS_ATTENTION, WAN_SELF_ATTENTION)),
@@ -100,7 +114,8 @@ SPECS = (
     MemorySpec("sd-unet", ("UNetModel",),
                (SliceRule(UNET_BLOCKS, "ff", MLP),
                 SliceRule(UNET_BLOCKS, "attn2", CROSS_ATTENTION, children=CONTEXT_PROJECTIONS),
-                SliceRule(("ResBlock",), "", PER_PICTURE, axis=0, sliced_args=(0,)))),
+                SliceRule(("ResBlock",), "", PER_PICTURE, axis=0, sliced_args=(0,)),
+                *SVD_RULES)),
 )
 
 
@@ -161,7 +176,7 @@ def widest_output(module: torch.nn.Module) -> int:
 def item_bytes(kind: str, module, x: torch.Tensor, axis: int) -> float:
     """Transient bytes one item (token, or picture) costs inside the grouped operator."""
     per_item = x.numel() / max(x.shape[axis], 1) * x.element_size()
-    if kind == MLP:  # hidden layer before and after the activation
+    if kind in (MLP, TEMPORAL):  # hidden layer before and after the activation (a temporal block's MLPs)
         width = x.shape[-1] if x.ndim else 1
         return per_item * 2 * max(widest_output(module), width) / max(width, 1)
     if kind == CROSS_ATTENTION:  # q, attention output (two layouts), output projection
@@ -183,12 +198,13 @@ class MemoryAdapter:
                 if name not in rule.block_classes:
                     continue
                 try:
-                    module = submodule(block, rule.path) if rule.path else block
+                    modules = submodules(block, rule.path)
                 except AttributeError:
                     continue
-                if isinstance(module, torch.nn.Module) and id(module) not in seen:
-                    seen.add(id(module))
-                    self.targets.append((module, rule))
+                for module in modules:
+                    if isinstance(module, torch.nn.Module) and id(module) not in seen:
+                        seen.add(id(module))
+                        self.targets.append((module, rule))
 
     @classmethod
     def for_model(cls, diffusion_model) -> Optional["MemoryAdapter"]:
@@ -203,7 +219,7 @@ class MemoryAdapter:
         # a module another method already stands in for (DeepCache's reused blocks) is left to it:
         # its stand-in need not be slice-independent
         makers = {SELF_ATTENTION: grouped_self_attention, BLOCK: grouped_block}
-        return {module: makers.get(rule.kind, sliced_forward)(module, rule, settings)
+        return {module: (inner_sliced if rule.inner else makers.get(rule.kind, sliced_forward))(module, rule, settings)
                 for module, rule in self.targets if "forward" not in module.__dict__}
 
     def attention_override(self, settings: SliceSettings, previous=None):
@@ -236,9 +252,8 @@ class MemoryAdapter:
         return override
 
 
-def sliced_forward(module, rule: SliceRule, settings: SliceSettings):
-    forward = own_forward(module)
-    min_slice = 1 if rule.axis == 0 else settings.min_tokens
+def sliced_forward(module, rule: SliceRule, settings: SliceSettings, forward=None):
+    forward = forward or own_forward(module)
 
     def run(x, *args, **kwargs):
         if not isinstance(x, torch.Tensor) or x.ndim <= rule.axis:
@@ -246,16 +261,63 @@ def sliced_forward(module, rule: SliceRule, settings: SliceSettings):
         if rule.kind == CROSS_ATTENTION and kwargs.get("context", args[0] if args else None) is None:
             return forward(x, *args, **kwargs)  # no context: it attends to itself, not token-wise
         length = x.shape[rule.axis]
-        chunks = settings.chunks(length, item_bytes(rule.kind, module, x, rule.axis),
-                                 2 * x.numel() * x.element_size(), min_slice)
+        budget = 2 * x.numel() * x.element_size()
+        chunks = settings.chunks(length, item_bytes(rule.kind, module, x, rule.axis), budget,
+                                 min_items(rule, settings, x))
         if chunks <= 1:
             return forward(x, *args, **kwargs)
         settings.stats.add(rule.kind, chunks)
-        with standing_in(context_memos(module, rule)):
+        with standing_in(context_memos(module, rule)), within_slices(rule, settings, budget):
             return run_sliced(forward, x, rule.axis, chunks, *args, sliced_args=rule.sliced_args,
-                              align=1 if rule.axis == 0 else TOKEN_BLOCK, **kwargs)
+                              sliced_kwargs=rule.sliced_kwargs, align=1 if rule.axis == 0 else TOKEN_BLOCK, **kwargs)
     run.feature_slicer = True
     return run
+
+
+def min_items(rule: SliceRule, settings: SliceSettings, x: torch.Tensor) -> int:
+    """The smallest automatic slice: min_tokens tokens, one picture, or (temporal) enough positions
+    that a slice holds min_tokens rows of frames (matmul efficiency)."""
+    if rule.kind == TEMPORAL:
+        return max(1, -(-settings.min_tokens // max(x.shape[1], 1)))
+    return 1 if rule.axis == 0 else settings.min_tokens
+
+
+def within_slices(rule: SliceRule, settings: SliceSettings, budget: float):
+    """Inside a temporal block's slice, the user's slice count must not cut its frames (its MLPs and
+    attention over frames): they cut only where their transients pass the slice's budget."""
+    return settings.nested(budget) if rule.kind == TEMPORAL else contextlib.nullcontext()
+
+
+def inner_sliced(module, rule: SliceRule, settings: SliceSettings):
+    """The module's own forward, with the method it calls (`rule.inner`) sliced for the call's duration:
+    a VideoResBlock runs its spatial ResBlock part through `super().forward` -> `self._forward`, then
+    its time_stack on whole videos. The instance-level method is removed afterwards, also on errors."""
+    forward = own_forward(module)
+    if not callable(getattr(module, rule.inner, None)):
+        return forward  # a host whose forward calls no such method: it runs plainly
+    sliced = sliced_forward(module, rule, settings, getattr(module, rule.inner))
+
+    def run(*args, **kwargs):
+        saved = module.__dict__.get(rule.inner)
+        module.__dict__[rule.inner] = sliced
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            if saved is None:
+                del module.__dict__[rule.inner]
+            else:
+                module.__dict__[rule.inner] = saved
+    run.feature_slicer = True
+    return run
+
+
+def submodules(block, path: str) -> list:
+    """The modules at `path` in `block` (the block itself for ""); a `*` part stands for every child
+    of a container (`time_stack.*`: each entry of a ModuleList)."""
+    found = [block]
+    for part in path.split(".") if path else ():
+        found = [child for m in found for child in (m.children() if part == "*" else (getattr(m, part),))]
+    return found
 
 
 def context_memos(module, rule: SliceRule) -> dict:

@@ -103,6 +103,44 @@ def sd_conditioning(batch: int = 1, tokens: int = 77, seed: int = 1, dim: int = 
     return [[torch.randn(batch, tokens, dim, generator=gen), {}]]
 
 
+# Stable Video Diffusion: the layout ComfyUI detects from an SVD checkpoint (model_detection.py), few channels.
+# SVD_img2vid forces 64-channel heads; its y is 3 x 256 (fps, motion bucket, augmentation: encode_adm).
+SVD_SMALL = dict(model_channels=64, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
+                 transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, context_dim=64)
+SVD_LAYOUT = dict(num_classes="sequential", adm_in_channels=768, use_linear_in_transformer=True,
+                  use_temporal_resblock=True, use_temporal_attention=True, extra_ff_mix_layer=True,
+                  use_spatial_context=True, merge_strategy="learned_with_images", merge_factor=0.0,
+                  video_kernel_size=[3, 1, 1], disable_temporal_crossattention=False)
+
+
+def svd_unet(seed: int = 0, **size):
+    """A small SVD img2vid U-Net of ComfyUI's real class: temporal ResBlocks (VideoResBlock) and temporal
+    transformer blocks (SpatialVideoTransformer.time_stack); the latent's batch is the frames."""
+    import comfy.supported_models
+    unet_config = {"use_checkpoint": False, "image_size": 32, "in_channels": 8, "out_channels": 4,
+                   "use_spatial_transformer": True, "legacy": False, **SVD_LAYOUT, **SVD_SMALL, **size}
+    model_config = comfy.supported_models.SVD_img2vid(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_weights(model.diffusion_model, seed)
+    return patcher(model)
+
+
+def svd_conditioning(seed: int = 1, dim: int = 64, height: int = 8, width: int = 8, empty: bool = False):
+    """CONDITIONING as SVD_img2vid_Conditioning makes it: a pooled image embedding (the context) and the
+    init image's latent (concat_latent_image, the c_concat); `empty`: its zeroed negative."""
+    gen = torch.Generator().manual_seed(seed)
+    pooled = torch.randn(1, 1, dim, generator=gen)
+    image = torch.randn(1, 4, height, width, generator=gen)
+    if empty:
+        pooled, image = torch.zeros_like(pooled), torch.zeros_like(image)
+    return [[pooled, {"motion_bucket_id": 127, "fps": 6, "augmentation_level": 0.0, "concat_latent_image": image}]]
+
+
+def svd_latent(frames: int = 5, height: int = 8, width: int = 8):
+    return torch.zeros(frames, 4, height, width)
+
+
 def save_unet_checkpoint(path, seed: int = 0) -> None:
     """A U-Net-only safetensors file that ComfyUI's loader detects from keys and shapes."""
     import comfy.utils

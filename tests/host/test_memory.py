@@ -239,3 +239,50 @@ def test_applied_twice_the_last_setting_wins(slicer, pack):
     assert count == 1
     assert twice.model_options["transformer_options"]["duca_feature_slicer"].chunks == 5
 
+
+
+def test_per_frame_modulation_is_cut_with_the_frames(slicer, pack):
+    """Wan 2.2 with a denoise mask (image-to-video keeps frame 0) has one modulation row per latent frame:
+    each slice must carry the rows of its own frames."""
+    import comfy.sample
+    family = FAMILIES["wan22-5b"]
+    model = family.build(3)
+    latent = family.latent(batch=1)
+    mask = torch.ones(1, 1, *latent.shape[2:])
+    mask[:, :, 0] = 0.0  # the first frame is given
+    rows = []
+    handle = model.model.diffusion_model.blocks[0].register_forward_pre_hook(
+        lambda _m, _args, kwargs: rows.append(kwargs["e"].shape[1]), with_kwargs=True)
+
+    def sample(m):
+        noise = comfy.sample.prepare_noise(latent, 0)
+        return comfy.sample.sample(m, noise, STEPS, 4.0, "euler", "simple", family.conditioning(1),
+                                   family.negative(2), latent, noise_mask=mask, seed=0, disable_pbar=True)
+    try:
+        reference = sample(model)
+        sliced = slicer.apply_feature_slicer(model, CHUNKS)
+        out = sample(sliced)
+    finally:
+        handle.remove()
+    assert set(rows) == {latent.shape[2]}   # per-frame rows reached the block
+    assert close(out, reference)
+    stats = slicer.last_slice_stats(sliced)
+    assert stats.slices["block"] > stats.calls["block"]
+
+
+def test_block_slicing_lowers_the_peak_threefold_where_the_mlp_is_wide(slicer, pack):
+    """4096 video tokens, width 256, FFN 8x: unpatched, the FFN's hidden layer (before and after its
+    activation) is most of the peak; sliced, the block holds its input, keys, values and output whole."""
+    model = models.wan(seed=0, dim=256, ffn_dim=2048, num_heads=2, num_layers=2)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 4, 64, 64, generator=gen)
+    context = torch.randn(1, 8, 32, generator=gen)
+    sigma = torch.full((1,), 0.5)
+    plain, reference = one_call_peak(model, x, sigma, context)
+    sliced = slicer.apply_feature_slicer(model)
+    low, out = one_call_peak(sliced, x, sigma, context)
+    assert close(out, reference)
+    stats = slicer.last_slice_stats(sliced)
+    print(f"peak {plain} -> {low} bytes ({plain / low:.2f}x lower), {stats.summary()}")
+    assert stats.calls["block"] == 2 and stats.slices["block"] >= 8
+    assert low * 3 < plain, (low, plain)
