@@ -218,8 +218,7 @@ class MemoryAdapter:
     def stand_ins(self, settings: SliceSettings) -> dict:
         # a module another method already stands in for (DeepCache's reused blocks) is left to it:
         # its stand-in need not be slice-independent
-        makers = {SELF_ATTENTION: grouped_self_attention, BLOCK: grouped_block}
-        return {module: (inner_sliced if rule.inner else makers.get(rule.kind, sliced_forward))(module, rule, settings)
+        return {module: stand_in_maker(rule)(module, rule, settings)
                 for module, rule in self.targets if "forward" not in module.__dict__}
 
     def attention_override(self, settings: SliceSettings, previous=None):
@@ -250,6 +249,12 @@ class MemoryAdapter:
         override.slices_queries = True
         override.previous = previous  # what a hook that slices the queries itself calls instead
         return override
+
+
+def stand_in_maker(rule):
+    if getattr(rule, "inner", ""):  # a SliceRule's inner method (a BlockRule has none)
+        return inner_sliced
+    return {SELF_ATTENTION: grouped_self_attention, BLOCK: grouped_block}.get(rule.kind, sliced_forward)
 
 
 def sliced_forward(module, rule: SliceRule, settings: SliceSettings, forward=None):

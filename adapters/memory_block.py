@@ -75,7 +75,7 @@ def row_tokens(bound: dict, rule: BlockRule, length: int):
     return unit
 
 
-def slices_of(bound: dict, x_name: str, rule: BlockRule, length: int, unit: int):
+def slices_of(bound: dict, x_name: str, rule: BlockRule, length: int):
     """A function (start, stop) -> the block's arguments for those tokens."""
     def cut(start, stop):
         part = dict(bound)
@@ -85,22 +85,46 @@ def slices_of(bound: dict, x_name: str, rule: BlockRule, length: int, unit: int)
         for name, axis, ndim in rule.row_args:
             value = bound.get(name)
             if isinstance(value, torch.Tensor) and value.ndim == ndim and value.shape[axis] > 1:
-                rows_per_token = value.shape[axis] / length
-                first, last = int(start * rows_per_token), int(stop * rows_per_token)
+                rows = value.shape[axis]  # slices are whole rows: these divisions are exact
+                first, last = start * rows // length, stop * rows // length
                 part[name] = value.narrow(axis, first, last - first)
         return part
     return cut
 
 
-def uncut_token_tensor(bound: dict, names: set, length: int) -> bool:
+def uncut_token_tensor(arguments: dict, names: set, length: int) -> bool:
     """An argument of the tokens' length along axis 1 that the rule doesn't know how to cut."""
     return any(isinstance(v, torch.Tensor) and v.ndim > 1 and v.shape[1] == length
-               for k, v in bound.items() if k not in names)
+               for k, v in arguments.items() if k not in names)
+
+
+def named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict):
+    """The call's arguments by name (extra keywords of a `**kwargs` forward flattened in), or None
+    for a call this can't re-issue by name (extra positional arguments)."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    arguments = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                return None
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        elif kind is inspect.Parameter.POSITIONAL_ONLY:
+            return None
+        else:
+            arguments[name] = value
+    return arguments
 
 
 def grouped_block(block, rule: BlockRule, settings):
     forward = own_forward(block)
     signature = inspect.signature(forward)
+    x_name = next(iter(signature.parameters))  # the tokens: the forward's first argument
     attention_module = submodule(block, rule.attention.path)
     attention = SelfAttentionParts(attention_module, rule.attention)
     projections = []
@@ -111,16 +135,8 @@ def grouped_block(block, rule: BlockRule, settings):
             pass
 
     def run(*args, **kwargs):
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError:
-            return forward(*args, **kwargs)
-        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
-            return forward(*args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        x_name = next(iter(signature.parameters))
-        x = arguments[x_name]
+        arguments = named_arguments(signature, args, kwargs)
+        x = arguments.get(x_name) if arguments is not None else None
         if not isinstance(x, torch.Tensor) or x.ndim != 3 or others_at_work(block):
             return forward(*args, **kwargs)
         length = x.shape[1]
@@ -139,7 +155,7 @@ def grouped_block(block, rule: BlockRule, settings):
             bounds = slice_bounds(length, chunks, QUERY_BLOCK)
         if len(bounds) <= 1:
             return forward(*args, **kwargs)
-        cut = slices_of(arguments, x_name, rule, length, unit)
+        cut = slices_of(arguments, x_name, rule, length)
         try:
             keys, values = keys_of(cut, bounds, length)
         except Unexpected:
@@ -180,7 +196,7 @@ def grouped_block(block, rule: BlockRule, settings):
         with standing_in({attention_module: attend}):
             for start, stop in bounds:
                 part_args = cut(start, stop)
-                rows = part_args[next(iter(signature.parameters))]
+                rows = part_args[x_name]
                 try:
                     part = forward(**part_args)
                 except Unexpected:
@@ -188,9 +204,11 @@ def grouped_block(block, rule: BlockRule, settings):
                         raise RuntimeError("feature slicer: a block that updates its input in place "
                                            "changed its course between slices") from None
                     raise
-                if not isinstance(part, torch.Tensor) or part.shape[1] != stop - start:
-                    raise RuntimeError(f"feature slicer: {type(block).__name__} returned "
-                                       f"{tuple(getattr(part, 'shape', ()))} for {stop - start} tokens")
+                if not isinstance(part, torch.Tensor) or part.ndim != 3 or part.shape[1] != stop - start:
+                    if in_place:
+                        raise RuntimeError(f"feature slicer: {type(block).__name__} returned "
+                                           f"{tuple(getattr(part, 'shape', ()))} for {stop - start} tokens")
+                    raise Unexpected()  # not a block of the kind the rule describes: run it plainly
                 if in_place is None:  # the host's block returns its own input, updated (LTXV)
                     in_place = part.data_ptr() == rows.data_ptr() and part.stride() == rows.stride()
                 if in_place:

@@ -7,11 +7,13 @@ from .base import ModelPatchNode
 
 
 class FeatureSlicer(ModelPatchNode):
-    DESCRIPTION = ("Lowers the peak memory of a model's activations without changing its output: operators that "
-                   "treat tokens (or frames) independently - the MLP, cross-attention, the U-Net's ResBlocks - "
-                   "run slice by slice, and self-attention runs over slices of queries. Same result up to float "
-                   "rounding, a little slower. Wan, HunyuanVideo, LTXV, Mochi and SD U-Nets; other models pass "
-                   "through unchanged. Combine it with Accelerate (DuCa) in either order.")
+    DESCRIPTION = ("Lowers the peak memory of a model's activations without changing its output. Wan and LTXV "
+                   "blocks run slice by slice over their tokens (keys and values of all tokens first, then the rest "
+                   "of the block per slice); elsewhere the operators that treat tokens (or frames) independently - "
+                   "the MLP, cross-attention, the U-Net's ResBlocks - run slice by slice, and self-attention over "
+                   "slices of queries. Same result up to float rounding, about as fast. Wan, HunyuanVideo, LTXV, "
+                   "Mochi and SD U-Nets; other models pass through unchanged. Combine it with Accelerate (DuCa) in "
+                   "either order.")
     OUTPUT_TOOLTIPS = ("The model with slicing attached; connect it to your sampler.",)
 
     @classmethod
@@ -20,9 +22,10 @@ class FeatureSlicer(ModelPatchNode):
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model whose memory to reduce (from your loader)."}),
                 "chunks": ("STRING", {"default": AUTO, "tooltip":
-                           "auto: slice count chosen per operator from its shapes and the free memory (a slice's "
-                           "temporaries stay below the size of the operator's input). A number: cut every "
-                           "sliced operator into that many slices (more slices: less memory, slower)."}),
+                           "auto: slice count chosen per block or operator from its shapes and the free memory (a "
+                           "slice's temporaries stay well below the size of its input). A number: cut every sliced "
+                           "block (or, outside such blocks, operator) into that many slices (more slices: less "
+                           "memory, slower)."}),
             },
         }
 
