@@ -42,6 +42,7 @@ from .units import own_forward, standing_in, submodule
 MLP, CROSS_ATTENTION, PER_PICTURE, SELF_ATTENTION = "mlp", "cross_attention", "per_picture", "self_attention"
 TEMPORAL = "temporal"
 MIN_TOKENS = 256  # automatic slices never go below this many tokens (matmul efficiency)
+NESTED_MIN_TOKENS = 512  # ... nor, inside a block's slice, below this many (the block is sliced already)
 TOKEN_BLOCK = 64   # token slices of the other operators: whole multiples of this
 # kernels that hold a full [queries x keys] score matrix (the others stream over keys)
 SCORE_MATERIALIZING = ("attention_basic",)
@@ -159,12 +160,13 @@ class SliceSettings:
     def nested(self, budget_bytes: float):
         """Operators inside a block that is run in slices: the user's slice count applied to the
         block; inside a slice they cut themselves only where their transients pass its budget."""
-        saved = self.requested, self.cap_bytes
+        saved = self.requested, self.cap_bytes, self.min_tokens
         self.requested, self.cap_bytes = None, budget_bytes
+        self.min_tokens = max(self.min_tokens, NESTED_MIN_TOKENS)
         try:
             yield
         finally:
-            self.requested, self.cap_bytes = saved
+            self.requested, self.cap_bytes, self.min_tokens = saved
 
 
 def widest_output(module: torch.nn.Module) -> int:

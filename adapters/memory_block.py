@@ -29,6 +29,9 @@ from .memory_attention import QUERY_BLOCK, SelfAttentionParts, Unexpected, into,
 from .units import own_forward, standing_in, submodule
 
 BLOCK = "block"
+# A slice runs every matrix product of the block: below about a thousand rows they lose efficiency
+# (weight packing on CPUs, weight reads on GPUs), which costs more time than the memory is worth.
+BLOCK_MIN_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def grouped_block(block, rule: BlockRule, settings):
             return forward(*args, **kwargs)
         row_bytes = x.numel() // length * x.element_size()
         budget = x.numel() * x.element_size() / 2  # a slice's transients: well under one full tensor
-        chunks = settings.chunks(length, 6 * row_bytes, budget, settings.min_tokens)
+        chunks = settings.chunks(length, 6 * row_bytes, budget, max(settings.min_tokens, BLOCK_MIN_TOKENS))
         if unit > 1:
             bounds = [(a * unit, b * unit) for a, b in slice_bounds(length // unit, chunks)]
         else:

@@ -179,8 +179,10 @@ def one_call_peak(model, x, sigma, context):
     return peak.peak_bytes, out
 
 
-@pytest.mark.parametrize("chunks", [None, 8])
-def test_peak_memory_is_lower_on_a_wider_wan(slicer, pack, chunks):
+# auto: 1024 tokens are too few to cut a whole block (its matrix products would lose efficiency), so
+# the operators are sliced one by one; a forced count slices the blocks
+@pytest.mark.parametrize("chunks, kind", [(None, "mlp"), (8, "block")])
+def test_peak_memory_is_lower_on_a_wider_wan(slicer, pack, chunks, kind):
     """1024 video tokens, width 128, FFN 1024: the FFN's hidden layer dominates the unpatched peak."""
     model = models.wan(seed=0, dim=128, ffn_dim=1024, num_heads=2, num_layers=2)
     gen = torch.Generator().manual_seed(0)
@@ -193,7 +195,7 @@ def test_peak_memory_is_lower_on_a_wider_wan(slicer, pack, chunks):
     assert close(out, reference)
     stats = slicer.last_slice_stats(sliced)
     print(f"chunks {chunks}: peak {plain} -> {low} bytes, {stats.summary()}")
-    assert stats.calls["block"] == 2
+    assert stats.calls[kind] == 2 and ("block" in stats.calls) == (kind == "block")
     assert low < plain / 2, (low, plain)
 
 
@@ -271,11 +273,11 @@ def test_per_frame_modulation_is_cut_with_the_frames(slicer, pack):
 
 
 def test_block_slicing_lowers_the_peak_threefold_where_the_mlp_is_wide(slicer, pack):
-    """4096 video tokens, width 256, FFN 8x: unpatched, the FFN's hidden layer (before and after its
+    """8192 video tokens, width 256, FFN 8x: unpatched, the FFN's hidden layer (before and after its
     activation) is most of the peak; sliced, the block holds its input, keys, values and output whole."""
     model = models.wan(seed=0, dim=256, ffn_dim=2048, num_heads=2, num_layers=2)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 16, 4, 64, 64, generator=gen)
+    x = torch.randn(1, 16, 8, 64, 64, generator=gen)
     context = torch.randn(1, 8, 32, generator=gen)
     sigma = torch.full((1,), 0.5)
     plain, reference = one_call_peak(model, x, sigma, context)
