@@ -179,14 +179,12 @@ def one_call_peak(model, x, sigma, context):
     return peak.peak_bytes, out
 
 
-# auto: 1024 tokens are too few to cut a whole block (its matrix products would lose efficiency), so
-# the operators are sliced one by one; a forced count slices the blocks
-@pytest.mark.parametrize("chunks, kind", [(None, "mlp"), (8, "block")])
-def test_peak_memory_is_lower_on_a_wider_wan(slicer, pack, chunks, kind):
-    """1024 video tokens, width 128, FFN 1024: the FFN's hidden layer dominates the unpatched peak."""
-    model = models.wan(seed=0, dim=128, ffn_dim=1024, num_heads=2, num_layers=2)
+def wan_call_peaks(slicer, chunks, size: dict, frames: int, side: int):
+    """Peak bytes of one call of a 2-block Wan (`frames` latent frames of side x side) unpatched and
+    sliced, after checking their outputs agree; and what the sliced call cut."""
+    model = models.wan(seed=0, num_heads=2, num_layers=2, **size)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 16, 4, 32, 32, generator=gen)
+    x = torch.randn(1, 16, frames, side, side, generator=gen)
     context = torch.randn(1, 8, 32, generator=gen)
     sigma = torch.full((1,), 0.5)
     plain, reference = one_call_peak(model, x, sigma, context)
@@ -194,7 +192,16 @@ def test_peak_memory_is_lower_on_a_wider_wan(slicer, pack, chunks, kind):
     low, out = one_call_peak(sliced, x, sigma, context)
     assert close(out, reference)
     stats = slicer.last_slice_stats(sliced)
-    print(f"chunks {chunks}: peak {plain} -> {low} bytes, {stats.summary()}")
+    print(f"chunks {chunks}: peak {plain} -> {low} bytes ({plain / low:.2f}x lower), {stats.summary()}")
+    return plain, low, stats
+
+
+# auto: 1024 tokens are too few to cut a whole block (its matrix products would lose efficiency), so
+# the operators are sliced one by one; a forced count slices the blocks
+@pytest.mark.parametrize("chunks, kind", [(None, "mlp"), (8, "block")])
+def test_peak_memory_is_lower_on_a_wider_wan(slicer, pack, chunks, kind):
+    """1024 video tokens, width 128, FFN 1024: the FFN's hidden layer dominates the unpatched peak."""
+    plain, low, stats = wan_call_peaks(slicer, chunks, dict(dim=128, ffn_dim=1024), frames=4, side=32)
     assert stats.calls[kind] == 2 and ("block" in stats.calls) == (kind == "block")
     assert low < plain / 2, (low, plain)
 
@@ -275,16 +282,6 @@ def test_per_frame_modulation_is_cut_with_the_frames(slicer, pack):
 def test_block_slicing_lowers_the_peak_threefold_where_the_mlp_is_wide(slicer, pack):
     """8192 video tokens, width 256, FFN 8x: unpatched, the FFN's hidden layer (before and after its
     activation) is most of the peak; sliced, the block holds its input, keys, values and output whole."""
-    model = models.wan(seed=0, dim=256, ffn_dim=2048, num_heads=2, num_layers=2)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 16, 8, 64, 64, generator=gen)
-    context = torch.randn(1, 8, 32, generator=gen)
-    sigma = torch.full((1,), 0.5)
-    plain, reference = one_call_peak(model, x, sigma, context)
-    sliced = slicer.apply_feature_slicer(model)
-    low, out = one_call_peak(sliced, x, sigma, context)
-    assert close(out, reference)
-    stats = slicer.last_slice_stats(sliced)
-    print(f"peak {plain} -> {low} bytes ({plain / low:.2f}x lower), {stats.summary()}")
+    plain, low, stats = wan_call_peaks(slicer, None, dict(dim=256, ffn_dim=2048), frames=8, side=64)
     assert stats.calls["block"] == 2 and stats.slices["block"] >= 8
     assert low * 3 < plain, (low, plain)
