@@ -35,9 +35,9 @@ import torch
 
 from ..cache_core.chunking import (attention_bytes_per_query, plan_chunks, query_axis, attention_arguments,
                                    run_sliced, sliced_attention)
-from .memory_attention import QUERY_BLOCK, grouped_self_attention, memoized
-from .memory_block import BLOCK, BlockRule, grouped_block
-from .units import own_forward, standing_in, submodule
+from .memory_attention import QUERY_BLOCK, context_memos, grouped_self_attention
+from .memory_block import BlockRule
+from .units import optional_submodule, own_forward, standing_in, submodule
 
 MLP, CROSS_ATTENTION, PER_PICTURE, SELF_ATTENTION = "mlp", "cross_attention", "per_picture", "self_attention"
 TEMPORAL = "temporal"
@@ -61,6 +61,14 @@ class SliceRule:
     token_args: tuple = ()   # SELF_ATTENTION: per-token args (rotary frequencies) as (position, name, axis)
     sliced_kwargs: tuple = ()  # kwargs cut along with the first input when they span the axis
     inner: str = ""          # a method the module's own forward calls: it is sliced instead, during that forward
+
+    def stand_in(self, module, settings):
+        """The stand-in for `module` during one model call (BlockRule has the same method)."""
+        if self.inner:
+            return inner_sliced(module, self, settings)
+        if self.kind == SELF_ATTENTION:
+            return grouped_self_attention(module, self, settings)
+        return sliced_forward(module, self, settings)
 
 
 @dataclass(frozen=True)
@@ -220,7 +228,7 @@ class MemoryAdapter:
     def stand_ins(self, settings: SliceSettings) -> dict:
         # a module another method already stands in for (DeepCache's reused blocks) is left to it:
         # its stand-in need not be slice-independent
-        return {module: stand_in_maker(rule)(module, rule, settings)
+        return {module: rule.stand_in(module, settings)
                 for module, rule in self.targets if "forward" not in module.__dict__}
 
     def attention_override(self, settings: SliceSettings, previous=None):
@@ -253,12 +261,6 @@ class MemoryAdapter:
         return override
 
 
-def stand_in_maker(rule):
-    if getattr(rule, "inner", ""):  # a SliceRule's inner method (a BlockRule has none)
-        return inner_sliced
-    return {SELF_ATTENTION: grouped_self_attention, BLOCK: grouped_block}.get(rule.kind, sliced_forward)
-
-
 def sliced_forward(module, rule: SliceRule, settings: SliceSettings, forward=None):
     forward = forward or own_forward(module)
 
@@ -274,7 +276,7 @@ def sliced_forward(module, rule: SliceRule, settings: SliceSettings, forward=Non
         if chunks <= 1:
             return forward(x, *args, **kwargs)
         settings.stats.add(rule.kind, chunks)
-        with standing_in(context_memos(module, rule)), within_slices(rule, settings, budget):
+        with standing_in(cross_attention_memos(module, rule)), within_slices(rule, settings, budget):
             return run_sliced(forward, x, rule.axis, chunks, *args, sliced_args=rule.sliced_args,
                               sliced_kwargs=rule.sliced_kwargs, align=1 if rule.axis == 0 else TOKEN_BLOCK, **kwargs)
     run.feature_slicer = True
@@ -327,21 +329,12 @@ def submodules(block, path: str) -> list:
     return found
 
 
-def context_memos(module, rule: SliceRule) -> dict:
-    """Cross-attention: its projections of the context run once for all slices (every slice
-    passes the same context). A projection someone watches with hooks is left alone."""
-    memos = {}
+def cross_attention_memos(module, rule: SliceRule) -> dict:
+    """Cross-attention: its projections of the context run once for all slices."""
     if rule.kind != CROSS_ATTENTION:
-        return memos
-    for path in rule.children:
-        try:
-            child = submodule(module, path)
-        except AttributeError:
-            continue
-        if child._forward_hooks or child._forward_pre_hooks or "forward" in child.__dict__:
-            continue
-        memos[child] = memoized(own_forward(child))
-    return memos
+        return {}
+    return context_memos([child for child in (optional_submodule(module, path) for path in rule.children)
+                          if child is not None])
 
 
 def find_memory_adapter(diffusion_model) -> Optional[MemoryAdapter]:

@@ -170,6 +170,13 @@ def memoized(forward):
     return run
 
 
+def context_memos(projections) -> dict:
+    """Projections of a context that every slice passes whole: computed once for all slices.
+    A projection someone watches with hooks or stands in for is left alone."""
+    return {child: memoized(own_forward(child)) for child in projections
+            if not watched(child) and "forward" not in child.__dict__}
+
+
 def grouped_self_attention(module, rule, settings):
     """The module-level stand-in for one self-attention module: both passes over slices of its input."""
     parts = SelfAttentionParts(module, rule)

@@ -19,14 +19,15 @@ forward that does not go as expected.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
 import torch
 
 from ..cache_core.chunking import slice_bounds
-from .memory_attention import QUERY_BLOCK, SelfAttentionParts, Unexpected, into, memoized, watched
-from .units import own_forward, standing_in, submodule
+from .memory_attention import QUERY_BLOCK, SelfAttentionParts, Unexpected, context_memos, into, watched
+from .units import optional_submodule, own_forward, standing_in, submodule
 
 BLOCK = "block"
 # A slice runs every matrix product of the block: below about a thousand rows they lose efficiency
@@ -43,6 +44,9 @@ class BlockRule:
     context_projections: tuple = ()  # paths of projections of the context: computed once for all slices
     path: str = ""           # the rule applies to the block itself
     kind: str = BLOCK
+
+    def stand_in(self, block, settings):
+        return grouped_block(block, self, settings)
 
 
 class KeysKept(Exception):
@@ -101,6 +105,18 @@ def uncut_token_tensor(arguments: dict, names: set, length: int) -> bool:
                for k, v in arguments.items() if k not in names)
 
 
+@functools.lru_cache(maxsize=64)
+def method_signature(function) -> inspect.Signature:
+    """A block class's forward signature without `self`, computed once (stand-ins are made every call)."""
+    signature = inspect.signature(function)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+def forward_signature(forward) -> inspect.Signature:
+    function = getattr(forward, "__func__", None)  # a bound method: the class's own forward
+    return method_signature(function) if function is not None else inspect.signature(forward)
+
+
 def named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict):
     """The call's arguments by name (extra keywords of a `**kwargs` forward flattened in), or None
     for a call this can't re-issue by name (extra positional arguments)."""
@@ -126,16 +142,12 @@ def named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict):
 
 def grouped_block(block, rule: BlockRule, settings):
     forward = own_forward(block)
-    signature = inspect.signature(forward)
+    signature = forward_signature(forward)
     x_name = next(iter(signature.parameters))  # the tokens: the forward's first argument
     attention_module = submodule(block, rule.attention.path)
     attention = SelfAttentionParts(attention_module, rule.attention)
-    projections = []
-    for path in rule.context_projections:
-        try:
-            projections.append(submodule(block, path))
-        except AttributeError:
-            pass
+    projections = [child for child in (optional_submodule(block, path) for path in rule.context_projections)
+                   if child is not None]
 
     def run(*args, **kwargs):
         arguments = named_arguments(signature, args, kwargs)
@@ -225,9 +237,3 @@ def grouped_block(block, rule: BlockRule, settings):
     run.feature_slicer = True
     return run
 
-
-def context_memos(projections) -> dict:
-    """Projections of the context run once for all slices (every slice passes the same context).
-    A projection someone watches with hooks or stands in for is left alone."""
-    return {child: memoized(own_forward(child)) for child in projections
-            if not watched(child) and "forward" not in child.__dict__}

@@ -37,6 +37,14 @@ def submodule(root: torch.nn.Module, path: str):
     return module
 
 
+def optional_submodule(root: torch.nn.Module, path: str):
+    """The submodule at `path`, or None where this block has none (a model variant without it)."""
+    try:
+        return submodule(root, path)
+    except AttributeError:
+        return None
+
+
 @contextlib.contextmanager
 def standing_in(replacements: dict):
     """Run `module` as `fn` (module -> fn, where fn receives the module's call arguments)
