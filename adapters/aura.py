@@ -16,8 +16,7 @@ from .block_stack import BlockStackAdapter, StackSpec
 from .units import standing_in, token_refresh
 from ..cache_core.tokens import TokenLayout, value_norm_score
 
-SPEC = StackSpec("auraflow", ("MMDiT",), (("double_block", "double_layers"), ("single_block", "single_layers")),
-                 outputs=("img", "txt"))
+SPEC = StackSpec((("double_block", "double_layers"), ("single_block", "single_layers")), outputs=("img", "txt"))
 # The MLP and value projection of each stream: (stream, mlp attribute, value projection of attn)
 DOUBLE_STREAMS = (("txt", "mlpC", "w1v"), ("img", "mlpX", "w2v"))
 SINGLE_STREAMS = (("seq", "mlp", "w1v"),)
@@ -36,8 +35,6 @@ class AuraFlowAdapter(BlockStackAdapter):
 
     @classmethod
     def for_model(cls, diffusion_model):
-        if type(diffusion_model).__name__ not in SPEC.model_classes:
-            return None
         if not all(hasattr(diffusion_model, a) for _, a in SPEC.block_lists):
             return None  # SD3's MMDiT shares the class name; it has joint_blocks instead
         doubles, singles = diffusion_model.double_layers, diffusion_model.single_layers
@@ -69,8 +66,8 @@ class AuraFlowAdapter(BlockStackAdapter):
         return {"seq": TokenLayout(txt_len, grid, args["img"].shape[1])}
 
     # --- full and conservative block calls ---------------------------------------
-    def full(self, kind, block, args, original, record):
-        if not record:
+    def full(self, kind, block, args, original, keep_units):
+        if not keep_units:
             return original(args), None
         seen, handles = {}, []
         heads = block.attn.n_heads

@@ -13,15 +13,13 @@ from typing import Optional
 
 import torch
 
-from .base import BlockStack
+from .base import FamilyAdapter
 from .units import UnitRecorder, UnitSpec, conservative_units, standing_in, submodule
 from ..cache_core.tokens import TokenLayout
 
 
 @dataclass(frozen=True)
 class StackSpec:
-    family: str
-    model_classes: tuple      # class names of the diffusion model this spec describes
     block_lists: tuple        # (patch kind, attribute holding the block list), in run order
     outputs: tuple = ("img",)  # keys of a block's output dict; "img" carries the residual
     units: Optional[UnitSpec] = None  # token-wise conservative steps; None: block level
@@ -32,30 +30,24 @@ class StackSpec:
 WAN_UNITS = UnitSpec(reused=("self_attn", "cross_attn"), tokenwise=("ffn",), value="self_attn.v")
 LTXV_UNITS = UnitSpec(reused=("attn1", "attn2"), tokenwise=("ff",), value="attn1.to_v", heads="attn1.heads")
 
-SPECS = (
-    StackSpec("wan", ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"), (("double_block", "blocks"),),
-              units=WAN_UNITS),
-    StackSpec("ltxv", ("LTXVModel",), (("double_block", "transformer_blocks"),), units=LTXV_UNITS,
-              patch=(1, 1, 1)),
-    StackSpec("qwen-image", ("QwenImageTransformer2DModel",), (("double_block", "transformer_blocks"),),
-              ("img", "txt")),
-    StackSpec("sd3", ("OpenAISignatureMMDITWrapper", "MMDiT"), (("double_block", "joint_blocks"),), ("img", "txt")),
-    StackSpec("mochi", ("AsymmDiTJoint",), (("double_block", "blocks"),), ("img", "txt")),
-)
+WAN = StackSpec((("double_block", "blocks"),), units=WAN_UNITS)
+LTXV = StackSpec((("double_block", "transformer_blocks"),), units=LTXV_UNITS, patch=(1, 1, 1))
+QWEN_IMAGE = StackSpec((("double_block", "transformer_blocks"),), ("img", "txt"))
+SD3 = StackSpec((("double_block", "joint_blocks"),), ("img", "txt"))
+MOCHI = StackSpec((("double_block", "blocks"),), ("img", "txt"))
 
 
-class BlockStackAdapter(BlockStack):
+class BlockStackAdapter(FamilyAdapter):
     def __init__(self, diffusion_model, spec: StackSpec):
         self.spec = spec
-        self.family = spec.family
         self.tokenwise = spec.units is not None
         self.level = "token-wise" if self.tokenwise else "block"
         self.blocks = {}
-        self.keys = []
+        self.block_ids = []
         for kind, attribute in spec.block_lists:
             for i, block in enumerate(getattr(diffusion_model, attribute)):
                 self.blocks[(kind, i)] = block
-                self.keys.append((kind, i))
+                self.block_ids.append((kind, i))
         self._params = {id(b): sum(p.numel() for p in b.parameters()) for b in self.blocks.values()}
         self._width = getattr(diffusion_model, "dim", None) or getattr(diffusion_model, "hidden_size", 0)
         if self.tokenwise:  # parameters of the units a conservative step recomputes, per block
@@ -64,12 +56,9 @@ class BlockStackAdapter(BlockStack):
                                       for b in self.blocks.values()}
 
     @classmethod
-    def for_model(cls, diffusion_model):
-        name = type(diffusion_model).__name__
-        for spec in SPECS:
-            if name in spec.model_classes and all(hasattr(diffusion_model, a) for _, a in spec.block_lists):
-                return cls(diffusion_model, spec)
-        return None
+    def for_model(cls, diffusion_model, spec: StackSpec):
+        """An adapter if the model has the spec's block lists (the registry matched its class)."""
+        return cls(diffusion_model, spec) if all(hasattr(diffusion_model, a) for _, a in spec.block_lists) else None
 
     def block(self, kind, index):
         return self.blocks[(kind, index)]
@@ -100,8 +89,8 @@ class BlockStackAdapter(BlockStack):
             grid = ()
         return {"img": TokenLayout(0, grid, tokens)}
 
-    def full(self, kind, block, args, original, record):
-        if not record:
+    def full(self, kind, block, args, original, keep_units):
+        if not keep_units:
             return original(args), None
         heads = submodule(block, self.spec.units.heads)
         with UnitRecorder(block, self.spec.units, heads).recording("img") as seen:

@@ -17,18 +17,12 @@ import math
 
 import torch
 
-from .base import BlockStack
+from .base import FamilyAdapter
 from ..cache_core.tokens import TokenLayout, gather_tokens, scatter_tokens, value_norm_score
-
-try:  # the host's modulation helper; a trivial fallback keeps newer hosts working
-    from comfy.ldm.flux.layers import apply_mod as _host_apply_mod
-except ImportError:  # pragma: no cover
-    _host_apply_mod = None
 
 
 def apply_mod(tensor, mult, add=None):
-    if _host_apply_mod is not None:
-        return _host_apply_mod(tensor, mult, add)
+    """Modulation as the host's Flux layers apply it without per-frame ranges."""
     return tensor * mult if add is None else torch.addcmul(add, tensor, mult)
 
 
@@ -93,8 +87,7 @@ def qkv_value_score(qkv: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     return value_norm_score(v)
 
 
-class FluxAdapter(BlockStack):
-    family = "flux"
+class FluxAdapter(FamilyAdapter):
     level = "token-wise"
     tokenwise = True
 
@@ -104,13 +97,11 @@ class FluxAdapter(BlockStack):
         self.single_blocks = list(diffusion_model.single_blocks)
         skip_double = set(getattr(diffusion_model, "skip_mmdit", ()) or ())
         skip_single = set(getattr(diffusion_model, "skip_dit", ()) or ())
-        self.keys = [("double_block", i) for i in range(len(self.double_blocks)) if i not in skip_double]
-        self.keys += [("single_block", i) for i in range(len(self.single_blocks)) if i not in skip_single]
+        self.block_ids = [("double_block", i) for i in range(len(self.double_blocks)) if i not in skip_double]
+        self.block_ids += [("single_block", i) for i in range(len(self.single_blocks)) if i not in skip_single]
         self.patch_size = getattr(diffusion_model, "patch_size", 2)
         # Flux and Chroma join [text; image] for the single blocks, HunyuanVideo [image; text]
         self.text_first = type(diffusion_model).__name__ != "HunyuanVideo"
-        if not self.text_first:
-            self.family = "hunyuan-video"
 
     @classmethod
     def for_model(cls, diffusion_model):
@@ -178,9 +169,9 @@ class FluxAdapter(BlockStack):
         prefix = txt_len if self.text_first else 0
         return {"seq": TokenLayout(prefix, grid, args["img"].shape[1])}
 
-    def full(self, kind: str, block, args: dict, original, record: bool):
-        """Run the host's block; with `record`, also return what conservative steps reuse."""
-        if not record:
+    def full(self, kind: str, block, args: dict, original, keep_units: bool):
+        """Run the host's block; with `keep_units`, also return what conservative steps reuse."""
+        if not keep_units:
             return original(args), None
         dim, heads = block.hidden_size, block.num_heads
         score = lambda qkv: qkv_value_score(qkv, heads, dim)  # noqa: E731

@@ -1,79 +1,34 @@
-"""ComfyUI's U-Net (UNetModel: SD1.x, SD2.x, SDXL and their fine-tunes): DeepCache, and
-schedules / calibration on its transformer layers (unet_schedule.py).
-
-The host's own `_forward` runs on every step, unchanged: ControlNet and T2I residuals,
-`input_block_patch` / `output_block_patch` (FreeU, ...) and attention patches are applied
-where the host applies them. On a reuse step the deep part is stood in for, for that one
-call (units.standing_in), layer by layer, because `_forward` iterates over each block's
-layers (forward_timestep_embed) instead of calling the block:
-
-    input blocks 0..b        run                     (b: the branch)
-    input blocks b+1..N-1    placeholders            (their skips feed only skipped blocks)
-    middle block             placeholder, or the kept feature when b = N-1
-    output blocks 0..N-3-b   placeholders
-    output block N-2-b       the feature kept at the last full step
-    output blocks N-1-b..    run, each with its fresh skip from input block N-1-j
-
-Output block j consumes the skip of input block N-1-j, so the branch's output block
-N-1-b gets the kept deep feature and the fresh skip of input block b. A skipped block's
-layers return their input, except the last, which returns the placeholder (a tensor of the
-block's recorded output shape; never read) or the kept feature (a copy: the host may add a
-ControlNet residual or a patch to it in place). The first stand-in that runs fetches and
-checks everything the reuse needs before any layer is skipped; if that fails, every
-stand-in of the call runs its layer's own forward (the call is computed as usual) and
-caching is switched off for the rest of the run.
-
-On a full step forward hooks on each block's last layer record the block output shapes and
-keep the deep feature; once per call key, hooks count each block's (and each transformer
-unit's) multiply-adds.
+"""ComfyUI's U-Net (UNetModel: SD1.x, SD2.x, SDXL and their fine-tunes) as units: its blocks in the
+order `_forward` runs them, which of them a DeepCache branch computes, its transformer layers (the
+units schedules decide on), and hooks that record block outputs and count FLOPs. The host's
+`_forward` always runs unchanged; methods stand in for layers during a call (docs/METHODS.md).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
-from .base import BlockStack
-from .units import own_forward, standing_in
-from .unet_schedule import scheduled_call, transformer_units
-from ..cache_core.deepcache import DeepCacheConfig
-from ..cache_core.plan import Action
+from .base import FamilyAdapter
 
-FEATURE = "deepcache_feature"   # store: the deep feature entering the branch's output block
-SHAPES = "deepcache_shapes"     # store: {block: (shape, dtype, device)} of each block's output
-FLOPS = "deepcache_flops"       # store: {block: FLOPs of one call} for this call key
-UNIT_FLOPS = "unit_flops"       # store: [FLOPs of one call per transformer unit] for this call key
-BLOCK_KINDS = ("input", "middle", "output")
+TRANSFORMER_CLASSES = ("SpatialTransformer",)  # subclasses (SpatialVideoTransformer) match too
 
 
-def deepcache_settings(config) -> DeepCacheConfig:
-    """DeepCache settings for a run: the node's own, or the flagship's DuCa settings mapped.
-
-    DuCa's interval N becomes DeepCache interval N - 1 at branch 0 (presets quality / balanced
-    / fast: 3 / 4 / 6 -> 2 / 3 / 5). A U-Net has no token-wise conservative step, so DuCa's
-    cycle F C A (C ...) would compute its C steps in full; N - 1 keeps the presets' order, and
-    start / end / first_full_steps / cache_device / a fixed plan carry over as they are.
-    """
-    if isinstance(config, DeepCacheConfig):
-        return config
-    return DeepCacheConfig(interval=max(1, config.interval - 1), branch=0, first_full_steps=config.first_full_steps,
-                           start=config.start, end=config.end, cache_device=config.cache_device, plan=config.plan)
+def is_transformer_unit(layer) -> bool:
+    return any(cls.__name__ in TRANSFORMER_CLASSES for cls in type(layer).__mro__)
 
 
-class UNetAdapter(BlockStack):
-    family = "unet"
+class UNetAdapter(FamilyAdapter):
     level = "deepcache"
-    tokenwise = False
-    step_level = False
 
     def __init__(self, diffusion_model):
-        self.keys = []  # no `patches_replace["dit"]` blocks: the work happens in around_call
+        self.block_ids = []  # no `patches_replace["dit"]` blocks: methods work around the model call
         self.inputs = list(diffusion_model.input_blocks)
         self.middle = diffusion_model.middle_block
         self.outputs = list(diffusion_model.output_blocks)
-        self.family = _family(diffusion_model)
-        self.units = transformer_units(self.blocks())
+        self.variant = _variant(diffusion_model)
+        # the transformer layers, in run order: the units a schedule decides on
+        self.units = [layer for _, block in self.blocks() for layer in block if is_transformer_unit(layer)]
 
     @classmethod
     def for_model(cls, diffusion_model):
@@ -86,10 +41,6 @@ class UNetAdapter(BlockStack):
             return None  # a layout whose skips don't pair one to one: not the U-Net this knows
         return cls(diffusion_model)
 
-    @staticmethod
-    def grid(x) -> tuple:
-        return ()
-
     # --- settings ------------------------------------------------------------
     @property
     def max_branch(self) -> int:
@@ -101,16 +52,7 @@ class UNetAdapter(BlockStack):
             raise ValueError(f"{name} must be in [0, {self.max_branch}] for this U-Net ({len(self.inputs)} input "
                              f"blocks; 0 reuses the most), got {branch}")
 
-    def plan_for(self, config, num_steps: int):
-        settings = deepcache_settings(config)
-        self.check_branch(settings.branch)
-        return settings.plan_for(num_steps)
-
     # --- schedules ---------------------------------------------------------------
-    @property
-    def schedule_family(self) -> str:
-        return "unet"  # SD1, SD2 and SDXL alike: the unit count tells layouts apart
-
     def schedule_units(self) -> list:
         return [f"transformer.{i}" for i in range(len(self.units))]
 
@@ -133,81 +75,22 @@ class UNetAdapter(BlockStack):
         skipped = [name for name, _ in self.blocks() if name not in computed]
         return computed, skipped, feature
 
-    # --- the call ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def around_call(self, run, call):
-        blocks = dict(self.blocks())
-        store, key = run.store, call.key
-        flops = store.get(key, FLOPS)
-        counted, handles = {}, []
-        if flops is None:  # the first call of this key computes: count each block's and unit's FLOPs
-            handles = self._flop_hooks({**blocks, **self.named_units()}, counted)
-        try:
-            if run.schedule is not None or run.profile is not None:
-                with scheduled_call(run, call, self.units, store.get(key, UNIT_FLOPS), flops):
-                    yield
-            else:
-                with self._deepcache_call(run, call, blocks, flops):
-                    yield
-        finally:
-            for handle in handles:
-                handle.remove()
-        if flops is None:
-            flops = {name: counted.get(name, 0.0) for name in blocks}
-            store.put(key, FLOPS, flops)
-            store.put(key, UNIT_FLOPS, [counted.get(name, 0.0) for name in self.named_units()])
-            record = run.stats.record(call.step)
-            record.block_flops_full += sum(flops.values())
-            record.block_flops_done += sum(flops.values())
-
-    @contextlib.contextmanager
-    def _deepcache_call(self, run, call, blocks, flops):
-        """DeepCache: a reuse call stands in for the deep part; a full call keeps the deep
-        feature when a later step reuses it. `flops` None: counted by the caller."""
-        branch = deepcache_settings(run.config).branch
-        computed, skipped, feature_block = self.layout(branch)
-        store, key = run.store, call.key
-        shapes = store.get(key, SHAPES) or {}
-        record = run.stats.record(call.step)
-        reuse = (call.action is Action.AGGRESSIVE and not run.disabled and flops is not None
-                 and store.has(key, FEATURE) and all(name in shapes for name in skipped))
-        if reuse:
-            reuse_call = DeepCacheReuse(run, call, shapes, feature_block)
-            with standing_in(reuse_call.stand_ins(blocks, skipped)):
-                yield
-            record.block_flops_full += sum(flops.values())
-            record.block_flops_done += sum(flops.values() if reuse_call.failed else (flops[n] for n in computed))
-            return
-
-        later_reuse = any(s.action is Action.AGGRESSIVE for s in run.plan.steps[call.step + 1:])
-        keep = later_reuse and not run.disabled
-        seen_shapes, kept, handles = {}, {}, []
-        try:
-            if keep:
-                handles += self._recording_hooks(blocks, feature_block, seen_shapes, kept)
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-        if keep and FEATURE in kept:
-            store.put(key, SHAPES, {**shapes, **seen_shapes})
-            store.put(key, FEATURE, kept[FEATURE])
-        if flops is not None:
-            record.block_flops_full += sum(flops.values())
-            record.block_flops_done += sum(flops.values())
-
+    # --- hooks ---------------------------------------------------------------------
     @staticmethod
-    def _recording_hooks(blocks, feature_block, shapes, kept) -> list:
+    def output_hooks(blocks, kept_block, shapes, kept) -> list:
+        """Forward hooks on each block's last layer: its output's (shape, dtype, device) into
+        `shapes`, and a copy of `kept_block`'s output into `kept` (the host adds residuals to it
+        in place)."""
         def hook(name):
-            def record(_module, _args, out):
+            def note(_module, _args, out):
                 shapes[name] = (tuple(out.shape), out.dtype, out.device)
-                if name == feature_block:  # copied: the host adds residuals to it in place
-                    kept[FEATURE] = out.detach().clone()
-            return record
+                if name == kept_block:
+                    kept[name] = out.detach().clone()
+            return note
         return [list(block)[-1].register_forward_hook(hook(name)) for name, block in blocks.items()]
 
     @staticmethod
-    def _flop_hooks(blocks, counted) -> list:
+    def flop_hooks(blocks, counted) -> list:
         """Forward hooks adding each block's FLOPs (2 x multiply-adds) of convolutions, linear
         layers and attention's two matrix products (from its q, k and v projections)."""
         handles = []
@@ -229,67 +112,6 @@ class UNetAdapter(BlockStack):
         return handles
 
 
-class DeepCacheReuse:
-    """Stand-ins for one DeepCache reuse call (see the module docstring)."""
-
-    def __init__(self, run, call, shapes, feature_block):
-        self.run, self.call, self.shapes, self.feature_block = run, call, shapes, feature_block
-        self.ready = self.failed = False
-        self.feature, self.placeholders, self.skipped = None, {}, ()
-
-    def prepare(self, x: torch.Tensor) -> None:
-        """The kept feature and the placeholders, checked against the live input, before any
-        layer is skipped."""
-        shape, dtype, device = self.shapes[self.feature_block]
-        feature = self.run.store.get(self.call.key, FEATURE, device=device)
-        if feature is None or tuple(feature.shape) != tuple(shape) or feature.shape[0] != x.shape[0]:
-            raise RuntimeError(f"kept deep feature {getattr(feature, 'shape', None)} does not fit this call "
-                               f"(expected {tuple(shape)}, batch {x.shape[0]})")
-        self.feature = feature.to(x.device)
-        for name in self.skipped:
-            shape, dtype, device = self.shapes[name]
-            if (shape, dtype, device) not in self.placeholders:  # shared: nothing reads them
-                self.placeholders[(shape, dtype, device)] = torch.empty(shape, dtype=dtype, device=device)
-        self.ready = True
-
-    def stand_ins(self, blocks, skipped) -> dict:
-        def passthrough(x, *args, **kwargs):
-            return x
-
-        def placeholder(name):
-            return lambda *args, **kwargs: self.placeholders[self.shapes[name]]
-
-        def kept_feature(*args, **kwargs):
-            return self.feature.clone()  # the host may add a residual to it in place
-
-        self.skipped = tuple(skipped)
-        stand_ins = {}
-        for name in skipped:
-            layers = list(blocks[name])
-            for layer in layers[:-1]:
-                stand_ins[layer] = self._guarded(layer, passthrough)
-            last = kept_feature if name == self.feature_block else placeholder(name)
-            stand_ins[layers[-1]] = self._guarded(layers[-1], last)
-        return stand_ins
-
-    def _guarded(self, layer, role):
-        forward = own_forward(layer)
-
-        def run(*args, **kwargs):
-            if not self.ready and not self.failed:
-                try:
-                    self.prepare(args[0] if args else kwargs["x"])
-                except Exception as error:  # never fail a user's run over a cache problem
-                    if type(error).__name__ == "InterruptProcessingException":
-                        raise
-                    self.failed = True
-                    self.run.switch_off(self.call, error, "DeepCache's deep branch")
-            if self.failed:
-                return forward(*args, **kwargs)
-            return role(*args, **kwargs)
-        return run
-
-
 def _attention_hooks(attention, add) -> list:
     """q [B, N, dq], k [B, M, dq], v [B, M, dv]: q k^T and the weighted sum of v cost
     2 B N M (dq + dv) FLOPs, whatever attention kernel the host picks."""
@@ -307,13 +129,13 @@ def _attention_hooks(attention, add) -> list:
     return handles + [attention.register_forward_hook(count)]
 
 
-def _family(diffusion_model) -> str:
-    """A name for the log: SDXL-like (label embedding from pooled text), SD2-like, SD1-like."""
+def _variant(diffusion_model) -> str:
+    """For the log: SDXL-like (label embedding from pooled text), SD2-like, SD1-like, or ""."""
     if getattr(diffusion_model, "num_classes", None) == "sequential":
-        return "unet (SDXL-like)"
+        return "SDXL-like"
     for module in diffusion_model.modules():
         attn2 = getattr(module, "attn2", None)
         to_k = getattr(attn2, "to_k", None)
         if isinstance(to_k, torch.nn.Linear):
-            return {768: "unet (SD1-like)", 1024: "unet (SD2-like)"}.get(to_k.in_features, "unet")
-    return "unet"
+            return {768: "SD1-like", 1024: "SD2-like"}.get(to_k.in_features, "")
+    return ""

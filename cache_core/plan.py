@@ -6,7 +6,6 @@ sigma schedule (step i runs at sigmas[i]), never by counting model calls.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -26,13 +25,6 @@ class Action(str, Enum):
 class StepPlan:
     action: Action
     refresh_ratio: float = 0.0  # fraction of tokens recomputed on a conservative step
-
-    def to_dict(self) -> dict:
-        return {"action": self.action.value, "refresh_ratio": self.refresh_ratio}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "StepPlan":
-        return cls(Action(data["action"]), float(data.get("refresh_ratio", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -69,22 +61,6 @@ class Plan:
         """The same plan with every `old` step turned into `new` (e.g. for a block-level family)."""
         steps = tuple(StepPlan(new) if s.action is old else s for s in self.steps)
         return Plan(steps, self.method, dict(self.settings))
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, "settings": dict(self.settings),
-                "steps": [s.to_dict() for s in self.steps]}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Plan":
-        return cls(tuple(StepPlan.from_dict(s) for s in data["steps"]),
-                   data.get("method", "duca"), dict(data.get("settings", {})))
-
-    @classmethod
-    def from_json(cls, text: str) -> "Plan":
-        return cls.from_dict(json.loads(text))
 
 
 def all_full_plan(num_steps: int) -> Plan:

@@ -21,20 +21,20 @@ class ChangeProfile:
         self.probe_unit = probe_unit % num_units if num_units else 0
         self._sums = torch.zeros(num_steps, num_units, dtype=torch.float64)
         self._counts = torch.zeros(num_steps, num_units, dtype=torch.float64)
-        self._last = {}    # (call key, unit) -> (step, residual)
-        self._probe = {}   # call key -> {step: probed residual}
+        self._last = {}    # (conditioning group, unit) -> (step, residual)
+        self._probe = {}   # conditioning group -> {step: probed residual}
 
-    def observe(self, key, unit: int, step: int, residual) -> None:
+    def observe(self, group, unit: int, step: int, residual) -> None:
         current = flat(residual)
-        previous = self._last.get((key, unit))
+        previous = self._last.get((group, unit))
         if previous is not None and previous[0] == step - 1 and previous[1].shape == current.shape:
             before = previous[1]
             change = (current - before).abs().mean() / before.abs().mean().clamp_min(1e-12)
             self._sums[step, unit] += float(change)
             self._counts[step, unit] += 1
-        self._last[(key, unit)] = (step, current)
+        self._last[(group, unit)] = (step, current)
         if unit == self.probe_unit:
-            self._probe.setdefault(key, {})[step] = current
+            self._probe.setdefault(group, {})[step] = current
 
     def relative_change(self) -> torch.Tensor:
         """[steps, units]: mean relative L1 change since the previous step (0 where unmeasured)."""

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+FLOPS, MODEL_CALLS = "FLOPs", "model calls"  # what a run's compute is counted in
+
 
 @dataclass
-class StepRecord:
+class StepStats:
     step: int
     action: str = ""
     model_calls: int = 0
-    block_flops_done: float = 0.0
-    block_flops_full: float = 0.0
+    compute_done: float = 0.0   # block compute run at this step (RunStats.compute_unit)
+    compute_full: float = 0.0   # ... and what computing everything would have cost
     tokens_recomputed: int = 0
     tokens_total: int = 0
     cache_bytes: int = 0
@@ -18,9 +20,9 @@ class StepRecord:
 
     @property
     def compute_fraction(self) -> float:
-        if self.block_flops_full == 0:
+        if self.compute_full == 0:
             return 1.0
-        return self.block_flops_done / self.block_flops_full
+        return self.compute_done / self.compute_full
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -32,13 +34,14 @@ class StepRecord:
 class RunStats:
     method: str
     num_steps: int
-    level: str = "block"  # token-wise / block / step: the finest level that ran
+    level: str = "block"  # token-wise / block / step / deepcache: the finest level that ran
+    compute_unit: str = FLOPS  # FLOPs of the blocks, or model calls (families without block hooks)
     steps: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
-    def record(self, step: int) -> StepRecord:
+    def at(self, step: int) -> StepStats:
         if step not in self.steps:
-            self.steps[step] = StepRecord(step)
+            self.steps[step] = StepStats(step)
         return self.steps[step]
 
     @property
@@ -48,17 +51,17 @@ class RunStats:
 
     @property
     def compute_fraction(self) -> float:
-        full = sum(r.block_flops_full for r in self.steps.values())
-        done = sum(r.block_flops_done for r in self.steps.values())
+        full = sum(s.compute_full for s in self.steps.values())
+        done = sum(s.compute_done for s in self.steps.values())
         return done / full if full else 1.0
 
     @property
     def peak_cache_bytes(self) -> int:
-        return max((r.cache_bytes for r in self.steps.values()), default=0)
+        return max((s.cache_bytes for s in self.steps.values()), default=0)
 
     @property
     def wall_seconds(self) -> float:
-        return sum(r.wall_seconds for r in self.steps.values())
+        return sum(s.wall_seconds for s in self.steps.values())
 
     def summary(self) -> str:
         expected = 1.0 / self.compute_fraction if self.compute_fraction > 0 else float("inf")
@@ -68,7 +71,7 @@ class RunStats:
 
     def to_dict(self) -> dict:
         return {"method": self.method, "num_steps": self.num_steps, "level": self.level,
-                "timeline": self.timeline, "compute_fraction": self.compute_fraction,
-                "peak_cache_bytes": self.peak_cache_bytes, "wall_seconds": self.wall_seconds,
-                "notes": list(self.notes),
+                "compute_unit": self.compute_unit, "timeline": self.timeline,
+                "compute_fraction": self.compute_fraction, "peak_cache_bytes": self.peak_cache_bytes,
+                "wall_seconds": self.wall_seconds, "notes": list(self.notes),
                 "steps": [self.steps[i].to_dict() for i in sorted(self.steps)]}

@@ -1,8 +1,8 @@
-"""The per-run cache: tensors keyed by model call and name, with byte accounting.
+"""The per-run cache: tensors keyed by conditioning group and name, with byte accounting.
 
 A sampling run calls the model once per step for every group of conditionings
 the sampler batches together (cond and uncond together or apart, area conds,
-several prompts). Each group is one key, so every conditioning has its own
+several prompts). Each group has its own entries, so every conditioning has its own
 entries. Tensors stay on the compute device unless offloading is asked for.
 """
 from __future__ import annotations
@@ -11,31 +11,38 @@ from typing import Hashable, Optional
 
 import torch
 
+CACHE_DEVICES = ("compute", "cpu")  # where caches live: the compute device, or offloaded to RAM
+
 
 class CacheStore:
     def __init__(self, offload_device: Optional[torch.device] = None):
         self.offload_device = offload_device
         self._entries: dict = {}
 
-    def has(self, key: Hashable, name: Hashable) -> bool:
-        return name in self._entries.get(key, {})
+    @classmethod
+    def on(cls, cache_device: str) -> "CacheStore":
+        """A store for a `cache_device` setting (CACHE_DEVICES)."""
+        return cls(offload_device=torch.device("cpu") if cache_device == "cpu" else None)
 
-    def get(self, key: Hashable, name: Hashable, device=None):
+    def has(self, group: Hashable, name: Hashable) -> bool:
+        return name in self._entries.get(group, {})
+
+    def get(self, group: Hashable, name: Hashable, device=None):
         """A tensor, or a dict of tensors, moved to `device` if it was offloaded."""
-        value = self._entries.get(key, {}).get(name)
+        value = self._entries.get(group, {}).get(name)
         if value is not None and device is not None:
             value = _move(value, torch.device(device))
         return value
 
-    def put(self, key: Hashable, name: Hashable, value) -> None:
+    def put(self, group: Hashable, name: Hashable, value) -> None:
         if self.offload_device is not None:
             value = _move(value, self.offload_device)
-        self._entries.setdefault(key, {})[name] = value
+        self._entries.setdefault(group, {})[name] = value
 
-    def drop(self, key: Hashable) -> None:
-        self._entries.pop(key, None)
+    def drop(self, group: Hashable) -> None:
+        self._entries.pop(group, None)
 
-    def keys(self):
+    def groups(self):
         return list(self._entries)
 
     def nbytes(self) -> int:

@@ -43,11 +43,6 @@ def value_norm_score(v: torch.Tensor) -> torch.Tensor:
     return min_max_normalize(-norms)
 
 
-def frequency_bonus(steps_since_refresh: torch.Tensor, interval: int) -> torch.Tensor:
-    """ToCa's cache-frequency term: tokens reused for longer get priority."""
-    return FREQUENCY_WEIGHT * steps_since_refresh.float() / max(interval, 1)
-
-
 def spatial_spread_bonus(score: torch.Tensor, layout: TokenLayout, cell: int = 2,
                          weight: float = 0.4) -> torch.Tensor:
     """Bonus for the best token of every `cell`-sized patch of the grid.
@@ -135,7 +130,7 @@ class TokenSelector:
         if self.kind == "random" or value_score is None:
             score = random_score(batch, tokens, generator, steps_since_refresh.device)
         else:
-            # value_score + frequency_bonus(...), in one kernel
+            # ToCa's cache-frequency term (tokens reused for longer come first), in one kernel
             score = torch.add(value_score, steps_since_refresh, alpha=FREQUENCY_WEIGHT / max(self.interval, 1))
             if self.kind == "value_norm_spread":
                 score = score + spatial_spread_bonus(score, layout)

@@ -7,15 +7,16 @@ from dataclasses import dataclass
 import torch
 
 from ..adapters import find_adapter
-from ..cache_core import DuCaConfig
 from ..cache_core.schedule_rules import block_caching, step_rehash
+from ..methods import CalibrationConfig
 from . import patch
+from .attach import diffusion_model_of
 
 
 def model_adapter(model, input_name: str = "model"):
     """The adapter of a ComfyUI MODEL, or a clear error naming the input."""
-    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
-    adapter = find_adapter(diffusion_model) if diffusion_model is not None else None
+    diffusion_model = diffusion_model_of(model)
+    adapter = find_adapter(diffusion_model)
     if adapter is None:
         name = type(diffusion_model).__name__ if diffusion_model is not None else type(model).__name__
         raise ValueError(f"{input_name}: {name} is not a model family this pack can schedule")
@@ -25,7 +26,7 @@ def model_adapter(model, input_name: str = "model"):
 def model_units(model, input_name: str = "model"):
     """(family, unit names) a schedule for this model must carry."""
     adapter = model_adapter(model, input_name)
-    return adapter.schedule_family, tuple(adapter.schedule_units())
+    return adapter.family, tuple(adapter.schedule_units())
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,11 @@ class Sampling:
 def measure_change(model, sampling: Sampling, probe_unit: int = -1):
     """Run the model once, computing everything, and profile each unit's change per step
     (and the similarity across steps of unit `probe_unit`'s residual)."""
-    measured = patch.apply_duca(model, DuCaConfig(measure_change=True, probe_unit=probe_unit))
+    measured = patch.apply_duca(model, CalibrationConfig(probe_unit=probe_unit))
     if measured is model:
         raise ValueError("model: not a model family this pack can calibrate")
     sampling.run(measured)
-    return patch.last_profile(measured)
+    return patch.last_result(measured)
 
 
 def block_caching_schedule(model, sampling: Sampling, threshold: float, first_full_steps: int = 1):

@@ -1,8 +1,9 @@
 """The flagship node: "Accelerate (DuCa)"."""
 from __future__ import annotations
 
-from ..cache_core.config import CACHE_DEVICES, PRESETS
+from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import SELECTORS
+from ..methods import PRESETS, ScheduleConfig
 from ..glue.patch import apply_duca
 from ..glue.ui import node_reporter
 from .base import HIDDEN_INPUTS, STEP_WINDOW_INPUTS, ModelPatchNode
@@ -56,7 +57,7 @@ class AccelerateDuCa(ModelPatchNode):
         config = build_config(preset, interval, refresh_ratio, token_selector, first_full_steps,
                               start_percent, end_percent, cache_device)
         if schedule is not None:
-            config = config.with_changes(unit_schedule=schedule)
+            config = ScheduleConfig(schedule, cache_device=cache_device)
         return (apply_duca(model, config, listeners=[node_reporter(unique_id)]),)
 
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..adapters.unet import UNetAdapter
-from ..cache_core.deepcache import SCHEDULES, DeepCacheConfig
+from ..cache_core.deepcache import PLACEMENTS
+from ..methods import DeepCacheConfig
 from ..glue.patch import apply_duca
 from ..glue.ui import node_reporter
 from .base import HIDDEN_INPUTS, STEP_WINDOW_INPUTS, ModelPatchNode
@@ -28,7 +29,7 @@ class DeepCacheUNet(ModelPatchNode):
                                 "The branch: how many input blocks (after the first) still run on reuse steps. "
                                 "0 reuses the most (fastest); higher is closer to the uncached model. Valid "
                                 "range: 0 to the model's input blocks minus 1 (SD1.5 and SD2: 0-11, SDXL: 0-8)."}),
-                "schedule": (list(SCHEDULES), {"default": DEFAULT.schedule, "tooltip":
+                "schedule": (list(PLACEMENTS), {"default": DEFAULT.placement, "tooltip":
                              "uniform: a full step every cache_interval steps. quadratic: DeepCache's "
                              "non-uniform schedule, the same number of full steps gathered around the first "
                              "third of the run."}),
@@ -39,7 +40,7 @@ class DeepCacheUNet(ModelPatchNode):
             "hidden": HIDDEN_INPUTS,
         }
 
-    def apply(self, model, cache_interval=DEFAULT.interval, cache_depth=DEFAULT.branch, schedule=DEFAULT.schedule,
+    def apply(self, model, cache_interval=DEFAULT.interval, cache_depth=DEFAULT.branch, schedule=DEFAULT.placement,
               start_percent=0.0, end_percent=1.0, unique_id=None, **_unknown):
         adapter = unet_adapter(model)
         config = build_config(cache_interval, cache_depth, schedule, start_percent, end_percent)
@@ -60,7 +61,7 @@ def unet_adapter(model) -> UNetAdapter:
 # node input -> (DeepCacheConfig field, accepted values): the error names what the user sees
 INPUTS = {"cache_interval": ("interval", "an integer in [1, 100]"),
           "cache_depth": ("branch", "an integer >= 0"),
-          "schedule": ("schedule", f"one of {list(SCHEDULES)}"),
+          "schedule": ("placement", f"one of {list(PLACEMENTS)}"),
           "start_percent": ("start", "a number in [0, 1]"),
           "end_percent": ("end", "a number in [0, 1]")}
 
@@ -76,5 +77,5 @@ def build_config(cache_interval, cache_depth, schedule, start_percent, end_perce
             raise ValueError(f"{name} must be {accepted}, got {value!r}") from None
     if start_percent > end_percent:
         raise ValueError(f"start_percent ({start_percent}) must not be after end_percent ({end_percent})")
-    return DeepCacheConfig(interval=cache_interval, branch=cache_depth, schedule=schedule,
+    return DeepCacheConfig(interval=cache_interval, branch=cache_depth, placement=schedule,
                            start=start_percent, end=end_percent)

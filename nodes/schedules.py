@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from ..cache_core import DuCaConfig
 from ..cache_core import schedule_rules as rules
-from ..cache_core.config import CACHE_DEVICES
+from ..cache_core.store import CACHE_DEVICES
+from ..methods import ScheduleConfig
 from ..cache_core.schedule import Schedule
 from ..glue import exposure, schedules
-from ..glue.patch import HOLDER_KEY, apply_duca
+from ..glue.patch import KEY, apply_duca
 from ..glue.ui import node_reporter
 from ..glue import schedule_files
 from .base import CATEGORY, HIDDEN_INPUTS, ModelPatchNode
@@ -59,7 +59,7 @@ def sampling_from(positive, negative, latent_image, seed, steps, cfg, sampler_na
 
 
 def uncached(model, node: str):
-    if HOLDER_KEY in model.model_options.get("transformer_options", {}):
+    if KEY in model.model_options.get("transformer_options", {}):
         raise ValueError(f"model: {node} must see the model without caching; connect it before "
                          "Accelerate (DuCa) / Apply Cache Schedule")
     return model
@@ -206,7 +206,7 @@ class ApplyCacheSchedule(ModelPatchNode):
                 "hidden": HIDDEN_INPUTS}
 
     def apply(self, model, schedule, cache_device="compute", unique_id=None, **_unknown):
-        config = DuCaConfig(unit_schedule=schedule, cache_device=cache_device)
+        config = ScheduleConfig(schedule, cache_device=cache_device)
         return (apply_duca(model, config, listeners=[node_reporter(unique_id)]),)
 
 

@@ -1,0 +1,122 @@
+"""Every model family the pack knows, one entry each: how it is recognised, the level it is
+cached at, its blocks, the Feature Slicer's rules for it and its measured preset settings.
+
+A family's `name` is the one name it has everywhere: in run stats and logs, in saved
+schedules (a schedule carries it and must match), in the slicer and in the README table.
+Entries are tried in order; the first whose model classes match and whose adapter accepts
+the model wins.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from . import block_stack, slicing
+from .aura import AuraFlowAdapter
+from .block_stack import BlockStackAdapter, StackSpec
+from .flux import FluxAdapter
+from .step_level import StepAdapter
+from .unet import UNetAdapter
+
+TOKEN_WISE, BLOCK, STEP, DEEPCACHE = "token-wise", "block", "step", "deepcache"
+
+# How the measured settings were chosen: `python3 scripts/host.py python bench/family_defaults.py`
+# (table in bench/RESULTS.md): 20 steps, euler/simple, cfg > 1, seeds 0 and 1; intervals 2-8 x refresh
+# ratios 0.05-0.3 (token-wise families) x first full steps 1-4. Per preset, the setting with the best
+# latent PSNR to the uncached output at the preset's block compute budget (the papers' setting's on the
+# same model, quality >= balanced + 5 points, fast <= balanced - 5), unless the papers' setting is in
+# that band and within 0.5 dB of it.
+RANDOM = "measured on the small model(s) of the host's class with random weights"
+
+
+def measured(quality, balanced, fast) -> dict:
+    """preset -> DuCa settings, from (interval, refresh ratio, first full steps) triples."""
+    return {preset: {"interval": i, "refresh_ratio": r, "first_full_steps": f}
+            for preset, (i, r, f) in zip(("quality", "balanced", "fast"), (quality, balanced, fast))}
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    level: str                  # TOKEN_WISE, BLOCK, STEP or DEEPCACHE: the finest level cached
+    model_classes: tuple        # class names of the host's diffusion model; () matches by structure
+    adapter: Callable           # diffusion model -> its adapter, or None where the layout is not this family's
+    slicing: Optional[slicing.MemorySpec] = None  # Feature Slicer rules (None: not sliced)
+    defaults: dict = field(default_factory=dict)  # preset -> measured DuCa settings ({}: the papers')
+    how_chosen: str = ""        # where `defaults` come from
+
+    def matches(self, diffusion_model) -> bool:
+        return not self.model_classes or type(diffusion_model).__name__ in self.model_classes
+
+
+def stack(spec: StackSpec) -> Callable:
+    return lambda diffusion_model: BlockStackAdapter.for_model(diffusion_model, spec)
+
+
+def step(name: str) -> Callable:
+    return lambda diffusion_model: StepAdapter(name)
+
+
+FAMILIES = (
+    Family("hunyuan-video", TOKEN_WISE, ("HunyuanVideo",), FluxAdapter.for_model, slicing.HUNYUAN_VIDEO,
+           measured((3, 0.3, 1), (3, 0.05, 1), (6, 0.2, 1)), RANDOM),
+    # Flux, Chroma and others built from the host's Flux block classes
+    Family("flux", TOKEN_WISE, (), FluxAdapter.for_model,
+           defaults=measured((3, 0.15, 3), (4, 0.1, 3), (6, 0.1, 3)),
+           how_chosen="papers' (tuned on Flux-dev); the small trained Flux preferred 4/0.05/4, 5/0.05/4, "
+                      "4/0.1/1 by about 2 dB (bench/RESULTS.md)"),
+    Family("wan", TOKEN_WISE, ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"), stack(block_stack.WAN), slicing.WAN,
+           measured((4, 0.3, 3), (4, 0.1, 3), (6, 0.3, 1)),
+           f"{RANDOM} (Wan 2.1 t2v and i2v, Wan 2.2 5B); balanced: papers', no setting won by 0.5 dB"),
+    Family("ltxv", TOKEN_WISE, ("LTXVModel",), stack(block_stack.LTXV), slicing.LTXV,
+           measured((4, 0.1, 4), (4, 0.1, 3), (6, 0.2, 1)), f"{RANDOM}; balanced: papers', no setting won by 0.5 dB"),
+    Family("qwen-image", BLOCK, ("QwenImageTransformer2DModel",), stack(block_stack.QWEN_IMAGE),
+           defaults=measured((4, 0.1, 4), (4, 0.1, 4), (3, 0.1, 1)),
+           how_chosen=f"{RANDOM} (Qwen-Image and Qwen-Image-Edit); block level"),
+    Family("sd3", BLOCK, ("OpenAISignatureMMDITWrapper", "MMDiT"), stack(block_stack.SD3),
+           defaults=measured((4, 0.1, 3), (4, 0.1, 3), (6, 0.1, 1)), how_chosen=f"{RANDOM}; block level; balanced: papers'"),
+    Family("mochi", BLOCK, ("AsymmDiTJoint",), stack(block_stack.MOCHI), slicing.MOCHI,
+           measured((4, 0.1, 3), (4, 0.1, 3), (3, 0.1, 1)), f"{RANDOM}; block level; balanced: papers'"),
+    # AuraFlow's class is also called MMDiT; its adapter tells it from SD3's by its layers
+    Family("auraflow", TOKEN_WISE, ("MMDiT",), AuraFlowAdapter.for_model,
+           defaults=measured((4, 0.1, 4), (3, 0.05, 1), (4, 0.1, 1)), how_chosen=RANDOM),
+    # no block hook in the host's forward: whole model calls are reused
+    Family("lumina2", STEP, ("NextDiT",), step("lumina2"),
+           defaults=measured((4, 0.1, 3), (4, 0.1, 3), (6, 0.1, 1)),
+           how_chosen=f"{RANDOM} (Lumina 2 and Z-Image); step level; balanced: papers'"),
+    Family("hidream", STEP, ("HiDreamImageTransformer2DModel",), step("hidream"),
+           defaults=measured((4, 0.1, 4), (4, 0.1, 3), (6, 0.1, 3)),
+           how_chosen=f"{RANDOM}; step level; balanced and fast: papers'"),
+    Family("cosmos", STEP, ("GeneralDIT",), step("cosmos")),
+    Family("cosmos-predict2", STEP, ("MiniTrainDIT",), step("cosmos-predict2"),
+           defaults=measured((4, 0.1, 4), (4, 0.1, 3), (6, 0.1, 3)),
+           how_chosen=f"{RANDOM}; step level; balanced and fast: papers'"),
+    Family("omnigen2", STEP, ("OmniGen2Transformer2DModel",), step("omnigen2")),
+    Family("pixart", STEP, ("PixArtMS",), step("pixart")),
+    # SD1.x, SD2.x, SDXL (and SVD's video U-Net, which only the slicer takes)
+    Family("unet", DEEPCACHE, ("UNetModel",), UNetAdapter.for_model, slicing.UNET),
+)
+BY_NAME = {family.name: family for family in FAMILIES}
+
+
+def find_adapter(diffusion_model):
+    """The adapter of a host diffusion model, its `family` set (None: not a family the pack caches)."""
+    if diffusion_model is None:
+        return None
+    for family in FAMILIES:
+        if family.matches(diffusion_model):
+            adapter = family.adapter(diffusion_model)
+            if adapter is not None:
+                adapter.family = family.name
+                return adapter
+    return None
+
+
+def family_of(diffusion_model) -> Optional[Family]:
+    """The family of a host diffusion model: the one whose adapter takes it, else the first whose
+    class names match (a layout only the slicer handles), else None."""
+    adapter = find_adapter(diffusion_model)
+    if adapter is not None:
+        return BY_NAME[adapter.family]
+    named = [f for f in FAMILIES if f.model_classes and f.matches(diffusion_model)] if diffusion_model is not None else []
+    return named[0] if named else None

@@ -1,0 +1,75 @@
+"""Fidelity and block compute of the pack's methods on the trained small models (no timing):
+every preset of the flagship node, DeepCache's default and a FORA schedule, against no cache.
+The figures are deterministic, so two checkouts can be compared to the last digit.
+
+    python3 scripts/host.py python bench/fidelity.py --model flux_trained --out before.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+if str(BENCH.parent) not in sys.path:
+    sys.path.insert(0, str(BENCH.parent))
+
+from bench import metrics, workloads  # noqa: E402
+
+PRESETS = ("quality", "balanced", "fast")
+
+
+def node(node_id: str, **inputs):
+    """Run one of the pack's nodes as the host does and return its outputs."""
+    import asyncio
+    import comfyui_duca as pack
+    if hasattr(pack, "comfy_entrypoint"):
+        nodes = {n.GET_SCHEMA().node_id: n for n in asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())}
+        return tuple(nodes[node_id].execute(**inputs).result)
+    cls = pack.NODE_CLASS_MAPPINGS[node_id]
+    return getattr(cls(), cls.FUNCTION)(**inputs)
+
+
+def methods(model, steps):
+    """(name, patched model) for each method this model supports."""
+    found = [(f"accelerate {p}", node("DuCaAccelerate", model=model, preset=p)[0]) for p in PRESETS]
+    if type(model.model.diffusion_model).__name__ == "UNetModel":
+        found.append(("deepcache default", node("DuCaDeepCache", model=model, cache_interval=3, cache_depth=0,
+                                                 schedule="uniform")[0]))
+    schedule = node("DuCaFORASchedule", model=model, steps=steps, interval=3, first_full_steps=1)[0]
+    found.append(("fora 3", node("DuCaApplySchedule", model=model, schedule=schedule)[0]))
+    return found
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=("flux_trained", "sd_trained"), default="flux_trained")
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--out", help="JSON file for the results")
+    args = p.parse_args(argv)
+    workloads.boot(None, cpu=True)
+    from comfyui_duca.glue.patch import last_stats
+
+    work = workloads.testbed_workload(args.model, args.steps, 3, [0, 1])
+    uncached = [work.sample(work.model, c) for c in work.cases]
+    ref_pictures = [work.decode(u) for u in uncached]
+    results = {}
+    for name, model in methods(work.model, args.steps):
+        fractions, px = [], []
+        for case, ref in zip(work.cases, ref_pictures):
+            latent = work.sample(model, case)
+            fractions.append(last_stats(model).compute_fraction)
+            px.append(metrics.psnr(work.decode(latent), ref, metrics.PICTURE_RANGE))
+        results[name] = {"compute_fraction": statistics.mean(fractions), "psnr_picture": statistics.median(px),
+                         "timeline": last_stats(model).timeline}
+        print(f"| {name} | {results[name]['compute_fraction']:.4%} | {results[name]['psnr_picture']:.3f} dB "
+              f"| {results[name]['timeline']} |", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Methods: one module per caching method, each a config dataclass and an executor behind the
+protocol in protocol.py; engine.py runs any of them. `executor_for` is the flagship's choice of
+method for a model: DuCa on DiTs with block hooks, DeepCache on U-Nets, whole-step reuse where
+the host offers no block hook.
+"""
+from __future__ import annotations
+
+from .calibration import Calibration, CalibrationConfig
+from .deepcache import DeepCache, DeepCacheConfig
+from .duca import PRESETS, DuCa, DuCaConfig
+from .engine import RunState
+from .protocol import Method
+from .schedules import ScheduleConfig, ScheduleExecutor
+from .step_reuse import StepReuse
+
+CONFIGS = (DuCaConfig, DeepCacheConfig, ScheduleConfig, CalibrationConfig)
+
+
+def executor_for(config, adapter) -> Method:
+    """A fresh executor (one per sampling run) of `config`'s method on this model."""
+    if adapter.step_level:  # no block hooks: the method's plan decides over whole model calls
+        if isinstance(config, ScheduleConfig):
+            return StepReuse(ScheduleExecutor(config.schedule, adapter, config.cache_device), adapter)
+        if isinstance(config, DuCaConfig):
+            return StepReuse(DuCa(config, adapter), adapter)
+    if isinstance(config, DuCaConfig):
+        return DeepCache(DeepCacheConfig.from_duca(config), adapter) if adapter.level == "deepcache" \
+            else DuCa(config, adapter)
+    if isinstance(config, DeepCacheConfig):
+        if adapter.level != "deepcache":
+            raise ValueError(f"model: DeepCache needs a U-Net (SD1.5, SD2, SDXL); this is {adapter.family}")
+        return DeepCache(config, adapter)
+    if isinstance(config, ScheduleConfig):
+        return ScheduleExecutor(config.schedule, adapter, config.cache_device)
+    if isinstance(config, CalibrationConfig):
+        return Calibration(config, adapter)
+    raise TypeError(f"not a method's settings: {type(config).__name__} (expected one of "
+                    f"{[c.__name__ for c in CONFIGS]})")
+
+
+__all__ = ["CONFIGS", "Calibration", "CalibrationConfig", "DeepCache", "DeepCacheConfig", "DuCa", "DuCaConfig",
+           "Method", "PRESETS", "RunState", "ScheduleConfig", "ScheduleExecutor", "StepReuse", "executor_for"]

@@ -1,0 +1,42 @@
+"""Calibration: one run that computes everything and measures how much each unit's residual
+changes from step to step (cache_core.profile). Block Caching and Step Rehash make their
+schedules from it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..cache_core.plan import Plan
+from ..cache_core.profile import ChangeProfile
+from ..cache_core.schedule import Cell, Schedule
+from ..cache_core.validate import check_int
+from .schedules import ScheduleExecutor
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    probe_unit: int = -1  # the unit whose residual is compared across all steps (Step Rehash); -1: the last
+
+    def __post_init__(self):
+        check_int("probe_unit", self.probe_unit, -100_000, 100_000)
+
+
+class Calibration(ScheduleExecutor):
+    """A schedule that computes every unit at every step, watched by a ChangeProfile."""
+    name = "calibration"
+
+    def __init__(self, config: CalibrationConfig, adapter):
+        units = adapter.schedule_units()
+        super().__init__(Schedule(torch.zeros(0, len(units), dtype=torch.uint8), units, adapter.family, "full"), adapter)
+        self.config = config
+
+    def plan(self, num_steps: int) -> Plan:
+        units = self.adapter.schedule_units()
+        self.schedule = Schedule(torch.full((num_steps, len(units)), int(Cell.COMPUTE), dtype=torch.uint8), units,
+                                 self.adapter.family, "full")
+        self.observer = ChangeProfile(num_steps, len(units), self.config.probe_unit)
+        return super().plan(num_steps)
+
+    def finish(self, run):
+        return self.observer

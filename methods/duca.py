@@ -1,0 +1,182 @@
+"""DuCa (dual feature caching) and ToCa: full steps, then conservative steps (module outputs
+reused, a scored fraction of tokens recomputed) alternating with aggressive steps (the whole
+block stack reused as a residual)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import torch
+
+from ..adapters.registry import BY_NAME
+from ..cache_core.plan import Action, Plan, duca_plan
+from ..cache_core.store import CACHE_DEVICES
+from ..cache_core.tokens import SELECTORS, TokenSelector, layer_refresh_ratio
+from ..cache_core.validate import check_choice, check_float, check_int, check_window
+from .blocks import begin_block, computed, fresh_ages, refreshed
+from .engine import is_interrupt
+from .protocol import Executor
+
+LOG = logging.getLogger("comfyui-duca")
+
+PRESET_NAMES = ("quality", "balanced", "fast")
+
+
+@dataclass(frozen=True)
+class DuCaConfig:
+    interval: int = 4               # a full step every `interval` steps
+    refresh_ratio: float = 0.1      # base fraction of tokens recomputed on conservative steps
+    first_full_steps: int = 3       # the first steps set the composition: always computed
+    start: float = 0.0              # fraction of the steps where caching may begin
+    end: float = 1.0                # ... and where it stops (the last steps are computed)
+    token_selector: str = "value_norm"  # how conservative steps pick tokens (tokens.SELECTORS)
+    cache_device: str = "compute"   # where caches live (store.CACHE_DEVICES)
+    aggressive: bool = True         # False: every cached step is conservative (ToCa)
+    # ToCa's Flux factors: deep layers refresh fewer tokens; single blocks more than double.
+    layer_weight: float = 0.5       # w of the layer factor 1 + w - 2wl/L
+    double_stream_factor: float = 0.4  # refresh ratio factor of double-stream blocks
+    single_stream_factor: float = 1.6  # ... and of single-stream blocks
+    seed: int = 0                   # for the random token selector
+    preset: Optional[str] = None    # the preset it came from: the family's measured settings apply
+    plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the cycle
+
+    def __post_init__(self):
+        check_int("interval", self.interval, 1, 100)
+        check_float("refresh_ratio", self.refresh_ratio, 0.0, 1.0)
+        check_int("first_full_steps", self.first_full_steps, 0, 1000)
+        check_window(self.start, self.end)
+        check_choice("token_selector", self.token_selector, SELECTORS)
+        check_choice("cache_device", self.cache_device, CACHE_DEVICES)
+        if self.preset is not None:
+            check_choice("preset", self.preset, PRESET_NAMES)
+
+    def plan_for(self, num_steps: int) -> Plan:
+        if self.plan is not None:
+            if len(self.plan) != num_steps:
+                raise ValueError(f"the fixed plan has {len(self.plan)} steps but the run has {num_steps}")
+            return self.plan
+        return duca_plan(num_steps, self.interval, self.refresh_ratio, self.first_full_steps,
+                         self.start, self.end, self.aggressive)
+
+    def with_changes(self, **changes) -> "DuCaConfig":
+        return replace(self, **changes)
+
+    def for_family(self, measured: dict) -> "DuCaConfig":
+        """These settings with a family's measured ones for the preset they came from
+        (`measured`: preset -> {interval, refresh_ratio, first_full_steps}). Custom settings
+        and fixed plans are kept; a first_full_steps the user changed from the preset's wins."""
+        if self.preset is None or self.plan is not None:
+            return self
+        settings = dict(measured.get(self.preset, {}))
+        if self.first_full_steps != PRESETS[self.preset].first_full_steps:
+            settings.pop("first_full_steps", None)
+        return self.with_changes(**settings) if settings else self
+
+
+# Flux settings of the papers (ToCa: R = 0.1, first 3 steps full, N = 4), then a
+# safer and a faster point on the same curve. See README for what each costs.
+PRESETS = {
+    "quality": DuCaConfig(interval=3, refresh_ratio=0.15),
+    "balanced": DuCaConfig(interval=4, refresh_ratio=0.1),
+    "fast": DuCaConfig(interval=6, refresh_ratio=0.1),
+}
+
+
+RESIDUAL = "stack_residual"  # kept: stack output minus stack input at the last computed step
+STACK_IN = "stack_in"        # call scratch: the stack's input, while an aggressive or full step runs
+
+
+class DuCa(Executor):
+    """The DuCa / ToCa cycle on a family with block hooks.
+
+    Full step: every block runs; module outputs (before their gates) and value-norm scores are
+    kept where conservative steps follow, the stack's residual where aggressive steps follow.
+    Conservative: the adapter reuses attention under fresh gates and refreshes the picked tokens
+    of the MLP (families whose blocks can't be split token-wise compute these steps).
+    Aggressive: every block passes its input on; the last adds the stack's estimated residual.
+    """
+
+    def __init__(self, config: DuCaConfig, adapter):
+        super().__init__(adapter)
+        self.config = config
+        self.name = "duca" if config.aggressive else "toca"
+        self.cache_device = config.cache_device
+        self.selector = TokenSelector(config.token_selector, config.interval)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def plan(self, num_steps: int) -> Plan:
+        plan = self.config.for_family(BY_NAME[self.adapter.family].defaults).plan_for(num_steps)
+        if not self.adapter.tokenwise and plan.needs_module_cache():
+            plan = plan.replacing(Action.CONSERVATIVE, Action.FULL)  # no token-wise refresh on this family
+        self.keep_modules = plan.needs_module_cache()
+        self.keep_residual = plan.needs_stack_residual()
+        return plan
+
+    def on_block(self, run, call, block_id, args, original):
+        adapter, kind = self.adapter, block_id[0]
+        if block_id == adapter.first_block and self.keep_residual:
+            call.scratch[STACK_IN] = adapter.stack_state(kind, args).clone()
+        work = begin_block(run, call, block_id, args)
+        reusable = not run.disabled and (
+            call.action is Action.AGGRESSIVE
+            or (call.action is Action.CONSERVATIVE and run.has_kept(call, block_id) and adapter.can_refresh(kind, args)))
+        if reusable:
+            try:
+                return self._aggressive(run, call, work, args) if call.action is Action.AGGRESSIVE \
+                    else self._conservative(run, call, work, args, original)
+            except Exception as error:  # never fail a user's run over a cache problem
+                if is_interrupt(error):
+                    raise
+                run.switch_off(call, error, f"block {block_id}")
+        computed(work)
+        out, units = adapter.full(kind, work.block, args, original, keep_units=self.keep_modules and not run.disabled)
+        if units is not None:
+            units.update(fresh_ages(args, work.streams))
+            run.keep(call, block_id, units)
+        self._keep_stack_residual(run, call, block_id, out)
+        return out
+
+    def _aggressive(self, run, call, work, args) -> dict:
+        out = self.adapter.passthrough(work.kind, args)
+        if work.block_id == self.adapter.last_block:
+            stack_in = call.scratch[STACK_IN]
+            residual = run.estimated(call, RESIDUAL, device=stack_in.device)
+            out = self.adapter.from_stack_state(work.kind, stack_in + residual, like=out)
+        return out
+
+    def _conservative(self, run, call, work, args, original) -> dict:
+        units = run.store.get(call.group, work.block_id, device=args["img"].device)
+        picks = self._pick_tokens(work, units, call.refresh_ratio)
+        out = self.adapter.conservative(work.kind, work.block, args, units, picks, original)
+        refreshed(run, work, picks)
+        run.keep(call, work.block_id, units)
+        self._keep_stack_residual(run, call, work.block_id, out)
+        return out
+
+    def _keep_stack_residual(self, run, call, block_id, out) -> None:
+        """After the last block of a computed step: what the whole stack added."""
+        stack_in = call.scratch.get(STACK_IN)
+        if block_id != self.adapter.last_block or not self.keep_residual or stack_in is None:
+            return
+        state = self.adapter.stack_state(block_id[0], out)
+        if state.shape != stack_in.shape:  # a layout this adapter did not expect: stop reusing
+            run.stats.notes.append(f"stack output {tuple(state.shape)} does not match its input "
+                                   f"{tuple(stack_in.shape)}; caching switched off")
+            LOG.warning("DuCa: %s", run.stats.notes[-1])
+            run.disabled = True
+            return
+        run.keep(call, RESIDUAL, state - stack_in)
+
+    def _pick_tokens(self, work, units, base_ratio) -> dict:
+        position, depth = self.adapter.layer_position(work.kind, work.index)
+        factor = self.adapter.stream_factor(work.kind, self.config)
+        ratio = layer_refresh_ratio(base_ratio, position, depth, factor, self.config.layer_weight)
+        picks = {}
+        for stream, layout in work.streams.items():
+            age = units[f"{stream}_age"]
+            idx = self.selector.select(ratio, units.get(f"{stream}_score"), age, layout, self.generator)
+            age += 1
+            age.scatter_(1, idx, 0)
+            picks[stream] = idx
+        return picks

@@ -1,0 +1,183 @@
+"""One sampling run's bookkeeping: the step of each model call (from the sigma schedule), the
+conditioning group it carries, the cache store, the stats, and one guard that switches caching
+off when reusing fails. What is computed or reused is the method's business (protocol.Method).
+
+A RunState is created when sampling starts and dropped when it ends, so nothing survives between
+runs: a new resolution, batch or step count starts clean, and an interrupted run leaves nothing.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..cache_core.estimators import ESTIMATORS
+from ..cache_core.plan import Action, step_index
+from ..cache_core.stats import FLOPS, MODEL_CALLS, RunStats
+from ..cache_core.store import CacheStore
+
+LOG = logging.getLogger("comfyui-duca")
+
+
+def conditioning_group(x: torch.Tensor, transformer_options: dict) -> tuple:
+    """Which conditionings a model call carries (and at which shape): one cache entry each."""
+    uuids = tuple(str(u) for u in transformer_options.get("uuids", ()) or ())
+    chunks = tuple(transformer_options.get("cond_or_uncond", ()) or ())
+    return (uuids, chunks, tuple(x.shape))
+
+
+def current_sigma(transformer_options: dict) -> Optional[float]:
+    sigmas = transformer_options.get("sigmas")
+    if sigmas is None:
+        return None
+    return float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) else float(sigmas)
+
+
+def is_interrupt(error: BaseException) -> bool:
+    """The host's "stop" button: it must propagate, never be swallowed by a fallback."""
+    return type(error).__name__ == "InterruptProcessingException"
+
+
+@dataclass
+class Call:
+    """One model evaluation inside the run."""
+    step: int
+    action: Action
+    refresh_ratio: float
+    group: tuple                    # conditioning_group()
+    grid: tuple                     # token grid of the input (token-wise families)
+    device: Optional[torch.device] = None  # where the model runs this call
+    sigma: Optional[float] = None
+    started: float = field(default_factory=time.perf_counter)
+    txt_len: Optional[int] = None   # text tokens, once the first block has seen them
+    framed_by_blocks: bool = False  # begun at the first block, ended at the last
+    scratch: dict = field(default_factory=dict)  # the method's values for this call only
+
+
+class RunState:
+    def __init__(self, method, sigmas, estimator: str = "reuse"):
+        self.method = method
+        self.adapter = method.adapter
+        self.sigmas = [float(s) for s in sigmas]
+        self.num_steps = max(len(self.sigmas) - 1, 0)
+        self.plan = method.plan(self.num_steps)
+        self.store = CacheStore.on(method.cache_device)
+        self.stats = RunStats(self.plan.method, self.num_steps, level=method.level,
+                              compute_unit=MODEL_CALLS if self.adapter.step_level else FLOPS)
+        self.stats.notes.extend(method.notes)  # e.g. a schedule resampled to this run's step count
+        self.estimate = ESTIMATORS[estimator]
+        self.call: Optional[Call] = None
+        self.completed_groups = set()  # groups whose full step has finished: reuse may follow
+        self.disabled = False  # set if reusing ever fails: the rest of the run computes everything
+
+    # --- model calls -------------------------------------------------------
+    def begin_call(self, x: torch.Tensor, transformer_options: dict) -> Call:
+        sigma = current_sigma(transformer_options)
+        step = step_index(self.sigmas, sigma) if sigma is not None else 0
+        planned = self.plan[min(step, len(self.plan) - 1)] if len(self.plan) else None
+        action = planned.action if planned else Action.FULL
+        group = conditioning_group(x, transformer_options)
+        if action is not Action.FULL and group not in self.completed_groups:
+            self.stats.notes.append(f"step {step}: no cache yet for this conditioning, computed fully")
+            action = Action.FULL
+        stats = self.stats.at(step)
+        if not stats.action:
+            stats.action = action.value
+        self.call = Call(step, action, planned.refresh_ratio if planned else 0.0, group, self.adapter.grid(x),
+                         x.device, sigma)
+        return self.call
+
+    def end_call(self, call: Call) -> None:
+        stats = self.stats.at(call.step)
+        stats.model_calls += 1
+        stats.wall_seconds += time.perf_counter() - call.started
+        if call.action is Action.FULL:
+            self.completed_groups.add(call.group)
+        stats.cache_bytes = max(stats.cache_bytes, self.store.nbytes())
+        self.call = None
+
+    def model_call(self, executor, args: tuple, kwargs: dict, transformer_options: dict):
+        """What the DIFFUSION_MODEL wrapper runs: the method decides; if reusing fails partway,
+        the call is computed again from fresh argument containers and caching stays off."""
+        call = self.begin_call(args[0], transformer_options)
+        try:
+            # the host consumes some arguments (ControlNet residual lists are popped): keep copies
+            retry = (_fresh_containers(args), _fresh_containers(kwargs)) if call.action is not Action.FULL else None
+            try:
+                return self.method.on_call(self, call, lambda: executor(*args, **kwargs))
+            except Exception as error:
+                if retry is None or self.disabled or is_interrupt(error):
+                    raise
+                self.switch_off(call, error)
+                return executor(*retry[0], **retry[1])
+        finally:
+            self.end_call(call)
+
+    # --- blocks ------------------------------------------------------------
+    def run_block(self, kind: str, index: int, args: dict, original) -> dict:
+        block_id = (kind, index)
+        if self.call is None and block_id == self.adapter.first_block and "transformer_options" in args:
+            # a family whose forward runs no DIFFUSION_MODEL wrapper: the block stack frames the call
+            self.begin_call(args["img"], args["transformer_options"]).framed_by_blocks = True
+        call = self.call
+        if call is None:  # a model call we know nothing about: leave it alone
+            return original(args)
+        if call.txt_len is None:
+            if kind == "double_block" and isinstance(args.get("txt"), torch.Tensor):
+                call.txt_len = args["txt"].shape[1]
+            else:  # no double blocks: the text is what the image grid is not
+                call.txt_len = max(args["img"].shape[1] - math.prod(call.grid), 0)
+        out = self.method.on_block(self, call, block_id, args, original)
+        if call.framed_by_blocks and block_id == self.adapter.last_block:
+            self.end_call(call)
+        return out
+
+    # --- the guard -----------------------------------------------------------
+    def switch_off(self, call: Call, error: Exception, where: str = "the model call") -> None:
+        """Reusing failed: the rest of this run computes everything (logged once, noted in the stats)."""
+        LOG.exception("DuCa: reusing features failed at step %d (%s); computing the rest of this run "
+                      "without caching", call.step, where)
+        self.stats.notes.append(f"caching switched off at step {call.step}: {error!r}")
+        self.disabled = True
+
+    def guarded(self, call: Call, where: str, reuse, compute):
+        """`reuse()`, or, if it fails (interrupts excepted), caching off and `compute()`."""
+        try:
+            return reuse()
+        except Exception as error:  # never fail a user's run over a cache problem
+            if is_interrupt(error):
+                raise
+            self.switch_off(call, error, where)
+        return compute()
+
+    # --- kept values and their estimates -------------------------------------
+    def keep(self, call: Call, name, value) -> None:
+        """A unit's value at a computed step, for the steps that skip it."""
+        self.store.put(call.group, name, value)
+
+    def estimated(self, call: Call, name, device=None):
+        """What a skipped unit hands on (None when nothing was kept for this group)."""
+        value = self.store.get(call.group, name, device=device)
+        return None if value is None else self.estimate([value])
+
+    def has_kept(self, call: Call, name) -> bool:
+        return self.store.has(call.group, name)
+
+    def finish(self) -> RunStats:
+        self.store.clear()
+        self.completed_groups.clear()
+        self.call = None
+        return self.stats
+
+
+def _fresh_containers(value):
+    """The same tensors in new dicts and lists (so a consumed list can be replayed)."""
+    if type(value) is dict:
+        return {k: _fresh_containers(v) for k, v in value.items()}
+    if type(value) in (list, tuple):  # not subclasses: a named tuple can't be rebuilt from one iterable
+        return type(value)(_fresh_containers(v) for v in value)
+    return value
