@@ -8,7 +8,7 @@ through the model's own apply_model (so the node's wrappers run as in sampling):
 
 Peak activation memory: the most bytes allocated during the call above what was allocated
 before it (weights and inputs excluded). CUDA: torch.cuda.max_memory_allocated. CPU:
-live tensor storage counted by a dispatch mode (cache_core/memory_meter.py), in a pass of
+live tensor storage counted by a dispatch mode (bench/memory_meter.py), in a pass of
 its own (timing passes run without it). Times: median over repeats, variants interleaved.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ def call(model, inputs):
 
 
 def peak_bytes(model, inputs, device):
-    from cache_core.memory_meter import PeakMemory
+    from bench.memory_meter import PeakMemory
     with PeakMemory(device) as peak:
         out = call(model, inputs)
         del out

@@ -1,8 +1,8 @@
 """Attach the Feature Slicer to a ComfyUI model.
 
 One keyed wrapper around every model call (DIFFUSION_MODEL, or APPLY_MODEL for a
-family whose forward runs no DIFFUSION_MODEL wrappers) puts the stand-ins of
-adapters/memory.py on the model's modules and the query-slicing attention override
+family whose forward runs no DIFFUSION_MODEL wrappers) puts the slicer's stand-ins
+(slicer/) on the model's modules and the query-slicing attention override
 in the call's transformer options, and takes both away in `finally`. Its own key
 lets it compose with the Accelerate wrappers in either order.
 """
@@ -13,8 +13,8 @@ from typing import Optional
 
 import comfy.patcher_extension as ext
 
-from ..adapters.memory import MemoryAdapter, SliceSettings, find_memory_adapter
 from ..adapters.units import standing_in
+from ..slicer import MemoryAdapter, SliceSettings, find_memory_adapter
 from .patch import find_transformer_options
 
 LOG = logging.getLogger("comfyui-duca")

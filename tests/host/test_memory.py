@@ -1,9 +1,9 @@
-"""Feature Slicer (glue/memory.py, adapters/memory.py) on the real host, family by family.
+"""Feature Slicer (glue/memory.py, slicer/, adapters/slicing.py) on the real host, family by family.
 
 Tolerance: float32 on the CPU, sliced and unsliced outputs of a whole sampling run agree to
 max |difference| <= 1e-5 x max(1, max |unsliced output|) (slicing only reorders float sums
 inside matrix products, convolutions and attention). Peak memory: live tensor storage allocated during one model
-call, counted by a TorchDispatchMode (cache_core/memory_meter.py); weights and inputs excluded.
+call, counted by a TorchDispatchMode (bench/memory_meter.py); weights and inputs excluded.
 """
 import logging
 
@@ -93,7 +93,7 @@ def test_sliced_output_equals_unpatched(case, slicer):
 # embeddings), so slicing can't lower their peak: Wan is measured on a wider model below.
 @pytest.mark.parametrize("name", ["hunyuan-video", "ltxv", "mochi", "sd15-unet"])
 def test_peak_memory_of_sampling_is_lower(name, slicer):
-    from comfyui_duca.cache_core.memory_meter import PeakMemory
+    from bench.memory_meter import PeakMemory
     model, positive, negative, latent = CASES[name][0]()
     conds = (positive, negative, latent)
     sliced = slicer.apply_feature_slicer(model, CHUNKS)
@@ -171,7 +171,7 @@ def test_stand_ins_and_override_are_gone_after_an_error(slicer, pack):
 
 
 def one_call_peak(model, x, sigma, context):
-    from comfyui_duca.cache_core.memory_meter import PeakMemory
+    from bench.memory_meter import PeakMemory
     options = dict(model.model_options.get("transformer_options", {}))
     options["wrappers"] = model.wrappers
     with torch.no_grad(), PeakMemory() as peak:
@@ -238,6 +238,12 @@ def test_node_registered_validates_chunks_and_passes_unknown_models_through(pack
     assert same is aura
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "feature slicer" in r.getMessage()]
     assert len(warnings) == 1 and "MMDiT" in warnings[0].getMessage()
+
+
+def test_the_slicer_names_each_family_as_the_pack_does(slicer, pack):
+    for model, family in ((models.wan(seed=0), "wan"), (models.sd_unet(seed=1), "unet")):
+        patched = slicer.apply_feature_slicer(model, 2)
+        assert patched.model_options["transformer_options"]["duca_feature_slicer"].family == family
 
 
 def test_applied_twice_the_last_setting_wins(slicer, pack):

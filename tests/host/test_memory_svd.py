@@ -2,7 +2,7 @@
 space, every slice keeping all frames; spatial ResBlock parts over pictures.
 
 Tolerance and peak memory as in test_memory.py: float32 CPU outputs within 1e-5 x max(1, max |unsliced|);
-peak = live tensor storage allocated during one model call (cache_core/memory_meter.py).
+peak = live tensor storage allocated during one model call (bench/memory_meter.py).
 """
 import pytest
 import torch
@@ -108,7 +108,7 @@ def test_video_resblocks_cut_pictures_in_space_and_keep_whole_videos_in_time(svd
 
 
 def one_call_peak(model, frames, side):
-    from comfyui_duca.cache_core.memory_meter import PeakMemory
+    from bench.memory_meter import PeakMemory
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(frames, 4, side, side, generator=gen)
     cond = dict(c_concat=torch.randn(frames, 4, side, side, generator=gen),

@@ -1,10 +1,10 @@
-"""Chunk planning, sliced execution and the CPU peak-memory meter (cache_core, no host)."""
+"""Chunk planning, sliced execution (cache_core) and the CPU peak-memory meter (bench/memory_meter.py); no host."""
 import pytest
 import torch
 
 from cache_core.chunking import (attention_bytes_per_query, parse_chunks, plan_chunks, run_sliced, slice_bounds,
                                  sliced_attention)
-from cache_core.memory_meter import LiveTensorMeter, PeakMemory
+from bench.memory_meter import LiveTensorMeter, PeakMemory
 
 MiB = 1 << 20
 

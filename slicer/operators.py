@@ -1,29 +1,6 @@
-"""Which operators of each family may run slice by slice, and the stand-ins that do it
-(Streamlined Inference's Feature Slicer + Operator Grouping, through the host's own modules).
-
-A rule names a submodule of a block class and the axis along which its items are
-independent:
-- token-wise groups over the token axis (1): the MLP (Linear -> activation -> Linear:
-  its hidden layer, 2.7-8x the model width, is the largest transient of a block) and
-  cross-attention (projections, attention over the whole text, output projection;
-  each query token is independent of the others);
-- per-frame groups over the batch x frames axis (0): the U-Net's ResBlocks
-  (GroupNorm -> conv -> embedding -> GroupNorm -> conv, per picture), and the spatial part of
-  SVD's VideoResBlocks (the ResBlock `_forward` their own forward calls, stood in for during it);
-- temporal groups over the batch x space axis (0) of SVD's temporal transformer blocks
-  (SpatialVideoTransformer.time_stack, fed [(b s), frames, c]): the whole block per slice of
-  positions, every slice keeping all frames (attention over frames mixes them), its
-  time context cut with it; what runs inside a slice cuts only within the slice's budget;
-- self-attention reads every token's key and value: it is grouped with its projections
-  (memory_attention.py, keys first, then slices of queries), and its attention call runs
-  over slices of queries through the host's `optimized_attention_override`;
-- whole blocks (Wan, LTXV) group over the token axis: keys and values first, then the
-  rest of the block slice by slice (memory_block.py). Their submodules keep their own
-  rules for the calls the block runs plainly (another method at work on the block).
-
-The stand-in of a module is an instance-level `forward` set for one model call and
-removed in `finally` (units.standing_in); it calls the module's own forward on each
-slice and writes the slices into one preallocated output. No forward is copied.
+"""Slicing one operator at a time: the per-call settings, the stand-ins for MLPs, cross-attention,
+ResBlocks and temporal blocks, the query-slicing attention override, and MemoryAdapter, which
+finds a model's sliceable modules by its family's rules (docs/FEATURE_SLICER.md).
 """
 from __future__ import annotations
 
@@ -33,99 +10,30 @@ from typing import Optional
 
 import torch
 
+from ..adapters import slicing
+from ..adapters.slicing import BLOCK, CROSS_ATTENTION, MLP, SELF_ATTENTION, TEMPORAL, MemorySpec, SliceRule
+from ..adapters.units import optional_submodule, own_forward, standing_in
 from ..cache_core.chunking import (attention_bytes_per_query, plan_chunks, query_axis, attention_arguments,
                                    run_sliced, sliced_attention)
-from .memory_attention import QUERY_BLOCK, context_memos, grouped_self_attention
-from .memory_block import BlockRule
-from .units import optional_submodule, own_forward, standing_in, submodule
+from .attention import QUERY_BLOCK, context_memos, grouped_self_attention
+from .block import grouped_block
 
-MLP, CROSS_ATTENTION, PER_PICTURE, SELF_ATTENTION = "mlp", "cross_attention", "per_picture", "self_attention"
-TEMPORAL = "temporal"
 MIN_TOKENS = 256  # automatic slices never go below this many tokens (matmul efficiency)
 NESTED_MIN_TOKENS = 512  # ... nor, inside a block's slice, below this many (the block is sliced already)
 TOKEN_BLOCK = 64   # token slices of the other operators: whole multiples of this
 # kernels that hold a full [queries x keys] score matrix (the others stream over keys)
 SCORE_MATERIALIZING = ("attention_basic",)
 
-
-@dataclass(frozen=True)
-class SliceRule:
-    block_classes: tuple     # class names of the blocks holding the submodule
-    path: str                # attribute path of the submodule in the block
-    kind: str                # MLP, CROSS_ATTENTION, PER_PICTURE, SELF_ATTENTION or TEMPORAL
-    axis: int = 1            # axis of the first input whose items are independent
-    sliced_args: tuple = ()  # positional args (after the first) cut along with it when they span the axis
-    children: tuple = ()     # SELF_ATTENTION: paths of its query, key, value and output projections;
-                             # CROSS_ATTENTION: its projections of the context (computed once per call)
-    norms: tuple = ()        # SELF_ATTENTION: paths of its query and key norms
-    token_args: tuple = ()   # SELF_ATTENTION: per-token args (rotary frequencies) as (position, name, axis)
-    sliced_kwargs: tuple = ()  # kwargs cut along with the first input when they span the axis
-    inner: str = ""          # a method the module's own forward calls: it is sliced instead, during that forward
-
-    def stand_in(self, module, settings):
-        """The stand-in for `module` during one model call (BlockRule has the same method)."""
-        if self.inner:
-            return inner_sliced(module, self, settings)
-        if self.kind == SELF_ATTENTION:
-            return grouped_self_attention(module, self, settings)
-        return sliced_forward(module, self, settings)
+# TEMPORARY: replaced by adapters.registry.family_of when merged (this dict and slicing_spec below;
+# slicing_spec becomes `family_of(diffusion_model).slicing`, None for an unknown family)
+MODEL_CLASSES = {"WanModel": slicing.WAN, "VaceWanModel": slicing.WAN, "CameraWanModel": slicing.WAN,
+                 "HumoWanModel": slicing.WAN, "HunyuanVideo": slicing.HUNYUAN_VIDEO, "LTXVModel": slicing.LTXV,
+                 "AsymmDiTJoint": slicing.MOCHI, "UNetModel": slicing.UNET}
 
 
-@dataclass(frozen=True)
-class MemorySpec:
-    family: str
-    model_classes: tuple     # class names of the diffusion model
-    rules: tuple
-    attention: bool = True   # slice self-attention calls over queries (the host's override hook)
-    diffusion_wrapper: bool = True  # the model's forward runs the DIFFUSION_MODEL wrappers
-    notes: str = ""
-
-
-WAN_BLOCKS = ("WanAttentionBlock", "VaceWanAttentionBlock")
-FLUX_DOUBLE = ("DoubleStreamBlock",)
-UNET_BLOCKS = ("BasicTransformerBlock",)
-
-WAN_SELF_ATTENTION = SliceRule(WAN_BLOCKS, "self_attn", SELF_ATTENTION, children=("q", "k", "v", "o"),
-                               norms=("norm_q", "norm_k"), token_args=((0, "freqs", 1),))
-WAN_CROSS_ATTENTION = SliceRule(WAN_BLOCKS, "cross_attn", CROSS_ATTENTION, children=("k", "v", "k_img", "v_img"))
-LTXV_SELF_ATTENTION = SliceRule(("BasicTransformerBlock",), "attn1", SELF_ATTENTION,
-                                children=("to_q", "to_k", "to_v", "to_out"), norms=("q_norm", "k_norm"),
-                                token_args=((2, "pe", 2),))
-CONTEXT_PROJECTIONS = ("to_k", "to_v")
-# exact class names: subclasses (VACE, audio) take arguments of their own
-WAN_BLOCK = BlockRule(("WanAttentionBlock",), WAN_SELF_ATTENTION, token_args=(("freqs", 1),),
-                      row_args=(("e", 1, 4),),
-                      context_projections=("cross_attn.k", "cross_attn.v", "cross_attn.k_img", "cross_attn.v_img"))
-LTXV_BLOCK = BlockRule(("BasicTransformerBlock",), LTXV_SELF_ATTENTION, token_args=(("pe", 2),),
-                       row_args=(("timestep", 1, 3),), context_projections=("attn2.to_k", "attn2.to_v"))
-
-# SVD (UNetModel with temporal layers). A VideoResBlock's time_stack is a ResBlock with a 3D conv over
-# frames and GroupNorm over frames and space: it can't be cut over space or frames, only over videos
-# (the ResBlock rule above does that: its input is [b, c, t, h, w]).
-SVD_RULES = (SliceRule(("SpatialVideoTransformer",), "time_stack.*", TEMPORAL, axis=0, sliced_kwargs=("context",)),
-             SliceRule(("VideoResBlock",), "", PER_PICTURE, axis=0, sliced_args=(0,), inner="_forward"))
-
-SPECS = (
-    MemorySpec("wan", ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"),
-               (WAN_BLOCK, SliceRule(WAN_BLOCKS, "ffn", MLP), WAN_CROSS_ATTENTION, WAN_SELF_ATTENTION)),
-    MemorySpec("hunyuan-video", ("HunyuanVideo",),
-               (SliceRule(FLUX_DOUBLE, "img_mlp", MLP), SliceRule(FLUX_DOUBLE, "txt_mlp", MLP)),
-               notes="single-stream blocks fuse their MLP into one projection with q/k/v: only their "
-                     "attention is sliced"),
-    MemorySpec("ltxv", ("LTXVModel",),
-               (LTXV_BLOCK, SliceRule(("BasicTransformerBlock",), "ff", MLP),
-                SliceRule(("BasicTransformerBlock",), "attn2", CROSS_ATTENTION, children=CONTEXT_PROJECTIONS),
-                LTXV_SELF_ATTENTION)),
-    MemorySpec("mochi", ("AsymmDiTJoint",),
-               (SliceRule(("AsymmetricJointBlock",), "mlp_x", MLP),
-                SliceRule(("AsymmetricJointBlock",), "mlp_y", MLP)),
-               diffusion_wrapper=False),
-    MemorySpec("sd-unet", ("UNetModel",),
-               (SliceRule(UNET_BLOCKS, "ff", MLP),
-                SliceRule(UNET_BLOCKS, "attn2", CROSS_ATTENTION, children=CONTEXT_PROJECTIONS),
-                SliceRule(("ResBlock",), "", PER_PICTURE, axis=0, sliced_args=(0,)),
-                *SVD_RULES)),
-)
+def slicing_spec(diffusion_model) -> Optional[MemorySpec]:
+    """The slicing rules of the model's family, or None for a family the slicer does not know."""
+    return MODEL_CLASSES.get(type(diffusion_model).__name__)
 
 
 @dataclass
@@ -218,17 +126,16 @@ class MemoryAdapter:
 
     @classmethod
     def for_model(cls, diffusion_model) -> Optional["MemoryAdapter"]:
-        name = type(diffusion_model).__name__
-        for spec in SPECS:
-            if name in spec.model_classes:
-                adapter = cls(diffusion_model, spec)
-                return adapter if adapter.targets or spec.attention else None
-        return None
+        spec = slicing_spec(diffusion_model)
+        if spec is None:
+            return None
+        adapter = cls(diffusion_model, spec)
+        return adapter if adapter.targets or spec.attention else None
 
     def stand_ins(self, settings: SliceSettings) -> dict:
         # a module another method already stands in for (DeepCache's reused blocks) is left to it:
         # its stand-in need not be slice-independent
-        return {module: rule.stand_in(module, settings)
+        return {module: stand_in(module, rule, settings)
                 for module, rule in self.targets if "forward" not in module.__dict__}
 
     def attention_override(self, settings: SliceSettings, previous=None):
@@ -259,6 +166,17 @@ class MemoryAdapter:
         override.slices_queries = True
         override.previous = previous  # what a hook that slices the queries itself calls instead
         return override
+
+
+def stand_in(module, rule, settings: SliceSettings):
+    """The stand-in for `module` during one model call, by the kind of its rule."""
+    if rule.kind == BLOCK:
+        return grouped_block(module, rule, settings)
+    if rule.inner:
+        return inner_sliced(module, rule, settings)
+    if rule.kind == SELF_ATTENTION:
+        return grouped_self_attention(module, rule, settings)
+    return sliced_forward(module, rule, settings)
 
 
 def sliced_forward(module, rule: SliceRule, settings: SliceSettings, forward=None):

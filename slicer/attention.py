@@ -1,29 +1,13 @@
-"""Self-attention grouped with its projections, slice by slice, through the host's own module.
-
-Self-attention needs every token's key and value, but its query path (projection, norm,
-rotary embedding in float32, attention, output projection) is token-wise. The host's
-attention forward is run twice per slice of tokens, with the slice's rotary frequencies:
-1. keys: its query projection (and norm) and output projection stand in as free
-   stand-ins (a broadcast zero, no memory), and the attention hook keeps the slice's keys
-   and values instead of attending; they are copied into two full tensors;
-2. queries: its key and value projections (and key norm) are free stand-ins, and the attention
-   hook attends the slice's queries to the kept keys and values.
-So no full-size query, rotary temporary or attention output exists. The attention forward
-itself is the host's, not a copy. `SelfAttentionParts` does one slice of either pass; the
-module-level stand-in here loops over slices of its input, and the block-level one
-(memory_block.py) loops over slices of the whole block.
-
-Both fall back to one plain call (with the query-slicing hook) whenever the forward does
-something this does not expect: no per-token frequencies, a context (cross-attention),
-hooks on the projections (another method watching them), or not exactly one attention
-call per slice.
+"""Self-attention grouped with its projections, slice by slice, through the host's own module:
+keys and values of every slice first, then each slice of queries attending to all of them
+(docs/FEATURE_SLICER.md, "Self-attention").
 """
 from __future__ import annotations
 
 import torch
 
+from ..adapters.units import own_forward, standing_in, submodule
 from ..cache_core.chunking import attention_arguments, query_axis, slice_bounds
-from .units import own_forward, standing_in, submodule
 
 OVERRIDE_KEY = "optimized_attention_override"  # the host's attention hook in transformer_options
 QUERY_BLOCK = 256  # slices are whole multiples of this many queries (attention kernels' query blocks)
@@ -82,7 +66,7 @@ def with_override(kwargs: dict, override) -> dict:
 
 
 class SelfAttentionParts:
-    """One self-attention module (rule: adapters.memory.SliceRule with `children` = (query, key,
+    """One self-attention module (rule: adapters.slicing.SliceRule with `children` = (query, key,
     value, output) paths, `norms` = (query, key) norm paths and `token_args`), run one token
     slice at a time. Built before any stand-in is set, so `forward` is the host's."""
 

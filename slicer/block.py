@@ -1,52 +1,22 @@
-"""A whole transformer block run slice by slice over its tokens, through the host's own forward.
-
-In a block built as self-attention, cross-attention and MLP with per-token norms and
-modulation (Wan, LTXV), only self-attention mixes tokens, and only through its keys and
-values. So the host's block forward is run twice per slice of tokens:
-1. keys: up to its self-attention, which keeps the slice's keys and values
-   (SelfAttentionParts.keys) and then stops the block (KeysKept);
-2. the rest: the whole block on the slice, its self-attention attending the slice's
-   queries to all kept keys and values; the slice's output goes into one output tensor
-   (or stays in the input, for a block that updates its input in place).
-Everything a block holds whole is then its input, the keys, the values and the output;
-every other intermediate (modulated input, queries, attention output, cross-attention,
-the MLP's wide hidden layer) is slice-sized. Per-token arguments (rotary frequencies)
-and per-row modulation (one row per frame or per token) are cut with the tokens.
-
-It runs the block plainly whenever it can't be sure of the result: another method's
-stand-in or hook inside the block (DuCa at work on it), an argument it can't cut, or a
-forward that does not go as expected.
+"""A whole transformer block run slice by slice over its tokens, through the host's own forward:
+up to its self-attention on each slice for all keys and values, then the whole block per slice
+(docs/FEATURE_SLICER.md, "Whole blocks").
 """
 from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
 
 import torch
 
+from ..adapters.slicing import BLOCK, BlockRule
+from ..adapters.units import optional_submodule, own_forward, standing_in, submodule
 from ..cache_core.chunking import slice_bounds
-from .memory_attention import QUERY_BLOCK, SelfAttentionParts, Unexpected, context_memos, into, watched
-from .units import optional_submodule, own_forward, standing_in, submodule
+from .attention import QUERY_BLOCK, SelfAttentionParts, Unexpected, context_memos, into, watched
 
-BLOCK = "block"
 # A slice runs every matrix product of the block: below about a thousand rows they lose efficiency
 # (weight packing on CPUs, weight reads on GPUs), which costs more time than the memory is worth.
 BLOCK_MIN_TOKENS = 1024
-
-
-@dataclass(frozen=True)
-class BlockRule:
-    block_classes: tuple     # class names of the blocks (exact: subclasses add arguments of their own)
-    attention: object        # its self-attention: an adapters.memory.SliceRule (path from the block)
-    token_args: tuple = ()   # (name, axis): per-token arguments (rotary frequencies)
-    row_args: tuple = ()     # (name, axis, ndim): per-row modulation, cut when it has `ndim` dims and rows
-    context_projections: tuple = ()  # paths of projections of the context: computed once for all slices
-    path: str = ""           # the rule applies to the block itself
-    kind: str = BLOCK
-
-    def stand_in(self, block, settings):
-        return grouped_block(block, self, settings)
 
 
 class KeysKept(Exception):
