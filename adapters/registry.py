@@ -19,6 +19,7 @@ from .step_level import StepAdapter
 from .unet import UNetAdapter
 
 TOKEN_WISE, BLOCK, STEP, DEEPCACHE = "token-wise", "block", "step", "deepcache"
+LEVELS = (TOKEN_WISE, BLOCK, STEP, DEEPCACHE)
 
 # How the measured settings were chosen: `python3 scripts/host.py python bench/family_defaults.py`
 # (table in bench/RESULTS.md): 20 steps, euler/simple, cfg > 1, seeds 0 and 1; intervals 2-8 x refresh
@@ -65,7 +66,8 @@ FAMILIES = (
            defaults=measured((3, 0.15, 3), (4, 0.1, 3), (6, 0.1, 3)),
            how_chosen="papers' (tuned on Flux-dev); the small trained Flux preferred 4/0.05/4, 5/0.05/4, "
                       "4/0.1/1 by about 2 dB (bench/RESULTS.md)"),
-    Family("wan", TOKEN_WISE, ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"), stack(block_stack.WAN), slicing.WAN,
+    Family("wan", TOKEN_WISE, ("WanModel", "VaceWanModel", "CameraWanModel", "HumoWanModel"), stack(block_stack.WAN),
+           slicing.WAN,
            measured((4, 0.3, 3), (4, 0.1, 3), (6, 0.3, 1)),
            f"{RANDOM} (Wan 2.1 t2v and i2v, Wan 2.2 5B); balanced: papers', no setting won by 0.5 dB"),
     Family("ltxv", TOKEN_WISE, ("LTXVModel",), stack(block_stack.LTXV), slicing.LTXV,
@@ -74,7 +76,8 @@ FAMILIES = (
            defaults=measured((4, 0.1, 4), (4, 0.1, 4), (3, 0.1, 1)),
            how_chosen=f"{RANDOM} (Qwen-Image and Qwen-Image-Edit); block level"),
     Family("sd3", BLOCK, ("OpenAISignatureMMDITWrapper", "MMDiT"), stack(block_stack.SD3),
-           defaults=measured((4, 0.1, 3), (4, 0.1, 3), (6, 0.1, 1)), how_chosen=f"{RANDOM}; block level; balanced: papers'"),
+           defaults=measured((4, 0.1, 3), (4, 0.1, 3), (6, 0.1, 1)),
+           how_chosen=f"{RANDOM}; block level; balanced: papers'"),
     Family("mochi", BLOCK, ("AsymmDiTJoint",), stack(block_stack.MOCHI), slicing.MOCHI,
            measured((4, 0.1, 3), (4, 0.1, 3), (3, 0.1, 1)), f"{RANDOM}; block level; balanced: papers'"),
     # AuraFlow's class is also called MMDiT; its adapter tells it from SD3's by its layers
@@ -118,5 +121,6 @@ def family_of(diffusion_model) -> Optional[Family]:
     adapter = find_adapter(diffusion_model)
     if adapter is not None:
         return BY_NAME[adapter.family]
-    named = [f for f in FAMILIES if f.model_classes and f.matches(diffusion_model)] if diffusion_model is not None else []
-    return named[0] if named else None
+    if diffusion_model is None:
+        return None
+    return next((f for f in FAMILIES if f.model_classes and f.matches(diffusion_model)), None)

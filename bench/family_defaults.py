@@ -117,7 +117,7 @@ def grid(args, tokenwise: bool):
 
 def measure(subject, adapter, args):
     """Every grid point on one model: {(interval, ratio, first): (compute fraction, [PSNR], [rel L2])}."""
-    from comfyui_duca.cache_core import DuCaConfig
+    from comfyui_duca.methods import DuCaConfig
     from comfyui_duca.glue.patch import apply_duca, last_stats
 
     references = {seed: subject.sample(subject.model, seed) for seed in args.seeds}

@@ -74,14 +74,15 @@ def cache_node(base, group, reuse_threshold, name=None, copy=False) -> Method:
 
 
 def presets(base) -> list:
-    from comfyui_duca.cache_core import PRESETS
+    from comfyui_duca.methods import PRESETS
     return [duca(base, PRESETS[p], f"DuCa {p}", "DuCa", {"preset": p, **_config_settings(PRESETS[p])})
             for p in PRESET_NAMES]
 
 
 def every_k(base, steps, ks=(2, 3, 4)) -> list:
     from comfyui_duca.adapters.unet import UNetAdapter
-    from comfyui_duca.cache_core import DuCaConfig, every_kth_step_plan
+    from comfyui_duca.cache_core import every_kth_step_plan
+    from comfyui_duca.methods import DuCaConfig
     if UNetAdapter.for_model(base.model.diffusion_model) is not None:  # the pack runs DeepCache there
         return [whole_step_reuse(base, every_kth_step_plan(steps, k, first_full_steps=1), f"every-{k}",
                                  {"k": k, "first_full_steps": 1, "level": "step"}) for k in ks]
@@ -107,18 +108,18 @@ class WholeStepReuse:
 
     def diffusion_model(self, executor, *args, **kwargs):
         from comfyui_duca.cache_core import Action, step_index
-        from comfyui_duca.glue.patch import find_transformer_options
-        from comfyui_duca.glue.run import call_key, current_sigma
+        from comfyui_duca.glue.attach import find_transformer_options
+        from comfyui_duca.methods.engine import conditioning_group, current_sigma
         options = find_transformer_options(args, kwargs)
         sigma = current_sigma(options)
         if self.sigmas is None or not args or sigma is None:
             return executor(*args, **kwargs)
         step = min(step_index(self.sigmas, sigma), len(self.plan) - 1)
-        key = call_key(args[0], options)
-        if self.plan[step].action is Action.AGGRESSIVE and key in self.outputs:
-            return self.outputs[key].clone()  # a copy: the sampler may work on it in place
+        group = conditioning_group(args[0], options)
+        if self.plan[step].action is Action.AGGRESSIVE and group in self.outputs:
+            return self.outputs[group].clone()  # a copy: the sampler may work on it in place
         output = executor(*args, **kwargs)
-        self.outputs[key] = output.detach().clone()
+        self.outputs[group] = output.detach().clone()
         return output
 
 

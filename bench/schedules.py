@@ -47,13 +47,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     host.load_pack()
-    from comfyui_duca.cache_core import PRESETS, DuCaConfig
+    from comfyui_duca.methods import PRESETS, ScheduleConfig
     from comfyui_duca.cache_core import schedule_rules as rules
     from comfyui_duca.glue import exposure, l2c, patch, schedules
 
     model = models.flux_trained()
     adapter = schedules.model_adapter(model)
-    family, units = adapter.schedule_family, adapter.schedule_units()
+    family, units = adapter.family, adapter.schedule_units()
     latent = {"samples": torch.zeros(1, 16, models.FLUX_TRAINED_PIXELS // 2, models.FLUX_TRAINED_PIXELS // 2)}
     cases = [(c, s) for c in range(args.classes) for s in range(args.seeds)]
 
@@ -86,7 +86,7 @@ def main(argv=None):
         return row
 
     evaluate("uncached", model, {}, 1.0)
-    with_schedule = lambda s: patch.apply_duca(model, DuCaConfig(unit_schedule=s))  # noqa: E731
+    with_schedule = lambda s: patch.apply_duca(model, ScheduleConfig(s))  # noqa: E731
     fora = {k: rules.fora(args.steps, units, family, interval=k) for k in args.fora}
     for k, schedule in fora.items():
         evaluate(f"FORA N={k}", with_schedule(schedule), schedule.settings)

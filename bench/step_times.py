@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="also list the heaviest operators per preset")
     args = p.parse_args(argv)
     workloads.boot(args.comfyui, cpu=not (args.comfyui or args.model in workloads.GPU_MODELS))
-    from comfyui_duca.cache_core import PRESETS
+    from comfyui_duca.methods import PRESETS
     from comfyui_duca.glue.patch import apply_duca, last_stats
     if args.model in workloads.GPU_MODELS:
         work = workloads.gpu_workload(args.model, args.steps, 1, [0])

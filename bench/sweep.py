@@ -33,7 +33,7 @@ def main(argv=None):
     p.add_argument("--out", help="JSON file for the results")
     args = p.parse_args(argv)
     workloads.boot(None, cpu=True)
-    from comfyui_duca.cache_core import DuCaConfig
+    from comfyui_duca.methods import DuCaConfig
     from comfyui_duca.glue.patch import apply_duca, last_stats
 
     work = workloads.testbed_workload(args.model, args.steps, args.classes, args.seeds)

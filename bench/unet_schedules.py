@@ -4,7 +4,7 @@ ComfyUI's EasyCache, on the same seeds and conditionings.
     python3 scripts/host.py python bench/unet_schedules.py [--steps 28] [--repeats 3]
 
 Block Caching is calibrated first: one all-computing run per class on a seed the cases do not
-use (`DuCaConfig(measure_change=True)`), the relative change profiles averaged, then
+use (`CalibrationConfig()`), the relative change profiles averaged, then
 thresholded. EasyCache runs at several thresholds and at the one matched to DeepCache interval
 3's speed (bisection on time measured side by side with no cache on case 0). Per method:
 seconds (median over repeats of the summed cases; methods interleaved, order rotated, after
@@ -53,33 +53,34 @@ def parse_args(argv=None):
 
 def calibrate(work, units):
     """The mean [steps, units] relative change over one calibration run per class."""
-    from comfyui_duca.cache_core import DuCaConfig
-    from comfyui_duca.glue.patch import apply_duca, last_profile
-    model = apply_duca(work.model, DuCaConfig(measure_change=True))
+    from comfyui_duca.methods import CalibrationConfig
+    from comfyui_duca.glue.patch import apply_duca, last_result
+    model = apply_duca(work.model, CalibrationConfig())
     profiles, seen = [], set()
     for case in work.cases:
         if case.label in seen:
             continue
         seen.add(case.label)
         work.sample(model, workloads.Case(case.label, CALIBRATION_SEED, case.positive, case.negative))
-        profiles.append(last_profile(model).relative_change())
+        profiles.append(last_result(model).relative_change())
     return torch.stack(profiles).mean(0)
 
 
 def build(work, args):
     from comfyui_duca.adapters.unet import UNetAdapter
-    from comfyui_duca.cache_core import DeepCacheConfig, DuCaConfig, every_kth_step_plan, schedule_rules
+    from comfyui_duca.cache_core import every_kth_step_plan, schedule_rules
+    from comfyui_duca.methods import DeepCacheConfig, ScheduleConfig
     units = UNetAdapter.for_model(work.model.model.diffusion_model).schedule_units()
     steps, base = work.steps, work.model
     change = calibrate(work, units)
     rows = [M.Method("no cache", "reference", base)]
     for t in args.thresholds:
         schedule = schedule_rules.block_caching(change, units, "unet", t)
-        rows.append(M.duca(base, DuCaConfig(unit_schedule=schedule), f"Block Caching t={t:g}", "block-caching",
+        rows.append(M.duca(base, ScheduleConfig(schedule), f"Block Caching t={t:g}", "block-caching",
                            {"threshold": t, "unit_compute": schedule.compute_fraction()}))
     for n in (2, 3):
         schedule = schedule_rules.fora(steps, units, "unet", interval=n)
-        rows.append(M.duca(base, DuCaConfig(unit_schedule=schedule), f"FORA interval {n}", "fora",
+        rows.append(M.duca(base, ScheduleConfig(schedule), f"FORA interval {n}", "fora",
                            {"interval": n, "unit_compute": schedule.compute_fraction()}))
     for n in (2, 3, 4):
         rows.append(M.duca(base, DeepCacheConfig(interval=n), f"DeepCache interval {n}", "deepcache",

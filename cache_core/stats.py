@@ -34,6 +34,7 @@ class StepStats:
 class RunStats:
     method: str
     num_steps: int
+    family: str = ""      # the registry's name of the model's family
     level: str = "block"  # token-wise / block / step / deepcache: the finest level that ran
     compute_unit: str = FLOPS  # FLOPs of the blocks, or model calls (families without block hooks)
     steps: dict = field(default_factory=dict)
@@ -70,7 +71,7 @@ class RunStats:
                 f"cache {self.peak_cache_bytes / 2**20:.1f} MiB | level {self.level}")
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "num_steps": self.num_steps, "level": self.level,
+        return {"method": self.method, "num_steps": self.num_steps, "family": self.family, "level": self.level,
                 "compute_unit": self.compute_unit, "timeline": self.timeline,
                 "compute_fraction": self.compute_fraction, "peak_cache_bytes": self.peak_cache_bytes,
                 "wall_seconds": self.wall_seconds, "notes": list(self.notes),

@@ -15,24 +15,11 @@ import comfy.patcher_extension as ext
 
 from ..adapters.units import standing_in
 from ..slicer import MemoryAdapter, SliceSettings, find_memory_adapter
-from .patch import find_transformer_options
+from .attach import Holder, attach, diffusion_model_of, find_transformer_options, holder_of
 
 LOG = logging.getLogger("comfyui-duca")
-WRAPPER_KEY = "duca_feature_slicer"
-HOLDER_KEY = "duca_feature_slicer"  # transformer_options: the node's settings and the last call's stats
+KEY = "duca_feature_slicer"  # wrappers and transformer_options: the holder (chunks in, last call's stats out)
 OVERRIDE_KEY = "optimized_attention_override"  # the host's attention hook (comfy/ldm/modules/attention.py)
-
-
-class SlicerHolder:
-    """Settings in, what the last model call sliced out."""
-
-    def __init__(self, chunks: Optional[int], family: str):
-        self.chunks = chunks  # None: automatic
-        self.family = family
-        self.last_stats = None
-
-    def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options
-        return SlicerHolder(self.chunks, self.family)
 
 
 def free_memory(device) -> Optional[float]:
@@ -43,8 +30,9 @@ def free_memory(device) -> Optional[float]:
         return None
 
 
-def diffusion_model_of(obj):
-    return getattr(obj, "diffusion_model", obj)
+def called_diffusion_model(base_model):
+    """The diffusion model a wrapper's executor belongs to (its class_obj is the host's BaseModel)."""
+    return getattr(base_model, "diffusion_model", base_model)
 
 
 def with_options(args: tuple, kwargs: dict, options: dict, replacement: dict):
@@ -57,12 +45,13 @@ def with_options(args: tuple, kwargs: dict, options: dict, replacement: dict):
 
 def slicer_wrapper(executor, *args, **kwargs):
     options = find_transformer_options(args, kwargs)
-    holder = options.get(HOLDER_KEY)
-    adapter = find_memory_adapter(diffusion_model_of(getattr(executor, "class_obj", None)))
+    holder = options.get(KEY)
+    adapter = find_memory_adapter(called_diffusion_model(getattr(executor, "class_obj", None)))
     if holder is None or adapter is None or not args:
         return executor(*args, **kwargs)
     device = getattr(args[0], "device", None)
-    settings = SliceSettings(requested=holder.chunks, free_bytes=free_memory(device) if holder.chunks is None else None)
+    chunks = holder.config  # None: automatic
+    settings = SliceSettings(requested=chunks, free_bytes=free_memory(device) if chunks is None else None)
     replacement = dict(options)
     override = adapter.attention_override(settings, options.get(OVERRIDE_KEY))
     if override is not None:
@@ -83,20 +72,13 @@ def wrapper_type(adapter: MemoryAdapter) -> str:
 def apply_feature_slicer(model, chunks: Optional[int] = None):
     """A clone of `model` whose calls run their sliceable operators slice by slice
     (`chunks` slices, or automatic for None), or `model` itself if its family is unknown."""
-    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
+    diffusion_model = diffusion_model_of(model)
     adapter = find_memory_adapter(diffusion_model)
     if adapter is None:
         LOG.warning("DuCa feature slicer: %s is not a model family this node knows how to slice; "
                     "passing it through unchanged.", type(diffusion_model).__name__)
         return model
-    patched = model.clone()
-    options = patched.model_options.setdefault("transformer_options", {})
-    kind = wrapper_type(adapter)
-    if HOLDER_KEY in options and hasattr(patched, "remove_wrappers_with_key"):
-        for earlier in (ext.WrappersMP.DIFFUSION_MODEL, ext.WrappersMP.APPLY_MODEL):
-            patched.remove_wrappers_with_key(earlier, WRAPPER_KEY)  # applied twice: the last settings win
-    patched.add_wrapper_with_key(kind, WRAPPER_KEY, slicer_wrapper)
-    options[HOLDER_KEY] = SlicerHolder(chunks, adapter.family)
+    patched = attach(model, KEY, Holder(chunks, adapter.family), {wrapper_type(adapter): slicer_wrapper})
     LOG.info("DuCa feature slicer: %s, %d operators sliced%s, chunks %s", adapter.family, len(adapter.targets),
              " + self-attention over queries" if adapter.spec.attention else "", chunks or "auto")
     return patched
@@ -104,5 +86,5 @@ def apply_feature_slicer(model, chunks: Optional[int] = None):
 
 def last_slice_stats(model):
     """What the last model call of a model patched by `apply_feature_slicer` sliced (None if none)."""
-    holder = model.model_options.get("transformer_options", {}).get(HOLDER_KEY)
+    holder = holder_of(model, KEY)
     return holder.last_stats if holder is not None else None

@@ -27,16 +27,19 @@ class Calibration(ScheduleExecutor):
     name = "calibration"
 
     def __init__(self, config: CalibrationConfig, adapter):
-        units = adapter.schedule_units()
-        super().__init__(Schedule(torch.zeros(0, len(units), dtype=torch.uint8), units, adapter.family, "full"), adapter)
+        super().__init__(computing_everything(adapter, 0), adapter)
         self.config = config
 
     def plan(self, num_steps: int) -> Plan:
-        units = self.adapter.schedule_units()
-        self.schedule = Schedule(torch.full((num_steps, len(units)), int(Cell.COMPUTE), dtype=torch.uint8), units,
-                                 self.adapter.family, "full")
-        self.observer = ChangeProfile(num_steps, len(units), self.config.probe_unit)
+        self.schedule = computing_everything(self.adapter, num_steps)
+        self.observer = ChangeProfile(num_steps, len(self.schedule.units), self.config.probe_unit)
         return super().plan(num_steps)
 
     def finish(self, run):
         return self.observer
+
+
+def computing_everything(adapter, num_steps: int) -> Schedule:
+    units = adapter.schedule_units()
+    table = torch.full((num_steps, len(units)), int(Cell.COMPUTE), dtype=torch.uint8)
+    return Schedule(table, units, adapter.family, "full")

@@ -118,9 +118,9 @@ class DuCa(Executor):
         if block_id == adapter.first_block and self.keep_residual:
             call.scratch[STACK_IN] = adapter.stack_state(kind, args).clone()
         work = begin_block(run, call, block_id, args)
+        refreshable = run.has_kept(call, block_id) and adapter.can_refresh(kind, args)
         reusable = not run.disabled and (
-            call.action is Action.AGGRESSIVE
-            or (call.action is Action.CONSERVATIVE and run.has_kept(call, block_id) and adapter.can_refresh(kind, args)))
+            call.action is Action.AGGRESSIVE or (call.action is Action.CONSERVATIVE and refreshable))
         if reusable:
             try:
                 return self._aggressive(run, call, work, args) if call.action is Action.AGGRESSIVE \

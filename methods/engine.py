@@ -66,7 +66,7 @@ class RunState:
         self.num_steps = max(len(self.sigmas) - 1, 0)
         self.plan = method.plan(self.num_steps)
         self.store = CacheStore.on(method.cache_device)
-        self.stats = RunStats(self.plan.method, self.num_steps, level=method.level,
+        self.stats = RunStats(self.plan.method, self.num_steps, family=self.adapter.family, level=method.level,
                               compute_unit=MODEL_CALLS if self.adapter.step_level else FLOPS)
         self.stats.notes.extend(method.notes)  # e.g. a schedule resampled to this run's step count
         self.estimate = ESTIMATORS[estimator]

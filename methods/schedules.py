@@ -203,21 +203,19 @@ class ScheduleExecutor(Executor):
         computes and the run stops caching."""
         forward = own_forward(unit)
 
-        def reuse(x, residual):
-            if residual is None or residual.shape != x.shape:
-                raise RuntimeError(f"kept residual {getattr(residual, 'shape', None)} does not fit input "
-                                   f"{tuple(x.shape)}")
-            out = x + residual.to(x.dtype)
-            reused.add(u)
-            return out
-
         def run_unit(*args, **kwargs):
+            def reuse():
+                x = _input_of(args, kwargs)
+                residual = run.estimated(call, (UNIT_RESIDUAL, u), device=x.device)
+                if residual is None or residual.shape != x.shape:
+                    raise RuntimeError(f"kept residual {getattr(residual, 'shape', None)} does not fit input "
+                                       f"{tuple(x.shape)}")
+                out = x + residual.to(x.dtype)
+                reused.add(u)
+                return out
             if run.disabled:
                 return forward(*args, **kwargs)
-            return run.guarded(call, f"transformer.{u}",
-                               lambda: reuse(_input_of(args, kwargs),
-                                             run.estimated(call, (UNIT_RESIDUAL, u), device=_input_of(args, kwargs).device)),
-                               lambda: forward(*args, **kwargs))
+            return run.guarded(call, f"transformer.{u}", reuse, lambda: forward(*args, **kwargs))
         return run_unit
 
 

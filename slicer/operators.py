@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..adapters import slicing
+from ..adapters.registry import family_of
 from ..adapters.slicing import BLOCK, CROSS_ATTENTION, MLP, SELF_ATTENTION, TEMPORAL, MemorySpec, SliceRule
 from ..adapters.units import optional_submodule, own_forward, standing_in
 from ..cache_core.chunking import (attention_bytes_per_query, plan_chunks, query_axis, attention_arguments,
@@ -24,16 +24,10 @@ TOKEN_BLOCK = 64   # token slices of the other operators: whole multiples of thi
 # kernels that hold a full [queries x keys] score matrix (the others stream over keys)
 SCORE_MATERIALIZING = ("attention_basic",)
 
-# TEMPORARY: replaced by adapters.registry.family_of when merged (this dict and slicing_spec below;
-# slicing_spec becomes `family_of(diffusion_model).slicing`, None for an unknown family)
-MODEL_CLASSES = {"WanModel": slicing.WAN, "VaceWanModel": slicing.WAN, "CameraWanModel": slicing.WAN,
-                 "HumoWanModel": slicing.WAN, "HunyuanVideo": slicing.HUNYUAN_VIDEO, "LTXVModel": slicing.LTXV,
-                 "AsymmDiTJoint": slicing.MOCHI, "UNetModel": slicing.UNET}
-
-
 def slicing_spec(diffusion_model) -> Optional[MemorySpec]:
-    """The slicing rules of the model's family, or None for a family the slicer does not know."""
-    return MODEL_CLASSES.get(type(diffusion_model).__name__)
+    """The slicing rules of the model's family (the registry's), or None where it has none."""
+    family = family_of(diffusion_model)
+    return family.slicing if family is not None else None
 
 
 @dataclass

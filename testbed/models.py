@@ -148,11 +148,6 @@ def save_unet_checkpoint(path, seed: int = 0) -> None:
     comfy.utils.save_torch_file(model.model.diffusion_model.state_dict(), str(path))
 
 
-def load_unet_checkpoint(path):
-    import comfy.sd
-    return comfy.sd.load_diffusion_model(str(path))
-
-
 def sample(model, positive, negative=None, *, steps=8, cfg=1.0, sampler="euler", scheduler="simple",
            seed=0, batch=1, height=32, width=32, channels=16, latent=None, denoise=1.0, callback=None):
     """Sample with ComfyUI's own KSampler path; returns the final latent."""

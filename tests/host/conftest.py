@@ -1,4 +1,6 @@
 """Fixtures on the real ComfyUI host: the pack loaded as a custom node, small real-class models."""
+import types
+
 import pytest
 
 from testbed import host, models
@@ -23,10 +25,14 @@ def flux_conds(flux):
 
 @pytest.fixture(scope="session")
 def duca(pack):
-    """The pack's public entry points, imported as ComfyUI imports them."""
-    from comfyui_duca import cache_core
+    """The pack's public entry points, imported as ComfyUI imports them: the glue's patch module,
+    and the core (plans, stats) with the methods' settings beside it."""
+    from comfyui_duca import cache_core, methods
     from comfyui_duca.glue import patch
-    return patch, cache_core
+    core = types.SimpleNamespace(**{name: getattr(cache_core, name) for name in cache_core.__all__},
+                                 **{name: getattr(methods, name) for name in methods.__all__},
+                                 tokens=cache_core.tokens, store=cache_core.store, schedule=cache_core.schedule)
+    return patch, core
 
 
 # Small SD U-Nets of the real class, for the DeepCache and U-Net schedule tests (a module may

@@ -70,8 +70,8 @@ def test_blocks_computed_as_planned(pack, duca, unet, conds, branch):
         assert count == full + (reused if runs_on_reuse else 0), (kind, i)
     # FLOPs: a reuse step does the computed blocks' share, every reuse step the same
     records = [stats.steps[i] for i in range(STEPS)]
-    assert all(r.block_flops_done == r.block_flops_full > 0 for r in records if r.action == "full")
-    shares = {round(r.block_flops_done / r.block_flops_full, 9) for r in records if r.action == "aggressive"}
+    assert all(r.compute_done == r.compute_full > 0 for r in records if r.action == "full")
+    shares = {round(r.compute_done / r.compute_full, 9) for r in records if r.action == "aggressive"}
     assert len(shares) == 1 and 0 < shares.pop() < 0.9
     assert torch.isfinite(out).all()
 
@@ -81,7 +81,7 @@ def test_flops_are_counted_per_block(pack, unet):
     dm = unet.model.diffusion_model
     adapter = UNetAdapter.for_model(dm)
     counted = {}
-    handles = adapter._flop_hooks(dict(adapter.blocks()), counted)
+    handles = adapter.flop_hooks(dict(adapter.blocks()), counted)
     x = torch.randn(2, 4, 16, 16)
     try:
         dm(x, torch.tensor([500.0, 500.0]), context=torch.randn(2, 8, 64))
@@ -97,7 +97,7 @@ def test_reuse_on_the_same_input_reproduces_the_full_call(pack, duca, unet):
     """The kept feature is exactly the deep part: a reuse call on the input of the full call
     before it gives the full call's output, bit for bit, for every branch."""
     patch, core = duca
-    from comfyui_duca.glue.run import RunState
+    from comfyui_duca.methods import RunState, executor_for
     from comfyui_duca.adapters.unet import UNetAdapter
     dm = unet.model.diffusion_model
     x, t, context = torch.randn(2, 4, 16, 16), torch.tensor([700.0, 700.0]), torch.randn(2, 8, 64)
@@ -105,25 +105,23 @@ def test_reuse_on_the_same_input_reproduces_the_full_call(pack, duca, unet):
     expected = dm(x, t, context=context, transformer_options={})
     for branch in range(adapter.max_branch + 1):
         plan = core.Plan((core.StepPlan(core.Action.FULL), core.StepPlan(core.Action.AGGRESSIVE)))
-        run = RunState(core.DeepCacheConfig(branch=branch, plan=plan), adapter, [2.0, 1.0, 0.0])
+        run = RunState(executor_for(core.DeepCacheConfig(branch=branch, plan=plan), adapter), [2.0, 1.0, 0.0])
         outs = []
         for sigma in (2.0, 1.0):
             options = {"sigmas": torch.tensor([sigma]), "cond_or_uncond": [0, 1]}
             call = run.begin_call(x, options)
-            with adapter.around_call(run, call):
-                outs.append(dm(x, t, context=context, transformer_options=options))
+            outs.append(run.method.on_call(run, call, lambda: dm(x, t, context=context, transformer_options=options)))
             run.end_call(call)
         assert run.stats.timeline == "FA"
-        assert run.stats.steps[1].block_flops_done < run.stats.steps[1].block_flops_full
+        assert run.stats.steps[1].compute_done < run.stats.steps[1].compute_full
         assert torch.equal(outs[0], expected) and torch.equal(outs[1], expected), branch
     # and a reuse call on another step's input differs (the deep part is really reused)
-    run = RunState(core.DeepCacheConfig(plan=plan), adapter, [2.0, 1.0, 0.0])
+    run = RunState(executor_for(core.DeepCacheConfig(plan=plan), adapter), [2.0, 1.0, 0.0])
     outs = []
     for sigma, xi in ((2.0, x), (1.0, x * 0.5)):
         options = {"sigmas": torch.tensor([sigma]), "cond_or_uncond": [0, 1]}
         call = run.begin_call(xi, options)
-        with adapter.around_call(run, call):
-            outs.append(dm(xi, t, context=context, transformer_options=options))
+        outs.append(run.method.on_call(run, call, lambda: dm(xi, t, context=context, transformer_options=options)))
         run.end_call(call)
     assert not torch.equal(outs[1], dm(x * 0.5, t, context=context, transformer_options={}))
 
@@ -300,7 +298,7 @@ def test_a_model_that_is_not_a_u_net_is_refused_by_name(pack, flux):
 
 def test_config_errors_name_the_setting(pack, duca):
     _, core = duca
-    for kwargs, name in ((dict(branch=-1), "branch"), (dict(schedule="x"), "schedule"),
+    for kwargs, name in ((dict(branch=-1), "branch"), (dict(placement="x"), "placement"),
                          (dict(power=0.5), "power"), (dict(center=2.0), "center"), (dict(interval=0), "interval")):
         with pytest.raises(ValueError, match=name):
             core.DeepCacheConfig(**kwargs)
@@ -340,27 +338,28 @@ def test_published_u_nets_run_full_and_reuse_calls(pack, duca, name, config_clas
     import comfy.supported_models
     _, core = duca
     from comfyui_duca.adapters.unet import UNetAdapter
-    from comfyui_duca.glue.run import RunState
+    from comfyui_duca.methods import RunState, executor_for
     model_config = getattr(comfy.supported_models, config_class)(dict(unet_config))
     model_config.set_inference_dtype(torch.float32, None)
     dm = model_config.get_model({}, device="meta").diffusion_model
     adapter = UNetAdapter.for_model(dm)
-    assert adapter is not None and family in adapter.family and adapter.max_branch == branches - 1
+    assert adapter is not None and adapter.variant == family and adapter.max_branch == branches - 1
     context = torch.zeros(2, 77, unet_config["context_dim"], device="meta")
     extra = {"y": torch.zeros(2, 2816, device="meta")} if unet_config["adm_in_channels"] else {}
     x = torch.zeros(2, 4, side, side, device="meta")
     plan = core.Plan((core.StepPlan(core.Action.FULL), core.StepPlan(core.Action.AGGRESSIVE)))
-    run = RunState(core.DeepCacheConfig(plan=plan), adapter, [2.0, 1.0, 0.0])
+    run = RunState(executor_for(core.DeepCacheConfig(plan=plan), adapter), [2.0, 1.0, 0.0])
     for sigma in (2.0, 1.0):
         options = {"sigmas": torch.tensor([sigma]), "cond_or_uncond": [0, 1]}
         call = run.begin_call(x, options)
-        with torch.no_grad(), adapter.around_call(run, call):
-            out = dm(x, torch.zeros(2, device="meta"), context=context, transformer_options=options, **extra)
+        with torch.no_grad():
+            out = run.method.on_call(run, call, lambda: dm(x, torch.zeros(2, device="meta"), context=context,
+                                                           transformer_options=options, **extra))
         run.end_call(call)
         assert out.shape == x.shape
     assert run.stats.timeline == "FA"
     reuse = run.stats.steps[1]
-    assert 0 < reuse.block_flops_done / reuse.block_flops_full < reuse_share, name
+    assert 0 < reuse.compute_done / reuse.compute_full < reuse_share, name
 
 
 def test_a_failing_reuse_call_computes_and_switches_caching_off(pack, duca, unet, conds, monkeypatch, caplog):
@@ -369,7 +368,7 @@ def test_a_failing_reuse_call_computes_and_switches_caching_off(pack, duca, unet
     and the output is the uncached one, bit for bit."""
     import logging
     patch, core = duca
-    from comfyui_duca.adapters import unet as unet_adapter
+    from comfyui_duca.methods import deepcache as deepcache_method
     kw = dict(KW, cfg=3.0)
     reference = models.sample(unet, *conds, **kw)
     tries = []
@@ -377,7 +376,7 @@ def test_a_failing_reuse_call_computes_and_switches_caching_off(pack, duca, unet
     def broken(self, x):
         tries.append(self.call.step)
         raise RuntimeError("kept feature lost")
-    monkeypatch.setattr(unet_adapter.DeepCacheReuse, "prepare", broken)
+    monkeypatch.setattr(deepcache_method.DeepCacheReuse, "prepare", broken)
     model = patch.apply_duca(unet, core.DeepCacheConfig(interval=3, branch=1))
     with caplog.at_level(logging.ERROR, logger="comfyui-duca"):
         out, counts = sample_counting(model, unet, *conds, **kw)
@@ -395,10 +394,10 @@ def test_a_reuse_call_failing_partway_is_computed_again(pack, duca, unet, conds,
     been consumed): the whole call runs again uncached and the rest of the run computes."""
     import logging
     patch, core = duca
-    from comfyui_duca.adapters import unet as unet_adapter
+    from comfyui_duca.methods import deepcache as deepcache_method
     kw = dict(KW, cfg=3.0)
     reference = models.sample(unet, *conds, **kw)
-    original_stand_ins = unet_adapter.DeepCacheReuse.stand_ins
+    original_stand_ins = deepcache_method.DeepCacheReuse.stand_ins
 
     def failing_feature(self, blocks, skipped):
         stand_ins = original_stand_ins(self, blocks, skipped)
@@ -410,7 +409,7 @@ def test_a_reuse_call_failing_partway_is_computed_again(pack, duca, unet, conds,
             raise RuntimeError("lost mid-call")
         stand_ins[last] = fail
         return stand_ins
-    monkeypatch.setattr(unet_adapter.DeepCacheReuse, "stand_ins", failing_feature)
+    monkeypatch.setattr(deepcache_method.DeepCacheReuse, "stand_ins", failing_feature)
     model = patch.apply_duca(unet, core.DeepCacheConfig(interval=3, branch=1))
     with caplog.at_level(logging.ERROR, logger="comfyui-duca"):
         out = models.sample(model, *conds, **kw)

@@ -322,16 +322,17 @@ def test_auraflow_conservative_steps_reuse_attention_and_refresh_the_planned_tok
 @pytest.mark.parametrize("preset", ["quality", "balanced", "fast"])
 def test_the_accelerate_node_runs_auraflow_with_its_family_settings(pack, duca, preset):
     """A preset picked on the node: the plan is the preset with AuraFlow's measured settings
-    (cache_core/family_defaults.py), counted in the steps of the run."""
+    (the family registry's), counted in the steps of the run."""
     patch, core = duca
-    from comfyui_duca.cache_core.family_defaults import family_settings
+    from comfyui_duca.adapters.registry import BY_NAME
+    measured = BY_NAME["auraflow"].defaults
     family, model = FAMILIES["auraflow"], MODELS["auraflow"]
     (accelerated,) = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]().apply(model, preset)
     steps = 20
     outs = [models.sample(m, family.conditioning(1), family.negative(2), steps=steps, cfg=4.0,
                           latent=family.latent(1)) for m in (model, accelerated)]
-    expected = core.PRESETS[preset].with_changes(**family_settings("auraflow", preset)).plan_for(steps)
-    assert family_settings("auraflow", preset)  # measured, not missing
+    expected = core.PRESETS[preset].with_changes(**measured[preset]).plan_for(steps)
+    assert measured[preset]  # measured, not missing
     assert patch.last_stats(accelerated).timeline == expected.timeline
     assert 0 < patch.last_stats(accelerated).compute_fraction < 1
     assert 1e-7 < relative_l2(outs[1], outs[0]) < 0.3

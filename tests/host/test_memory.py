@@ -228,7 +228,7 @@ def test_node_registered_validates_chunks_and_passes_unknown_models_through(pack
     (patched,) = node.apply(model, "auto")
     assert patched is not model
     (patched,) = node.apply(model, "6")
-    assert patched.model_options["transformer_options"]["duca_feature_slicer"].chunks == 6
+    assert patched.model_options["transformer_options"]["duca_feature_slicer"].config == 6
     for bad in ("0", "lots", "2.5"):
         with pytest.raises(ValueError, match="chunks"):
             node.apply(model, bad)
@@ -252,7 +252,7 @@ def test_applied_twice_the_last_setting_wins(slicer, pack):
     wrappers = twice.wrappers
     count = sum(len(v.get("duca_feature_slicer", [])) for v in wrappers.values())
     assert count == 1
-    assert twice.model_options["transformer_options"]["duca_feature_slicer"].chunks == 5
+    assert twice.model_options["transformer_options"]["duca_feature_slicer"].config == 5
 
 
 

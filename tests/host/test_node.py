@@ -106,7 +106,8 @@ def test_applying_twice_keeps_one_accelerator_with_the_last_settings(pack, flux,
 def test_another_packs_block_patch_still_runs(pack, flux, flux_conds):
     """A `dit` replacement set before ours is chained, not dropped."""
     from comfyui_duca.glue.patch import apply_duca
-    from comfyui_duca.cache_core import DuCaConfig, all_full_plan
+    from comfyui_duca.cache_core import all_full_plan
+    from comfyui_duca.methods import DuCaConfig
     seen = []
 
     def other_patch(args, extra):

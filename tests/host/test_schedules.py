@@ -12,11 +12,12 @@ SMALL = dict(height=64, width=64)
 
 @pytest.fixture(scope="module")
 def api(pack):
-    from comfyui_duca.cache_core import DuCaConfig, schedule_rules
+    from comfyui_duca.cache_core import schedule_rules
     from comfyui_duca.cache_core.schedule import Cell, Schedule, ScheduleMismatch
     from comfyui_duca.glue import patch, schedules
+    from comfyui_duca.methods import DuCaConfig, ScheduleConfig
     from comfyui_duca.nodes import schedules as nodes
-    return dict(DuCaConfig=DuCaConfig, rules=schedule_rules, Cell=Cell, Schedule=Schedule,
+    return dict(DuCaConfig=DuCaConfig, ScheduleConfig=ScheduleConfig, rules=schedule_rules, Cell=Cell, Schedule=Schedule,
                 ScheduleMismatch=ScheduleMismatch, patch=patch, schedules=schedules, nodes=nodes)
 
 
@@ -30,7 +31,7 @@ def run_flux(model, conds, **kwargs):
 
 
 def scheduled(api, model, schedule):
-    return api["patch"].apply_duca(model, api["DuCaConfig"](unit_schedule=schedule))
+    return api["patch"].apply_duca(model, api["ScheduleConfig"](schedule))
 
 
 @pytest.mark.parametrize("cfg, batch", [(1.0, 1), (4.0, 2)])

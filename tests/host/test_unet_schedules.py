@@ -22,8 +22,8 @@ def sched(pack):
 
 
 def adapter_of(model):
-    from comfyui_duca.adapters.unet import UNetAdapter
-    return UNetAdapter.for_model(model.model.diffusion_model)
+    from comfyui_duca.adapters import find_adapter
+    return find_adapter(model.model.diffusion_model)
 
 
 def table_schedule(sched, model, rows, method="test"):
@@ -56,7 +56,7 @@ def counting_units(model):
 def test_units_are_the_transformer_layers_in_run_order(pack, unet):
     adapter = adapter_of(unet)
     dm = unet.model.diffusion_model
-    assert adapter.schedule_family == "unet" and adapter.family.startswith("unet")
+    assert adapter.family == "unet"  # the name schedules carry, whatever the variant
     assert adapter.schedule_units() == [f"transformer.{i}" for i in range(7)]
     order = []
     handles = [u.register_forward_pre_hook(lambda m, _a: order.append(m)) for u in adapter.units]
@@ -74,7 +74,7 @@ def test_all_compute_schedule_is_bit_identical(pack, duca, sched, unet, conds, c
     kw = dict(KW, cfg=cfg, batch=batch)
     reference = models.sample(unet, *conds, **kw)
     schedule = sched[1].fora(STEPS, adapter_of(unet).schedule_units(), "unet", interval=1)
-    model = patch.apply_duca(unet, core.DuCaConfig(unit_schedule=schedule))
+    model = patch.apply_duca(unet, core.ScheduleConfig(schedule))
     assert torch.equal(models.sample(model, *conds, **kw), reference)
     stats = patch.last_stats(model)
     assert stats.method == "fora" and stats.timeline == "F" * STEPS and stats.compute_fraction == 1.0
@@ -84,20 +84,19 @@ def test_reuse_on_the_same_input_reproduces_the_full_call(pack, duca, sched, une
     """A call reusing every unit, on the input of the computed call before it: each unit hands
     on input + kept residual, so the output is the computed one (to rounding)."""
     _, core = duca
-    from comfyui_duca.glue.run import RunState
+    from comfyui_duca.methods import RunState, executor_for
     dm = unet.model.diffusion_model
     adapter = adapter_of(unet)
     x, t, context = torch.randn(2, 4, 16, 16), torch.tensor([700.0, 700.0]), torch.randn(2, 8, 64)
     schedule = table_schedule(sched, unet, [[0] * 7, [2] * 7])
-    run = RunState(core.DuCaConfig(unit_schedule=schedule), adapter, [2.0, 1.0, 0.0])
+    run = RunState(executor_for(core.ScheduleConfig(schedule), adapter), [2.0, 1.0, 0.0])
     counts, handles = counting_units(unet)
     outs = []
     try:
         for sigma, xi in ((2.0, x), (1.0, x), (1.0, x * 0.5)):
             options = {"sigmas": torch.tensor([sigma]), "cond_or_uncond": [0, 1]}
             call = run.begin_call(xi, options)
-            with adapter.around_call(run, call):
-                outs.append(dm(xi, t, context=context, transformer_options=options))
+            outs.append(run.method.on_call(run, call, lambda: dm(xi, t, context=context, transformer_options=options)))
             run.end_call(call)
     finally:
         for h in handles:
@@ -119,7 +118,7 @@ def test_units_computed_as_scheduled_and_flops_counted_per_unit(pack, duca, sche
             [0, 0, 0, 2, 2, 2, 2],
             [2, 0, 0, 0, 0, 0, 2]]
     schedule = table_schedule(sched, unet, rows)
-    model = patch.apply_duca(unet, core.DuCaConfig(unit_schedule=schedule))
+    model = patch.apply_duca(unet, core.ScheduleConfig(schedule))
     counts, handles = counting_units(unet)
     try:
         out = models.sample(model, *conds, cfg=3.0, **KW)  # cond and uncond in one call a step
@@ -131,7 +130,7 @@ def test_units_computed_as_scheduled_and_flops_counted_per_unit(pack, duca, sche
     assert counts == [sum(row[u] != 2 for row in rows) for u in range(7)]
     # FLOPs: a step saves exactly the FLOPs of the units it reuses (measured apart, same shapes)
     adapter, counted = adapter_of(unet), {}
-    flop_handles = adapter._flop_hooks(adapter.named_units(), counted)
+    flop_handles = adapter.flop_hooks(adapter.named_units(), counted)
     try:
         unet.model.diffusion_model(torch.randn(2, 4, 16, 16), torch.tensor([500.0] * 2),
                                    context=torch.randn(2, 8, 64))
@@ -143,7 +142,7 @@ def test_units_computed_as_scheduled_and_flops_counted_per_unit(pack, duca, sche
     for step, row in enumerate(rows):
         record = stats.steps[step]
         saved = sum(f for f, cell in zip(unit_flops, row) if cell == 2)
-        assert record.block_flops_full - record.block_flops_done == pytest.approx(saved, rel=1e-9), step
+        assert record.compute_full - record.compute_done == pytest.approx(saved, rel=1e-9), step
     assert 0.5 < stats.compute_fraction < 1.0 and torch.isfinite(out).all()
 
 
@@ -153,7 +152,7 @@ def test_fora_lowers_compute_and_stays_close(pack, duca, sched, trained):
     kw = dict(KW, steps=20, cfg=3.0)
     reference = models.sample(model, positive, negative, **kw)
     units = adapter_of(model).schedule_units()
-    model_fora = patch.apply_duca(model, core.DuCaConfig(unit_schedule=sched[1].fora(20, units, "unet", interval=3)))
+    model_fora = patch.apply_duca(model, core.ScheduleConfig(sched[1].fora(20, units, "unet", interval=3)))
     out = models.sample(model_fora, positive, negative, **kw)
     stats = patch.last_stats(model_fora)
     assert stats.timeline == "F" + "PPF" * 6 + "P"
@@ -169,10 +168,10 @@ def test_calibration_gives_a_profile_and_block_caching_runs_from_it(pack, duca, 
     model, positive, negative = trained
     kw = dict(KW, steps=20, cfg=3.0)
     reference = models.sample(model, positive, negative, **kw)
-    calibrating = patch.apply_duca(model, core.DuCaConfig(measure_change=True))
+    calibrating = patch.apply_duca(model, core.CalibrationConfig())
     assert torch.equal(models.sample(calibrating, positive, negative, **kw), reference)  # computes everything
     assert patch.last_stats(calibrating).compute_fraction == 1.0
-    change = patch.last_profile(calibrating).relative_change()
+    change = patch.last_result(calibrating).relative_change()
     assert change.shape == (20, 7)
     assert (change[0] == 0).all() and (change[1:] > 0).all() and torch.isfinite(change).all()
     units = adapter_of(model).schedule_units()
@@ -180,7 +179,7 @@ def test_calibration_gives_a_profile_and_block_caching_runs_from_it(pack, duca, 
     fractions, distances = [], []
     for threshold in (0.05, 0.1):
         schedule = sched[1].block_caching(change, units, "unet", threshold)
-        cached = patch.apply_duca(model, core.DuCaConfig(unit_schedule=schedule))
+        cached = patch.apply_duca(model, core.ScheduleConfig(schedule))
         out = models.sample(cached, positive, negative, **kw)
         stats = patch.last_stats(cached)
         assert stats.method == "block-caching" and "P" in stats.timeline
@@ -200,7 +199,7 @@ def test_controlnet_still_changes_the_output_on_reuse_steps(pack, duca, sched, u
     kw = dict(KW, cfg=3.0)
     # the first 5 steps computed, every unit reused after: control only over the reused steps
     schedule = table_schedule(sched, unet, [[0] * 7] * 5 + [[2] * 7] * 4)
-    tail = patch.apply_duca(unet, core.DuCaConfig(unit_schedule=schedule))
+    tail = patch.apply_duca(unet, core.ScheduleConfig(schedule))
     late = with_control(positive, control, hint, (0.65, 1.0))
     without, with_late = models.sample(tail, positive, negative, **kw), models.sample(tail, late, negative, **kw)
     assert patch.last_stats(tail).timeline == "FFFFFPPPP"
@@ -214,12 +213,12 @@ def test_a_schedule_for_another_model_is_refused_at_apply_time(pack, duca, sched
     schedule_module, rules = sched
     units = adapter_of(unet).schedule_units()
     with pytest.raises(schedule_module.ScheduleMismatch, match="made for a flux model"):
-        patch.apply_duca(unet, core.DuCaConfig(unit_schedule=rules.fora(STEPS, units, "flux")))
+        patch.apply_duca(unet, core.ScheduleConfig(rules.fora(STEPS, units, "flux")))
     with pytest.raises(schedule_module.ScheduleMismatch, match="covers 6 blocks"):
-        patch.apply_duca(unet, core.DuCaConfig(unit_schedule=rules.fora(STEPS, units[:6], "unet")))
+        patch.apply_duca(unet, core.ScheduleConfig(rules.fora(STEPS, units[:6], "unet")))
     # and a U-Net schedule on a Flux: its units are double/single blocks
     with pytest.raises(schedule_module.ScheduleMismatch, match="made for a unet model"):
-        patch.apply_duca(flux, core.DuCaConfig(unit_schedule=rules.fora(STEPS, units, "unet")))
+        patch.apply_duca(flux, core.ScheduleConfig(rules.fora(STEPS, units, "unet")))
 
 
 def test_a_failing_unit_stand_in_computes_and_switches_caching_off(pack, duca, sched, unet, conds, monkeypatch,
@@ -227,19 +226,19 @@ def test_a_failing_unit_stand_in_computes_and_switches_caching_off(pack, duca, s
     """The first reused unit's stand-in fails: it computes, and so does everything after it,
     so a schedule whose first reuse fails gives the uncached output."""
     patch, core = duca
-    from comfyui_duca.adapters import unet_schedule
+    from comfyui_duca.methods.schedules import UNIT_RESIDUAL
     kw = dict(KW, cfg=3.0)
     reference = models.sample(unet, *conds, **kw)
     from comfyui_duca.cache_core.store import CacheStore
     original_get = CacheStore.get
 
     def broken_get(self, key, name, device=None):
-        if isinstance(name, tuple) and name[0] == unet_schedule.RESIDUAL:
+        if isinstance(name, tuple) and name[0] == UNIT_RESIDUAL:
             raise RuntimeError("cache lost")
         return original_get(self, key, name, device)
     monkeypatch.setattr(CacheStore, "get", broken_get)
     schedule = sched[1].fora(STEPS, adapter_of(unet).schedule_units(), "unet", interval=2)
-    model = patch.apply_duca(unet, core.DuCaConfig(unit_schedule=schedule))
+    model = patch.apply_duca(unet, core.ScheduleConfig(schedule))
     with caplog.at_level(logging.ERROR, logger="comfyui-duca"):
         out = models.sample(model, *conds, **kw)
     stats = patch.last_stats(model)

@@ -142,7 +142,7 @@ def test_one_accelerated_model_for_both_halves_starts_clean_each_time(pair, cond
     config = core.PRESETS["balanced"]
     both = patch.apply_duca(high, config)
     seen = []
-    both.model_options["transformer_options"][patch.HOLDER_KEY].listeners.append(seen.append)
+    both.model_options["transformer_options"][patch.KEY].listeners.append(seen.append)
     unpatched = two_model_sample(sampler, high, high, conds, *MODES["cfg1"])[1]
     done = two_model_sample(sampler, both, both, conds, *MODES["cfg1"])[1]
     assert [s.timeline for s in seen] == [config.plan_for(SWITCH).timeline, config.plan_for(STEPS - SWITCH).timeline]

@@ -4,14 +4,14 @@ import torch
 from cache_core import CacheStore, RunStats
 
 
-def test_store_keeps_entries_per_key_and_counts_bytes():
+def test_store_keeps_entries_per_group_and_counts_bytes():
     store = CacheStore()
     store.put("cond", "block0", {"a": torch.zeros(4, 8), "b": torch.zeros(2, dtype=torch.float16)})
     store.put("uncond", "residual", torch.zeros(10))
     assert store.has("cond", "block0") and not store.has("uncond", "block0")
     assert store.nbytes() == 4 * 8 * 4 + 2 * 2 + 10 * 4
     store.drop("cond")
-    assert store.keys() == ["uncond"]
+    assert store.groups() == ["uncond"]
     store.clear()
     assert store.nbytes() == 0
 
@@ -26,8 +26,8 @@ def test_store_offloads_and_returns_to_the_asked_device():
 def test_run_stats_timeline_fraction_and_dict():
     stats = RunStats("duca", 3)
     for step, (action, done) in enumerate([("full", 10.0), ("conservative", 2.0), ("aggressive", 0.0)]):
-        rec = stats.record(step)
-        rec.action, rec.block_flops_done, rec.block_flops_full = action, done, 10.0
+        rec = stats.at(step)
+        rec.action, rec.compute_done, rec.compute_full = action, done, 10.0
         rec.wall_seconds = 0.5
     assert stats.timeline == "FCA"
     assert abs(stats.compute_fraction - 0.4) < 1e-9
