@@ -255,10 +255,11 @@ def render(chosen, measured, levels, subjects, args, seconds, margin) -> str:
                          f"| {c['compute']:.1%} | {c['psnr']:.1f} | {rel_l2(family, c['setting'], c):.1e} "
                          f"| {c['paper_compute']:.1%} | {c['paper_psnr']:.1f} | {setting(c['best'])} "
                          f"({c['best_psnr']:.1f}) | {c['how']} |")
-    lines += ["", "As cache_core.family_defaults.defaults:", "", "```"]
+    lines += ["", "As the registry's `defaults` (adapters/registry.py, measured(quality, balanced, fast)):", "", "```"]
     for family, presets in chosen.items():
-        entries = ", ".join(f'"{p}": {json.dumps(c["setting"])}' for p, c in presets.items())
-        lines.append(f'"{family}": {{{entries}}},')
+        triples = ", ".join(str(tuple(c["setting"][k] for k in ("interval", "refresh_ratio", "first_full_steps")))
+                            for c in presets.values())
+        lines.append(f'"{family}": measured({triples}),')
     return "\n".join(lines + ["```"]) + "\n"
 
 

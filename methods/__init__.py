@@ -5,6 +5,7 @@ the host offers no block hook.
 """
 from __future__ import annotations
 
+from ..adapters.registry import DEEPCACHE
 from .calibration import Calibration, CalibrationConfig
 from .deepcache import DeepCache, DeepCacheConfig
 from .duca import PRESETS, DuCa, DuCaConfig
@@ -24,10 +25,10 @@ def executor_for(config, adapter) -> Method:
         if isinstance(config, DuCaConfig):
             return StepReuse(DuCa(config, adapter), adapter)
     if isinstance(config, DuCaConfig):
-        return DeepCache(DeepCacheConfig.from_duca(config), adapter) if adapter.level == "deepcache" \
+        return DeepCache(DeepCacheConfig.from_duca(config), adapter) if adapter.level == DEEPCACHE \
             else DuCa(config, adapter)
     if isinstance(config, DeepCacheConfig):
-        if adapter.level != "deepcache":
+        if adapter.level != DEEPCACHE:
             raise ValueError(f"model: DeepCache needs a U-Net (SD1.5, SD2, SDXL); this is {adapter.family}")
         return DeepCache(config, adapter)
     if isinstance(config, ScheduleConfig):

@@ -15,7 +15,6 @@ from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import SELECTORS, TokenSelector, layer_refresh_ratio
 from ..cache_core.validate import check_choice, check_float, check_int, check_window
 from .blocks import begin_block, computed, fresh_ages, refreshed
-from .engine import is_interrupt
 from .protocol import Executor
 
 LOG = logging.getLogger("comfyui-duca")
@@ -121,20 +120,22 @@ class DuCa(Executor):
         refreshable = run.has_kept(call, block_id) and adapter.can_refresh(kind, args)
         reusable = not run.disabled and (
             call.action is Action.AGGRESSIVE or (call.action is Action.CONSERVATIVE and refreshable))
-        if reusable:
-            try:
-                return self._aggressive(run, call, work, args) if call.action is Action.AGGRESSIVE \
-                    else self._conservative(run, call, work, args, original)
-            except Exception as error:  # never fail a user's run over a cache problem
-                if is_interrupt(error):
-                    raise
-                run.switch_off(call, error, f"block {block_id}")
+        compute = lambda: self._compute(run, call, work, args, original)  # noqa: E731
+        if not reusable:
+            return compute()
+        if call.action is Action.AGGRESSIVE:
+            return run.guarded(call, f"block {block_id}", lambda: self._aggressive(run, call, work, args), compute)
+        return run.guarded(call, f"block {block_id}", lambda: self._conservative(run, call, work, args, original),
+                           compute)
+
+    def _compute(self, run, call, work, args, original) -> dict:
         computed(work)
-        out, units = adapter.full(kind, work.block, args, original, keep_units=self.keep_modules and not run.disabled)
+        keep_units = self.keep_modules and not run.disabled
+        out, units = self.adapter.full(work.kind, work.block, args, original, keep_units=keep_units)
         if units is not None:
             units.update(fresh_ages(args, work.streams))
-            run.keep(call, block_id, units)
-        self._keep_stack_residual(run, call, block_id, out)
+            run.keep(call, work.block_id, units)
+        self._keep_stack_residual(run, call, work.block_id, out)
         return out
 
     def _aggressive(self, run, call, work, args) -> dict:

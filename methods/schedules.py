@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..adapters.registry import DEEPCACHE
 from ..adapters.units import own_forward, standing_in
 from ..cache_core.plan import Action, Plan
 from ..cache_core.schedule import Cell, Schedule
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.validate import check_choice
 from .blocks import begin_block, computed, fresh_ages, refreshed
-from .engine import is_interrupt
 from .protocol import Executor
 from .unet import counted_call
 
@@ -93,7 +93,7 @@ class ScheduleExecutor(Executor):
         self.name = schedule.method
         self.cache_device = cache_device
         self.observer = observer
-        self.unet = not adapter.block_ids and hasattr(adapter, "units")
+        self.unet = adapter.level == DEEPCACHE  # a U-Net: the units are its transformer layers
         if self.unet:
             self.level = "block"  # whole transformer layers
 
@@ -109,33 +109,33 @@ class ScheduleExecutor(Executor):
 
     # --- DiT blocks ----------------------------------------------------------
     def on_block(self, run, call, block_id, args, original):
-        adapter, kind = self.adapter, block_id[0]
         unit = self.unit_index[block_id]
         work = begin_block(run, call, block_id, args)
         cell = self.fitted.cell(call.step, unit) if call.action is Action.PARTIAL else Cell.COMPUTE
-        if cell is not Cell.COMPUTE and not run.disabled and self._can_reuse(run, call, block_id, args, cell):
-            try:
-                return self._reuse(run, call, work, args, original, cell)
-            except Exception as error:  # never fail a user's run over a cache problem
-                if is_interrupt(error):
-                    raise
-                run.switch_off(call, error, f"block {block_id}")
+        compute = lambda: self._compute(run, call, work, unit, args, original)  # noqa: E731
+        if cell is Cell.COMPUTE or run.disabled or not self._can_reuse(run, call, block_id, args, cell):
+            return compute()
+        return run.guarded(call, f"block {block_id}", lambda: self._reuse(run, call, work, args, original, cell),
+                           compute)
+
+    def _compute(self, run, call, work, unit, args, original) -> dict:
+        adapter = self.adapter
         computed(work)
         if adapter.tokenwise:  # units kept on every computed step while the schedule reuses any
             keep = bool(self.last_reuse) and not run.disabled
         else:
             keep = self._kept_for_later(run, call, unit)
         # a copy: host blocks may add to their inputs in place
-        before = {k: v.clone() for k, v in adapter.passthrough(kind, args).items()} \
+        before = {k: v.clone() for k, v in adapter.passthrough(work.kind, args).items()} \
             if self.observer is not None else None
-        out, kept = compute_block(adapter, kind, work.block, args, original, keep)
+        out, kept = compute_block(adapter, work.kind, work.block, args, original, keep)
         if before is not None:
             self.observer.observe(call.group, unit, call.step, {k: out[k] - v for k, v in before.items()})
         if kept is not None and adapter.tokenwise:
             kept.update(fresh_ages(args, work.streams))
-            run.keep(call, block_id, kept)
+            run.keep(call, work.block_id, kept)
         elif kept is not None:
-            run.keep(call, (BLOCK_RESIDUAL, block_id), kept)
+            run.keep(call, (BLOCK_RESIDUAL, work.block_id), kept)
         return out
 
     def _can_reuse(self, run, call, block_id, args, cell) -> bool:

@@ -1,0 +1,53 @@
+"""Every method behind the one protocol, on every family of the host: the executor the flagship
+picks for each config, its plan, and the names the registry gives."""
+import pytest
+
+from testbed import models
+from testbed.families import FAMILIES
+
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def families(pack):
+    from comfyui_duca.adapters import find_adapter
+    built = {name: family.build(3) for name, family in FAMILIES.items()}
+    built["flux"], built["unet"] = models.flux(seed=0), models.sd_unet_small(seed=1)
+    adapters = {name: find_adapter(model.model.diffusion_model) for name, model in built.items()}
+    return {name: adapter for name, adapter in adapters.items() if adapter is not None}
+
+
+def test_each_config_gets_an_executor_of_the_protocol_with_a_plan_per_step(pack, families):
+    from comfyui_duca.cache_core import schedule_rules
+    from comfyui_duca.methods import CalibrationConfig, DuCaConfig, Method, ScheduleConfig, executor_for
+    assert {"flux", "unet", "wan21-i2v", "qwen-image", "lumina2"} <= set(families)
+    for name, adapter in families.items():
+        fora = schedule_rules.fora(STEPS, adapter.schedule_units(), adapter.family, interval=3)
+        for config in (DuCaConfig(preset="balanced"), ScheduleConfig(fora), CalibrationConfig()):
+            executor = executor_for(config, adapter)
+            assert isinstance(executor, Method), (name, type(executor).__name__)
+            plan = executor.plan(STEPS)
+            assert len(plan) == STEPS and plan.steps[0].action.value == "full", (name, config)
+
+
+def test_the_flagship_picks_the_method_by_family(pack, families):
+    from comfyui_duca.methods import DeepCache, DeepCacheConfig, DuCa, DuCaConfig, StepReuse, executor_for
+    picked = {name: type(executor_for(DuCaConfig(), adapter)) for name, adapter in families.items()}
+    assert picked["flux"] is DuCa and picked["qwen-image"] is DuCa
+    assert picked["unet"] is DeepCache and picked["lumina2"] is StepReuse
+    # a step-level family's plan has no conservative step: a whole model call can't refresh tokens
+    assert "C" not in executor_for(DuCaConfig(), families["lumina2"]).plan(28).timeline
+    with pytest.raises(ValueError, match="model: DeepCache needs a U-Net"):
+        executor_for(DeepCacheConfig(), families["flux"])
+
+
+def test_a_run_reports_the_registry_name_of_its_family(pack, families):
+    from comfyui_duca.adapters.registry import BY_NAME
+    from comfyui_duca.glue.patch import apply_duca, last_stats
+    from comfyui_duca.methods import PRESETS
+    model = models.flux(seed=0)
+    patched = apply_duca(model, PRESETS["balanced"])
+    models.sample(patched, models.flux_conditioning(model=model, seed=1), steps=6, height=32, width=32)
+    stats = last_stats(patched)
+    assert stats.family == "flux" and stats.family in BY_NAME and stats.to_dict()["family"] == "flux"
+    assert stats.level == BY_NAME["flux"].level
