@@ -63,6 +63,13 @@ class Plan:
         return Plan(steps, self.method, dict(self.settings))
 
 
+def fitted(plan: Plan, num_steps: int) -> Plan:
+    """A fixed plan given in a method's settings, checked against the run's step count."""
+    if len(plan) != num_steps:
+        raise ValueError(f"the fixed plan has {len(plan)} steps but the run has {num_steps}")
+    return plan
+
+
 def all_full_plan(num_steps: int) -> Plan:
     return Plan(tuple(StepPlan(Action.FULL) for _ in range(num_steps)), "full", {})
 

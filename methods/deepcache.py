@@ -9,7 +9,7 @@ import torch
 
 from ..adapters.units import own_forward, standing_in
 from ..cache_core.deepcache import PLACEMENTS, deepcache_plan
-from ..cache_core.plan import Action, Plan
+from ..cache_core.plan import Action, Plan, fitted
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.validate import check_choice, check_float, check_int, check_window
 from .protocol import Executor
@@ -42,9 +42,7 @@ class DeepCacheConfig:
 
     def plan_for(self, num_steps: int) -> Plan:
         if self.plan is not None:
-            if len(self.plan) != num_steps:
-                raise ValueError(f"the fixed plan has {len(self.plan)} steps but the run has {num_steps}")
-            return self.plan
+            return fitted(self.plan, num_steps)
         plan = deepcache_plan(num_steps, self.interval, self.placement, self.center, self.power,
                               self.first_full_steps, self.start, self.end)
         return Plan(plan.steps, plan.method, {**plan.settings, "branch": self.branch})

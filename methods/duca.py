@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from ..adapters.registry import BY_NAME
-from ..cache_core.plan import Action, Plan, duca_plan
+from ..cache_core.plan import Action, Plan, duca_plan, fitted
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import SELECTORS, TokenSelector, layer_refresh_ratio
 from ..cache_core.validate import check_choice, check_float, check_int, check_window
@@ -52,9 +52,7 @@ class DuCaConfig:
 
     def plan_for(self, num_steps: int) -> Plan:
         if self.plan is not None:
-            if len(self.plan) != num_steps:
-                raise ValueError(f"the fixed plan has {len(self.plan)} steps but the run has {num_steps}")
-            return self.plan
+            return fitted(self.plan, num_steps)
         return duca_plan(num_steps, self.interval, self.refresh_ratio, self.first_full_steps,
                          self.start, self.end, self.aggressive)
 
