@@ -20,15 +20,9 @@ import torch
 from .base import BlockStack
 from ..cache_core.tokens import TokenLayout, gather_tokens, scatter_tokens, value_norm_score
 
-try:  # the host's modulation helper; a trivial fallback keeps newer hosts working
-    from comfy.ldm.flux.layers import apply_mod as _host_apply_mod
-except ImportError:  # pragma: no cover
-    _host_apply_mod = None
-
 
 def apply_mod(tensor, mult, add=None):
-    if _host_apply_mod is not None:
-        return _host_apply_mod(tensor, mult, add)
+    """The host's Flux modulation for the calls made here (no modulation_dims): tensor * mult (+ add)."""
     return tensor * mult if add is None else torch.addcmul(add, tensor, mult)
 
 

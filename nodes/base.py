@@ -1,20 +1,24 @@
-"""What the pack's model-patching nodes share: category, output, the step window inputs
-and the hidden node id their run statistics are shown on."""
+"""What the pack's model-patching nodes share: category, the schedule type, the model output,
+the step window inputs and the hidden node id their run statistics are shown on."""
 from __future__ import annotations
 
+from comfy_api.latest import io
+
 CATEGORY = "DuCa Accelerate"
-
-STEP_WINDOW_INPUTS = {
-    "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                      "Fraction of the sampling steps after which caching may begin."}),
-    "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                    "Fraction of the sampling steps after which every step is computed again."}),
-}
-HIDDEN_INPUTS = {"unique_id": "UNIQUE_ID"}  # the node the run's stats are shown on
+SCHEDULE = io.Custom("DUCA_SCHEDULE")
+HIDDEN = [io.Hidden.unique_id]  # the node the run's stats are shown on
 
 
-class ModelPatchNode:
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    FUNCTION = "apply"
+def model_output(tooltip: str) -> io.Model.Output:
+    # display_name keeps the output's name "model" (V3 would otherwise show the type, MODEL)
+    return io.Model.Output(display_name="model", tooltip=tooltip)
+
+
+def step_window_inputs() -> list:
+    """Optional inputs: left out, caching may run over the whole sampling."""
+    return [
+        io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                       tooltip="Fraction of the sampling steps after which caching may begin."),
+        io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
+                       tooltip="Fraction of the sampling steps after which every step is computed again."),
+    ]

@@ -326,7 +326,7 @@ def test_the_accelerate_node_runs_auraflow_with_its_family_settings(pack, duca, 
     patch, core = duca
     from comfyui_duca.cache_core.family_defaults import family_settings
     family, model = FAMILIES["auraflow"], MODELS["auraflow"]
-    (accelerated,) = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]().apply(model, preset)
+    (accelerated,) = host.node("DuCaAccelerate").execute(model, preset).result
     steps = 20
     outs = [models.sample(m, family.conditioning(1), family.negative(2), steps=steps, cfg=4.0,
                           latent=family.latent(1)) for m in (model, accelerated)]
