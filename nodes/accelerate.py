@@ -7,7 +7,7 @@ from ..cache_core.config import CACHE_DEVICES, PRESETS
 from ..cache_core.tokens import SELECTORS
 from ..glue.patch import apply_duca
 from ..glue.ui import node_reporter
-from .base import CATEGORY, HIDDEN, SCHEDULE, model_output, step_window_inputs
+from .base import CATEGORY, SCHEDULE, check_options, model_output, shows_stats, step_window_inputs
 
 CUSTOM = "custom"
 
@@ -51,8 +51,12 @@ class AccelerateDuCa(io.ComfyNode):
                     "step instead of the preset's cycle.")),
             ],
             outputs=[model_output("The model with caching attached; connect it to your sampler.")],
-            hidden=HIDDEN,
+            **shows_stats(),
         )
+
+    @classmethod
+    def validate_inputs(cls, preset=None, token_selector=None, cache_device=None) -> bool | str:
+        return check_options(cls, preset=preset, token_selector=token_selector, cache_device=cache_device)
 
     @classmethod
     def execute(cls, model, preset="balanced", interval=None, refresh_ratio=None, token_selector=None,

@@ -6,7 +6,25 @@ from comfy_api.latest import io
 
 CATEGORY = "DuCa Accelerate"
 SCHEDULE = io.Custom("DUCA_SCHEDULE")
-HIDDEN = [io.Hidden.unique_id]  # the node the run's stats are shown on
+
+
+def shows_stats() -> dict:
+    """Schema options of a node the run's stats are shown on: its id (hidden), also in its cache
+    key, as the host keys V1 nodes with a hidden UNIQUE_ID (its check misses V3's). Otherwise an
+    identical node elsewhere in the graph (say, moved into a subgraph) would get this node's
+    cached model, whose stats go to this node."""
+    return {"hidden": [io.Hidden.unique_id], "not_idempotent": True}
+
+
+def check_options(node, **values) -> bool | str:
+    """A node's `validate_inputs` for its combos: the host checks a V3 combo's value against its
+    options only through it, before the prompt runs. None: a linked value, not known yet, or an
+    input the prompt leaves out (the host reports a missing required one itself)."""
+    options = {spec.id: spec.options for spec in node.define_schema().inputs if isinstance(spec, io.Combo.Input)}
+    for name, value in values.items():
+        if value is not None and value not in options[name]:
+            return f"{name}: {value!r} is not one of {options[name]}"
+    return True
 
 
 def model_output(tooltip: str) -> io.Model.Output:

@@ -7,7 +7,7 @@ from ..adapters.unet import UNetAdapter
 from ..cache_core.deepcache import SCHEDULES, DeepCacheConfig
 from ..glue.patch import apply_duca
 from ..glue.ui import node_reporter
-from .base import CATEGORY, HIDDEN, model_output, step_window_inputs
+from .base import CATEGORY, check_options, model_output, shows_stats, step_window_inputs
 
 DEFAULT = DeepCacheConfig()
 
@@ -37,8 +37,12 @@ class DeepCacheUNet(io.ComfyNode):
                 *step_window_inputs(),
             ],
             outputs=[model_output("The model with DeepCache attached; connect it to your sampler.")],
-            hidden=HIDDEN,
+            **shows_stats(),
         )
+
+    @classmethod
+    def validate_inputs(cls, schedule=None) -> bool | str:
+        return check_options(cls, schedule=schedule)
 
     @classmethod
     def execute(cls, model, cache_interval=DEFAULT.interval, cache_depth=DEFAULT.branch, schedule=DEFAULT.schedule,

@@ -13,7 +13,7 @@ from ..cache_core.schedule import Schedule
 from ..glue import exposure, host, schedule_files, schedules
 from ..glue.patch import HOLDER_KEY, apply_duca
 from ..glue.ui import node_reporter
-from .base import CATEGORY, HIDDEN, SCHEDULE, model_output
+from .base import CATEGORY, SCHEDULE, check_options, model_output, shows_stats
 
 LOG = logging.getLogger("comfyui-duca")
 SUB_CATEGORY = f"{CATEGORY}/schedules"
@@ -133,6 +133,10 @@ class BlockCachingCalibration(io.ComfyNode):
              first_full_input()])
 
     @classmethod
+    def validate_inputs(cls, sampler_name=None, scheduler=None) -> bool | str:
+        return check_options(cls, sampler_name=sampler_name, scheduler=scheduler)
+
+    @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, threshold,
                 first_full_steps) -> io.NodeOutput:
         sampling = sampling_from(positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler)
@@ -158,6 +162,10 @@ class StepRehashSchedule(io.ComfyNode):
              io.Int.Input("probe_block", default=-1, min=-1000, max=1000, step=1, optional=True, tooltip=(
                  "The block whose output is compared between steps: 0 is the first, -1 the last (the paper "
                  "probes a deep layer)."))])
+
+    @classmethod
+    def validate_inputs(cls, sampler_name=None, scheduler=None) -> bool | str:
+        return check_options(cls, sampler_name=sampler_name, scheduler=scheduler)
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, similarity,
@@ -193,6 +201,10 @@ class LearnToCache(io.ComfyNode):
                  "threshold sets how much is computed."))])
 
     @classmethod
+    def validate_inputs(cls, sampler_name=None, scheduler=None) -> bool | str:
+        return check_options(cls, sampler_name=sampler_name, scheduler=scheduler)
+
+    @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, full_every,
                 compute, iterations, minutes, reuse_pressure) -> io.NodeOutput:
         from ..glue import l2c
@@ -220,8 +232,12 @@ class ApplyCacheSchedule(io.ComfyNode):
                                tooltip="compute: caches on the GPU. cpu: in RAM (saves VRAM, costs transfers)."),
             ],
             outputs=[model_output("The model with the schedule attached; connect it to your sampler.")],
-            hidden=HIDDEN,
+            **shows_stats(),
         )
+
+    @classmethod
+    def validate_inputs(cls, cache_device=None) -> bool | str:
+        return check_options(cls, cache_device=cache_device)
 
     @classmethod
     def execute(cls, model, schedule, cache_device="compute") -> io.NodeOutput:
@@ -248,6 +264,10 @@ class SaveCacheSchedule(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, format=None) -> bool | str:
+        return check_options(cls, format=format)
+
+    @classmethod
     def execute(cls, schedule, filename_prefix, format="safetensors") -> io.NodeOutput:
         path = schedule_files.save(schedule, filename_prefix, format)
         saved = {"filename": path.name, "subfolder": schedule_files.FOLDER, "type": "output"}
@@ -267,6 +287,10 @@ class LoadCacheSchedule(io.ComfyNode):
                 "(refresh the node definitions, key R, to list one saved since the page loaded)."))],
             outputs=schedule_outputs(),
         )
+
+    @classmethod
+    def validate_inputs(cls, schedule_name=None) -> bool | str:
+        return check_options(cls, schedule_name=schedule_name)
 
     @classmethod
     def execute(cls, schedule_name) -> io.NodeOutput:

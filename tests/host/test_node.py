@@ -1,5 +1,6 @@
 """The nodes as ComfyUI sees them: the V3 entrypoint, schemas that saved workflows still fit,
 inputs, errors, unsupported models."""
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -98,6 +99,61 @@ def test_run_stats_go_to_the_node_that_ran(pack, flux, flux_conds, monkeypatch):
     assert [(node_id, stats.timeline) for node_id, stats in reported] == [("17", "FFFC")]
     for node_id in ("DuCaAccelerate", "DuCaDeepCache", "DuCaApplySchedule"):  # the nodes that show a timeline
         assert host.node_classes()[node_id].GET_SCHEMA().hidden == [io.Hidden.unique_id], node_id
+
+
+def register(monkeypatch):
+    """The pack's nodes in the host's node list, as its loader puts them there (for this test only)."""
+    import nodes
+    for node_id, node in host.node_classes().items():
+        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, node_id, node)
+
+
+def test_the_hosts_cache_keeps_identical_stats_nodes_apart(pack, monkeypatch):
+    """Two identical Accelerate nodes are two runs for the host's cache (each shows its own stats),
+    as for V1 nodes with a hidden UNIQUE_ID; a node without stats shares one cache entry."""
+    from comfy_execution.caching import CacheKeySetInputSignature
+    from comfy_execution.graph import DynamicPrompt
+    from execution import IsChangedCache
+    register(monkeypatch)
+    prompt = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux.safetensors", "weight_dtype": "default"}},
+              "2": {"class_type": "DuCaAccelerate", "inputs": {"model": ["1", 0], "preset": "fast"}},
+              "3": {"class_type": "DuCaAccelerate", "inputs": {"model": ["1", 0], "preset": "fast"}},
+              "4": {"class_type": "DuCaFeatureSlicer", "inputs": {"model": ["1", 0], "chunks": "auto"}},
+              "5": {"class_type": "DuCaFeatureSlicer", "inputs": {"model": ["1", 0], "chunks": "auto"}}}
+    graph = DynamicPrompt(prompt)
+    keys = CacheKeySetInputSignature(graph, list(prompt), IsChangedCache("test", graph, None))
+    asyncio.run(keys.add_keys(list(prompt)))
+    assert keys.get_data_key("2") != keys.get_data_key("3")
+    assert keys.get_data_key("4") == keys.get_data_key("5")
+
+
+ACCELERATE_LISTS = {"preset": "fast", "token_selector": "random", "cache_device": "cpu"}
+
+
+@pytest.mark.parametrize("node_id, good, name, bad", [
+    ("DuCaAccelerate", ACCELERATE_LISTS, "preset", "turbo"),
+    ("DuCaAccelerate", ACCELERATE_LISTS, "token_selector", "nearest"),
+    ("DuCaAccelerate", ACCELERATE_LISTS, "cache_device", "tpu"),
+    ("DuCaDeepCache", {"cache_interval": 3, "cache_depth": 1, "schedule": "quadratic"}, "schedule", "cubic"),
+    ("DuCaApplySchedule", {"cache_device": "cpu"}, "cache_device", "tpu"),
+    ("DuCaSaveSchedule", {"filename_prefix": "mine", "format": "json"}, "format", "xml"),
+    ("DuCaLoadSchedule", {}, "schedule_name", "missing.json"),
+    ("DuCaLearnToCache", {"sampler_name": "euler", "scheduler": "karras"}, "scheduler", "sometimes"),
+])
+def test_the_hosts_validation_refuses_a_value_not_in_a_list(pack, monkeypatch, node_id, good, name, bad):
+    """Before the prompt runs, as the host refused V1 combo values (it checks V3 combos only
+    through the node's validate_inputs)."""
+    import execution
+    register(monkeypatch)
+
+    def refusals(inputs):
+        _, errors, _ = asyncio.run(execution.validate_inputs("test", {"1": {"class_type": node_id, "inputs": inputs}},
+                                                             "1", {}))
+        return [e for e in errors if e["type"] == "custom_validation_failed"]
+    assert not refusals(good)
+    refused = refusals(dict(good, **{name: bad}))
+    assert refused and all(f"{name}: {bad!r} is not one of" in e["details"] for e in refused)
+    assert name in {e["extra_info"]["input_name"] for e in refused}
 
 
 def test_presets_and_custom_inputs_reach_the_plan(pack, flux, flux_conds):
