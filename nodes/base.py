@@ -1,5 +1,5 @@
-"""What the pack's model-patching nodes share: category, the schedule type, the model output,
-the step window inputs and the hidden node id their run statistics are shown on."""
+"""What the pack's nodes share: category, the schedule type, the model output, the step window
+inputs, the hidden node id their run statistics are shown on and the check of their combos."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -11,8 +11,8 @@ SCHEDULE = io.Custom("DUCA_SCHEDULE")
 def shows_stats() -> dict:
     """Schema options of a node the run's stats are shown on: its id (hidden), also in its cache
     key, as the host keys V1 nodes with a hidden UNIQUE_ID (its check misses V3's). Otherwise an
-    identical node elsewhere in the graph (say, moved into a subgraph) would get this node's
-    cached model, whose stats go to this node."""
+    identical node elsewhere (say, this one moved into a subgraph) would be answered with the
+    cached model, and its run's stats would go to the node that made it."""
     return {"hidden": [io.Hidden.unique_id], "not_idempotent": True}
 
 
