@@ -21,15 +21,10 @@ from bench import metrics, workloads  # noqa: E402
 PRESETS = ("quality", "balanced", "fast")
 
 
-def node(node_id: str, **inputs):
+def node(node_id: str, **inputs) -> tuple:
     """Run one of the pack's nodes as the host does and return its outputs."""
-    import asyncio
-    import comfyui_duca as pack
-    if hasattr(pack, "comfy_entrypoint"):
-        nodes = {n.GET_SCHEMA().node_id: n for n in asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())}
-        return tuple(nodes[node_id].execute(**inputs).result)
-    cls = pack.NODE_CLASS_MAPPINGS[node_id]
-    return getattr(cls(), cls.FUNCTION)(**inputs)
+    from testbed import host
+    return tuple(host.node(node_id).execute(**inputs).result)
 
 
 def methods(model, steps):

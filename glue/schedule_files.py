@@ -12,9 +12,15 @@ FORMATS = {"safetensors": ".safetensors", "json": ".json"}
 
 
 def _register() -> None:
-    paths = [os.path.join(folder_paths.models_dir, FOLDER), os.path.join(folder_paths.get_output_directory(), FOLDER)]
+    """Our folders in the host's list, checked on each call: the node list is built as the pack
+    loads, and the folder `save` writes to (the output directory now) must be listed."""
     if FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(FORMATS.values()))
+        folder_paths.folder_names_and_paths[FOLDER] = ([], set(FORMATS.values()))
+    paths = folder_paths.folder_names_and_paths[FOLDER][0]
+    for base in (folder_paths.models_dir, folder_paths.get_output_directory()):
+        path = os.path.join(base, FOLDER)
+        if path not in paths:
+            paths.append(path)
 
 
 def available() -> list:

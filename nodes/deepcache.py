@@ -1,51 +1,57 @@
 """The specialist node "DeepCache (U-Net)" for SD1.x, SD2.x and SDXL models."""
 from __future__ import annotations
 
+from comfy_api.latest import io
+
 from ..adapters.unet import UNetAdapter
 from ..cache_core.deepcache import PLACEMENTS
-from ..methods import DeepCacheConfig
 from ..glue.patch import apply_duca
+from ..methods import DeepCacheConfig
 from ..glue.ui import node_reporter
-from .base import HIDDEN_INPUTS, STEP_WINDOW_INPUTS, ModelPatchNode
+from .base import CATEGORY, check_options, model_output, shows_stats, step_window_inputs
 
 DEFAULT = DeepCacheConfig()
 
 
-class DeepCacheUNet(ModelPatchNode):
-    DESCRIPTION = ("DeepCache for U-Net models (SD1.5, SD2, SDXL and fine-tunes): every few steps the whole "
-                   "U-Net runs and its deep features are kept; in between only the shallow blocks run, on the "
-                   "kept deep features. No training, weights unchanged; ControlNets and patches keep working.")
-    OUTPUT_TOOLTIPS = ("The model with DeepCache attached; connect it to your sampler.",)
+class DeepCacheUNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DuCaDeepCache",
+            display_name="DeepCache (U-Net)",
+            category=CATEGORY,
+            description=("DeepCache for U-Net models (SD1.5, SD2, SDXL and fine-tunes): every few steps the whole "
+                         "U-Net runs and its deep features are kept; in between only the shallow blocks run, on the "
+                         "kept deep features. No training, weights unchanged; ControlNets and patches keep working."),
+            inputs=[
+                io.Model.Input("model", tooltip="A U-Net diffusion model (SD1.5, SD2, SDXL) from your loader."),
+                io.Int.Input("cache_interval", default=DEFAULT.interval, min=1, max=100, step=1, tooltip=(
+                    "The whole U-Net runs every N steps; the steps between reuse its deep features. 1 computes "
+                    "every step; 3 is DeepCache's default.")),
+                io.Int.Input("cache_depth", default=DEFAULT.branch, min=0, max=11, step=1, tooltip=(
+                    "The branch: how many input blocks (after the first) still run on reuse steps. 0 reuses the "
+                    "most (fastest); higher is closer to the uncached model. Valid range: 0 to the model's input "
+                    "blocks minus 1 (SD1.5 and SD2: 0-11, SDXL: 0-8).")),
+                io.Combo.Input("schedule", options=list(PLACEMENTS), default=DEFAULT.placement, tooltip=(
+                    "uniform: a full step every cache_interval steps. quadratic: DeepCache's non-uniform "
+                    "schedule, the same number of full steps gathered around the first third of the run.")),
+                *step_window_inputs(),
+            ],
+            outputs=[model_output("The model with DeepCache attached; connect it to your sampler.")],
+            **shows_stats(),
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "A U-Net diffusion model (SD1.5, SD2, SDXL) from your loader."}),
-                "cache_interval": ("INT", {"default": DEFAULT.interval, "min": 1, "max": 100, "tooltip":
-                                   "The whole U-Net runs every N steps; the steps between reuse its deep "
-                                   "features. 1 computes every step; 3 is DeepCache's default."}),
-                "cache_depth": ("INT", {"default": DEFAULT.branch, "min": 0, "max": 11, "tooltip":
-                                "The branch: how many input blocks (after the first) still run on reuse steps. "
-                                "0 reuses the most (fastest); higher is closer to the uncached model. Valid "
-                                "range: 0 to the model's input blocks minus 1 (SD1.5 and SD2: 0-11, SDXL: 0-8)."}),
-                "schedule": (list(PLACEMENTS), {"default": DEFAULT.placement, "tooltip":
-                             "uniform: a full step every cache_interval steps. quadratic: DeepCache's "
-                             "non-uniform schedule, the same number of full steps gathered around the first "
-                             "third of the run."}),
-            },
-            "optional": {
-                **STEP_WINDOW_INPUTS,
-            },
-            "hidden": HIDDEN_INPUTS,
-        }
+    def validate_inputs(cls, schedule=None) -> bool | str:
+        return check_options(cls, schedule=schedule)
 
-    def apply(self, model, cache_interval=DEFAULT.interval, cache_depth=DEFAULT.branch, schedule=DEFAULT.placement,
-              start_percent=0.0, end_percent=1.0, unique_id=None, **_unknown):
+    @classmethod
+    def execute(cls, model, cache_interval=DEFAULT.interval, cache_depth=DEFAULT.branch, schedule=DEFAULT.placement,
+                start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
         adapter = unet_adapter(model)
         config = build_config(cache_interval, cache_depth, schedule, start_percent, end_percent)
         adapter.check_branch(config.branch, "cache_depth")
-        return (apply_duca(model, config, listeners=[node_reporter(unique_id)]),)
+        return io.NodeOutput(apply_duca(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
 
 
 def unet_adapter(model) -> UNetAdapter:

@@ -1,6 +1,7 @@
 """Boot the real ComfyUI in this process (CPU) and load this pack as a custom node."""
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import sys
@@ -40,3 +41,18 @@ def load_pack():
     sys.modules[PACK_MODULE] = module
     spec.loader.exec_module(module)
     return module
+
+
+def node_classes() -> dict:
+    """The pack's nodes by id, got as ComfyUI gets them: the extension from `comfy_entrypoint`,
+    its node list, each node's schema."""
+    pack = load_pack()
+    extension = asyncio.run(pack.comfy_entrypoint())
+    return {node.GET_SCHEMA().node_id: node for node in asyncio.run(extension.get_node_list())}
+
+
+def node(node_id: str, unique_id: str | None = None):
+    """A node to call `execute` on as ComfyUI runs it: a clone of the class that holds the
+    hidden inputs (`cls.hidden.unique_id`)."""
+    from comfy_api.latest import io
+    return node_classes()[node_id].PREPARE_CLASS_CLONE({io.Hidden.unique_id: unique_id})

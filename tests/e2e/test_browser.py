@@ -14,6 +14,7 @@ from PIL import Image
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
 WORKFLOW = WORKFLOWS[0].with_name("flux_accelerate_duca.json")
+SAVED = sorted((Path(__file__).resolve().parent / "saved_workflows").glob("*.json"))  # by earlier versions
 EXTENSION = "duca.accelerate.timeline"
 SETTING = "DuCa.Timeline.Show"
 COLORS = {"full": (0x4C, 0x8B, 0xF5), "conservative": (0xF2, 0xA9, 0x3B), "aggressive": (0x43, 0xB5, 0x81)}
@@ -189,7 +190,7 @@ def test_stats_reach_a_node_inside_a_subgraph(comfy, page, artifacts):
     page.screenshot(artifacts / "subgraph_timeline.png")
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+@pytest.mark.parametrize("path", WORKFLOWS + SAVED, ids=[p.stem for p in WORKFLOWS + SAVED])
 def test_frontend_loads_the_workflow_as_the_file_says(path, page, object_info):
     workflow = json.loads(path.read_text())
     loaded = page.evaluate(f"""app.loadGraphData({json.dumps(workflow)}).then(() => app.graph.nodes.map(n =>

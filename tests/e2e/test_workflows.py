@@ -1,6 +1,7 @@
 """Every example workflow, as a user gets it: listed by the real server's template
-browser, converted to API format, run to success on small models; malformed graphs are
-rejected by the host's validation while the server stays up."""
+browser, converted to API format, run to success on small models; workflows saved by
+earlier versions of the pack still load with the same values and run; malformed graphs
+are rejected by the host's validation while the server stays up."""
 import json
 import zlib
 from pathlib import Path
@@ -11,6 +12,8 @@ from e2e_server import PACK_FOLDER
 from e2e_workflows import output_nodes, to_api
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
+# As users saved them with earlier versions of the pack (UI format: widget values by position).
+SAVED = sorted((Path(__file__).resolve().parent / "saved_workflows").glob("*.json"))
 SHORT_RUN = 8  # sampler steps on the CPU: enough for full, conservative and aggressive steps (FFFCACFC)
 OUTPUT_KEYS = ("images", "gifs", "videos", "animated", "schedules")  # schedules: Save Cache Schedule
 
@@ -46,7 +49,7 @@ def test_workflow_is_a_ui_graph_that_explains_itself(path, object_info):
             assert node["type"] in object_info, f"{path.name}: node {node['type']} is not installed"
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+@pytest.mark.parametrize("path", WORKFLOWS + SAVED, ids=[p.stem for p in WORKFLOWS + SAVED])
 def test_workflow_runs_to_success_in_the_real_server(path, comfy, object_info):
     prompt = substitute(to_api(load(path), object_info), salt=zlib.crc32(path.name.encode()) % 10_000,
                         steps=SHORT_RUN)
@@ -58,6 +61,23 @@ def test_workflow_runs_to_success_in_the_real_server(path, comfy, object_info):
         produced = entry["outputs"].get(key, {})
         files = [f for k in OUTPUT_KEYS for f in produced.get(k, [])]
         assert files, f"{path.name}: output node {key} ({prompt[key]['class_type']}) produced nothing"
+        for saved in produced.get("schedules", []):  # Load Cache Schedule lists a schedule once it is saved
+            listed = comfy.get("/object_info/DuCaLoadSchedule")["DuCaLoadSchedule"]["input"]["required"]
+            assert saved["filename"] in listed["schedule_name"][1]["options"]
+
+
+def test_saved_workflow_keeps_its_widget_values(object_info):
+    """The Flux example as saved before the nodes moved to the V3 schema: the server's node
+    list still names each widget value as it was meant."""
+    path = next(p for p in SAVED if p.name == "flux_accelerate_duca_v1.json")
+    prompt = to_api(load(path), object_info)
+    assert prompt["4"] == {"class_type": "DuCaAccelerate", "inputs": {
+        "model": ["1", 0], "preset": "balanced", "interval": 4, "refresh_ratio": 0.1, "token_selector": "value_norm",
+        "first_full_steps": 3, "start_percent": 0.0, "end_percent": 1.0, "cache_device": "compute"}}
+    spec = object_info["DuCaAccelerate"]
+    assert spec["input_order"]["optional"][-1] == "schedule"  # a socket, no widget value
+    assert spec["input"]["optional"]["schedule"][0] == "DUCA_SCHEDULE"
+    assert spec["input"]["required"]["preset"][0] == "COMBO"  # a widget for to_api, as the frontend sees it
 
 
 def first_duca_prompt(object_info) -> tuple:

@@ -6,7 +6,7 @@ Small U-Nets of the real class: 4 input blocks, a middle block, 4 output blocks
 import pytest
 import torch
 
-from testbed import models
+from testbed import host, models
 
 STEPS = 9
 KW = dict(steps=STEPS, channels=4, height=128, width=128)
@@ -236,22 +236,22 @@ def test_second_pass_on_an_existing_latent_is_close_to_uncached(pack, duca, trai
 
 def test_quadratic_schedule_and_window_reach_the_run(pack, duca, unet, conds):
     patch, core = duca
-    node = pack.NODE_CLASS_MAPPINGS["DuCaDeepCache"]()
-    (model,) = node.apply(unet, cache_interval=3, cache_depth=1, schedule="quadratic")
+    node = host.node("DuCaDeepCache")
+    (model,) = node.execute(unet, cache_interval=3, cache_depth=1, schedule="quadratic").result
     models.sample(model, *conds, **KW)
     expected = core.deepcache_plan(STEPS, 3, "quadratic")
     assert patch.last_stats(model).timeline == expected.timeline != core.deepcache_plan(STEPS, 3).timeline
-    (windowed,) = node.apply(unet, cache_interval=2, cache_depth=0, start_percent=0.3, end_percent=0.8)
+    (windowed,) = node.execute(unet, cache_interval=2, cache_depth=0, start_percent=0.3, end_percent=0.8).result
     models.sample(windowed, *conds, **KW)
     assert patch.last_stats(windowed).timeline == "FFFAFAFFF"
 
 
 def test_accelerate_maps_presets_to_deepcache_on_a_u_net(pack, duca, unet, conds):
     patch, core = duca
-    node = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]()
+    node = host.node("DuCaAccelerate")
     timelines = {}
     for preset in ("quality", "balanced", "fast"):
-        (model,) = node.apply(unet, preset)
+        (model,) = node.execute(unet, preset).result
         models.sample(model, *conds, **dict(KW, steps=12))
         stats = patch.last_stats(model)
         assert stats.method == "deepcache" and stats.level == "deepcache"
@@ -260,19 +260,18 @@ def test_accelerate_maps_presets_to_deepcache_on_a_u_net(pack, duca, unet, conds
 
 
 def test_node_inputs_and_errors(pack, unet):
-    node_class = pack.NODE_CLASS_MAPPINGS["DuCaDeepCache"]
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS["DuCaDeepCache"] == "DeepCache (U-Net)"
-    assert node_class.CATEGORY == "DuCa Accelerate" and node_class.RETURN_TYPES == ("MODEL",)
-    inputs = node_class.INPUT_TYPES()
+    node = host.node("DuCaDeepCache")
+    assert node.GET_SCHEMA().display_name == "DeepCache (U-Net)"
+    assert node.CATEGORY == "DuCa Accelerate" and node.RETURN_TYPES == ["MODEL"]
+    inputs = node.INPUT_TYPES()
     assert set(inputs["required"]) == {"model", "cache_interval", "cache_depth", "schedule"}
     assert set(inputs["optional"]) == {"start_percent", "end_percent"}
-    assert inputs["hidden"] == {"unique_id": "UNIQUE_ID"}  # where the UI shows the run's stats
+    assert inputs["hidden"] == {"unique_id": ("UNIQUE_ID",)}  # where the UI shows the run's stats
     for section in (inputs["required"], inputs["optional"]):
         for name, (_, options) in section.items():
             assert options.get("tooltip"), f"{name} has no tooltip"
-    node = node_class()
     before = dict(unet.model_options.get("transformer_options", {}))
-    (patched,) = node.apply(unet, 3, 3, "uniform")
+    (patched,) = node.execute(unet, 3, 3, "uniform").result
     assert patched is not unet and unet.model_options.get("transformer_options", {}) == before
 
 
@@ -285,15 +284,13 @@ def test_node_inputs_and_errors(pack, unet):
     (dict(start_percent=0.8, end_percent=0.2), "start_percent"),
 ])
 def test_bad_input_is_a_clear_error_naming_it(pack, unet, kwargs, pattern):
-    node = pack.NODE_CLASS_MAPPINGS["DuCaDeepCache"]()
     with pytest.raises(ValueError, match=pattern):
-        node.apply(unet, **kwargs)
+        host.node("DuCaDeepCache").execute(unet, **kwargs)
 
 
 def test_a_model_that_is_not_a_u_net_is_refused_by_name(pack, flux):
-    node = pack.NODE_CLASS_MAPPINGS["DuCaDeepCache"]()
     with pytest.raises(ValueError, match="model must be a U-Net.*Flux"):
-        node.apply(flux)
+        host.node("DuCaDeepCache").execute(flux)
 
 
 def test_config_errors_name_the_setting(pack, duca):

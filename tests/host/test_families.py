@@ -327,7 +327,7 @@ def test_the_accelerate_node_runs_auraflow_with_its_family_settings(pack, duca, 
     from comfyui_duca.adapters.registry import BY_NAME
     measured = BY_NAME["auraflow"].defaults
     family, model = FAMILIES["auraflow"], MODELS["auraflow"]
-    (accelerated,) = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]().apply(model, preset)
+    (accelerated,) = host.node("DuCaAccelerate").execute(model, preset).result
     steps = 20
     outs = [models.sample(m, family.conditioning(1), family.negative(2), steps=steps, cfg=4.0,
                           latent=family.latent(1)) for m in (model, accelerated)]

@@ -219,22 +219,21 @@ def test_peak_memory_is_lower_on_a_unet_batch(slicer, pack):
 
 
 def test_node_registered_validates_chunks_and_passes_unknown_models_through(pack, caplog):
-    node_class = pack.NODE_CLASS_MAPPINGS["DuCaFeatureSlicer"]
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS["DuCaFeatureSlicer"] == "Reduce Video Memory (Feature Slicer)"
-    inputs = node_class.INPUT_TYPES()["required"]
+    node = host.node("DuCaFeatureSlicer")
+    assert node.GET_SCHEMA().display_name == "Reduce Video Memory (Feature Slicer)"
+    inputs = node.INPUT_TYPES()["required"]
     assert inputs["chunks"][1]["default"] == "auto" and inputs["chunks"][1]["tooltip"]
-    node = node_class()
     model = models.wan(seed=0)
-    (patched,) = node.apply(model, "auto")
+    (patched,) = node.execute(model, "auto").result
     assert patched is not model
-    (patched,) = node.apply(model, "6")
+    (patched,) = node.execute(model, "6").result
     assert patched.model_options["transformer_options"]["duca_feature_slicer"].config == 6
     for bad in ("0", "lots", "2.5"):
         with pytest.raises(ValueError, match="chunks"):
-            node.apply(model, bad)
+            node.execute(model, bad)
     aura = FAMILIES["auraflow"].build(0)
     with caplog.at_level(logging.WARNING, logger="comfyui-duca"):
-        (same,) = node.apply(aura, "auto")
+        (same,) = node.execute(aura, "auto").result
     assert same is aura
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "feature slicer" in r.getMessage()]
     assert len(warnings) == 1 and "MMDiT" in warnings[0].getMessage()

@@ -1,32 +1,166 @@
-"""The node as ComfyUI sees it: mappings, inputs, errors, unsupported models."""
+"""The nodes as ComfyUI sees them: the V3 entrypoint, schemas that saved workflows still fit,
+inputs, errors, unsupported models."""
+import asyncio
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 
-from testbed import models
+from testbed import host, models
+
+REPO = Path(__file__).resolve().parents[2]
+DISPLAY_NAMES = {
+    "DuCaAccelerate": "Accelerate (DuCa)", "DuCaDeepCache": "DeepCache (U-Net)",
+    "DuCaFeatureSlicer": "Reduce Video Memory (Feature Slicer)", "DuCaFORASchedule": "FORA Schedule",
+    "DuCaEBCacheSchedule": "EB-Cache Schedule", "DuCaBlockCachingCalibration": "Block Caching Calibration",
+    "DuCaStepRehashSchedule": "Step Rehash Schedule", "DuCaLearnToCache": "Learn to Cache (L2C)",
+    "DuCaApplySchedule": "Apply Cache Schedule", "DuCaSaveSchedule": "Save Cache Schedule",
+    "DuCaLoadSchedule": "Load Cache Schedule", "DuCaExposureBias": "Exposure Bias Correction",
+}
+# Every node's inputs as the pack declared them before its nodes moved to the V3 schema: a saved
+# workflow's widget values are positional, so names, order, defaults and ranges must not move.
+SAVED_INPUTS = json.loads((Path(__file__).parent / "data" / "node_inputs_v1.json").read_text())
 
 
-def test_pack_exports_the_flagship_node(pack):
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS["DuCaAccelerate"] == "Accelerate (DuCa)"
-    node = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]
-    inputs = node.INPUT_TYPES()
-    assert set(inputs["required"]) == {"model", "preset"}
-    assert {"interval", "refresh_ratio", "token_selector", "first_full_steps", "start_percent",
-            "end_percent", "cache_device"} <= set(inputs["optional"])
-    assert inputs["hidden"] == {"unique_id": "UNIQUE_ID"}  # where the UI shows the run's stats
-    for section in (inputs["required"], inputs["optional"]):
-        for name, (_, options) in section.items():
-            assert options.get("tooltip"), f"{name} has no tooltip"
-    assert node.RETURN_TYPES == ("MODEL",)
+def accelerate(*args, **kwargs):
+    (model,) = host.node("DuCaAccelerate").execute(*args, **kwargs).result
+    return model
+
+
+def test_pack_registers_every_node_through_its_v3_entrypoint(pack):
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # a V1 mapping would send the host down its V1 path
+    nodes = host.node_classes()
+    assert {node_id: node.GET_SCHEMA().display_name for node_id, node in nodes.items()} == DISPLAY_NAMES
+    node = nodes["DuCaAccelerate"]
+    inputs = node.INPUT_TYPES()  # what the host validates a prompt against
+    assert list(inputs["required"]) == ["model", "preset"]
+    assert list(inputs["optional"]) == ["interval", "refresh_ratio", "token_selector", "first_full_steps",
+                                        "start_percent", "end_percent", "cache_device", "schedule"]
+    assert inputs["optional"]["schedule"][0] == "DUCA_SCHEDULE"
+    assert inputs["hidden"] == {"unique_id": ("UNIQUE_ID",)}  # where the UI shows the run's stats
+    assert node.RETURN_TYPES == ["MODEL"] and node.RETURN_NAMES == ["model"]
+
+
+def test_every_input_of_every_node_has_a_tooltip_and_numbers_a_range(pack):
+    for node_id, node in host.node_classes().items():
+        schema = node.GET_SCHEMA()
+        assert schema.description, f"{node_id} has no description"
+        for spec in schema.inputs:
+            assert spec.tooltip, f"{node_id}.{spec.id} has no tooltip"
+            if spec.get_io_type() in ("INT", "FLOAT"):
+                assert None not in (spec.min, spec.max, spec.step), f"{node_id}.{spec.id} has no range"
+        assert all(output.tooltip for output in schema.outputs), f"{node_id} has an output without a tooltip"
+
+
+@pytest.mark.parametrize("node_id", sorted(SAVED_INPUTS))
+def test_inputs_are_those_saved_workflows_were_made_with(pack, node_id):
+    """What /object_info sends for the node (the host's V1 view of its schema) against the pack's
+    inputs before the move: same names in the same order, types, defaults, ranges, options."""
+    info = host.node_classes()[node_id].GET_NODE_INFO_V1()
+    for section, saved in SAVED_INPUTS[node_id].items():
+        assert info["input_order"][section] == [name for name, _, _ in saved], section
+        for name, kind, options in saved:
+            now_kind, now = info["input"][section][name]
+            assert now_kind == kind, name
+            for key, value in options.items():
+                assert now.get(key) == value, f"{name}.{key}"
+    assert set(info["input"]) - {"hidden"} == set(SAVED_INPUTS[node_id])
+
+
+def test_schedule_lists_are_the_hosts_and_the_packs_own(pack):
+    import comfy.samplers
+    from comfyui_duca.cache_core.config import PRESETS
+    nodes = host.node_classes()
+    sampling = nodes["DuCaLearnToCache"].INPUT_TYPES()["required"]
+    assert sampling["sampler_name"][1]["options"] == comfy.samplers.KSampler.SAMPLERS
+    assert sampling["scheduler"][1]["options"] == comfy.samplers.KSampler.SCHEDULERS
+    assert nodes["DuCaAccelerate"].INPUT_TYPES()["required"]["preset"][1]["options"] == list(PRESETS) + ["custom"]
+
+
+def test_every_node_the_workflows_use_is_provided(pack):
+    workflows = [*(REPO / "workflows").glob("*.json"), *(REPO / "tests" / "e2e" / "saved_workflows").glob("*.json")]
+    used = {node["type"] for path in workflows for node in json.loads(path.read_text())["nodes"]}
+    pack_nodes = {t for t in used if t.startswith("DuCa")}
+    assert len(workflows) > 5 and len(pack_nodes) >= 6
+    assert pack_nodes <= set(host.node_classes())
+
+
+def test_run_stats_go_to_the_node_that_ran(pack, flux, flux_conds, monkeypatch):
+    """The host's hidden unique_id reaches the node (cls.hidden) and the listener its stats go to
+    (the browser tests see them drawn on that node)."""
+    from comfy_api.latest import io
+    from comfyui_duca.nodes import accelerate as node_module
+    reported = []
+    monkeypatch.setattr(node_module, "node_reporter", lambda node_id: lambda stats: reported.append((node_id, stats)))
+    model = host.node("DuCaAccelerate", unique_id="17").execute(flux, "fast")[0]
+    models.sample(model, *flux_conds, steps=4, height=64, width=64)
+    assert [(node_id, stats.timeline) for node_id, stats in reported] == [("17", "FFFC")]
+    for node_id in ("DuCaAccelerate", "DuCaDeepCache", "DuCaApplySchedule"):  # the nodes that show a timeline
+        assert host.node_classes()[node_id].GET_SCHEMA().hidden == [io.Hidden.unique_id], node_id
+
+
+def register(monkeypatch):
+    """The pack's nodes in the host's node list, as its loader puts them there (for this test only)."""
+    import nodes
+    for node_id, node in host.node_classes().items():
+        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, node_id, node)
+
+
+def test_the_hosts_cache_keeps_identical_stats_nodes_apart(pack, monkeypatch):
+    """Two identical Accelerate nodes are two runs for the host's cache (each shows its own stats),
+    as for V1 nodes with a hidden UNIQUE_ID; a node without stats shares one cache entry."""
+    from comfy_execution.caching import CacheKeySetInputSignature
+    from comfy_execution.graph import DynamicPrompt
+    from execution import IsChangedCache
+    register(monkeypatch)
+    prompt = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux.safetensors", "weight_dtype": "default"}},
+              "2": {"class_type": "DuCaAccelerate", "inputs": {"model": ["1", 0], "preset": "fast"}},
+              "3": {"class_type": "DuCaAccelerate", "inputs": {"model": ["1", 0], "preset": "fast"}},
+              "4": {"class_type": "DuCaFeatureSlicer", "inputs": {"model": ["1", 0], "chunks": "auto"}},
+              "5": {"class_type": "DuCaFeatureSlicer", "inputs": {"model": ["1", 0], "chunks": "auto"}}}
+    graph = DynamicPrompt(prompt)
+    keys = CacheKeySetInputSignature(graph, list(prompt), IsChangedCache("test", graph, None))
+    asyncio.run(keys.add_keys(list(prompt)))
+    assert keys.get_data_key("2") != keys.get_data_key("3")
+    assert keys.get_data_key("4") == keys.get_data_key("5")
+
+
+ACCELERATE_LISTS = {"preset": "fast", "token_selector": "random", "cache_device": "cpu"}
+
+
+@pytest.mark.parametrize("node_id, good, name, bad", [
+    ("DuCaAccelerate", ACCELERATE_LISTS, "preset", "turbo"),
+    ("DuCaAccelerate", ACCELERATE_LISTS, "token_selector", "nearest"),
+    ("DuCaAccelerate", ACCELERATE_LISTS, "cache_device", "tpu"),
+    ("DuCaDeepCache", {"cache_interval": 3, "cache_depth": 1, "schedule": "quadratic"}, "schedule", "cubic"),
+    ("DuCaApplySchedule", {"cache_device": "cpu"}, "cache_device", "tpu"),
+    ("DuCaSaveSchedule", {"filename_prefix": "mine", "format": "json"}, "format", "xml"),
+    ("DuCaLoadSchedule", {}, "schedule_name", "missing.json"),
+    ("DuCaLearnToCache", {"sampler_name": "euler", "scheduler": "karras"}, "scheduler", "sometimes"),
+])
+def test_the_hosts_validation_refuses_a_value_not_in_a_list(pack, monkeypatch, node_id, good, name, bad):
+    """Before the prompt runs, as the host refused V1 combo values (it checks V3 combos only
+    through the node's validate_inputs)."""
+    import execution
+    register(monkeypatch)
+
+    def refusals(inputs):
+        _, errors, _ = asyncio.run(execution.validate_inputs("test", {"1": {"class_type": node_id, "inputs": inputs}},
+                                                             "1", {}))
+        return [e for e in errors if e["type"] == "custom_validation_failed"]
+    assert not refusals(good)
+    refused = refusals(dict(good, **{name: bad}))
+    assert refused and all(f"{name}: {bad!r} is not one of" in e["details"] for e in refused)
+    assert name in {e["extra_info"]["input_name"] for e in refused}
 
 
 def test_presets_and_custom_inputs_reach_the_plan(pack, flux, flux_conds):
     from comfyui_duca.glue.patch import last_stats
-    node = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]()
-    (fast,) = node.apply(flux, "fast")
-    (custom,) = node.apply(flux, "custom", interval=2, refresh_ratio=0.3, token_selector="random",
-                           first_full_steps=1, start_percent=0.0, end_percent=0.5)
+    fast = accelerate(flux, "fast")
+    custom = accelerate(flux, "custom", interval=2, refresh_ratio=0.3, token_selector="random",
+                        first_full_steps=1, start_percent=0.0, end_percent=0.5)
     timelines = {}
     for name, model in (("fast", fast), ("custom", custom)):
         models.sample(model, *flux_conds, steps=10, height=64, width=64)
@@ -44,15 +178,13 @@ def test_presets_and_custom_inputs_reach_the_plan(pack, flux, flux_conds):
     (dict(preset="balanced", start_percent=0.9, end_percent=0.1), "start"),
 ])
 def test_bad_input_is_a_clear_error_naming_it(pack, flux, kwargs, name):
-    node = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]()
     with pytest.raises(ValueError, match=name):
-        node.apply(flux, **kwargs)
+        accelerate(flux, **kwargs)
 
 
 def test_node_leaves_the_input_model_untouched(pack, flux):
-    node = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]()
     before = dict(flux.model_options.get("transformer_options", {}))
-    (patched,) = node.apply(flux, "balanced")
+    patched = accelerate(flux, "balanced")
     assert patched is not flux
     assert flux.model_options.get("transformer_options", {}) == before
 
@@ -82,9 +214,8 @@ def test_unknown_model_passes_through_with_one_warning(pack, caplog):
     cond = [[torch.randn(1, 8, 32, generator=gen), {"pooled_output": torch.randn(1, 1, 32, generator=gen)}]]
     kw = dict(steps=4, cfg=2.0, channels=4, height=64, width=64)
     reference = models.sample(prior, cond, **kw)
-    node = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]()
     with caplog.at_level(logging.WARNING, logger="comfyui-duca"):
-        (same,) = node.apply(prior, "balanced")
+        same = accelerate(prior, "balanced")
         out = models.sample(same, cond, **kw)
     warnings = [r for r in caplog.records if r.name == "comfyui-duca" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "unchanged" in warnings[0].getMessage() and "StageC" in warnings[0].getMessage()
@@ -94,10 +225,9 @@ def test_unknown_model_passes_through_with_one_warning(pack, caplog):
 
 def test_applying_twice_keeps_one_accelerator_with_the_last_settings(pack, flux, flux_conds):
     from comfyui_duca.glue.patch import last_stats
-    node = pack.NODE_CLASS_MAPPINGS["DuCaAccelerate"]()
-    (once,) = node.apply(flux, "fast")
-    (twice,) = node.apply(once, "quality")
-    reference = models.sample(node.apply(flux, "quality")[0], *flux_conds, steps=10, height=64, width=64)
+    once = accelerate(flux, "fast")
+    twice = accelerate(once, "quality")
+    reference = models.sample(accelerate(flux, "quality"), *flux_conds, steps=10, height=64, width=64)
     out = models.sample(twice, *flux_conds, steps=10, height=64, width=64)
     assert last_stats(twice).timeline == "FFFCAFCAFC"
     assert torch.equal(out, reference)

@@ -3,7 +3,7 @@ block computes, blocks run exactly as scheduled, mismatches refused, the schedul
 import pytest
 import torch
 
-from testbed import models
+from testbed import host, models
 from testbed.families import FAMILIES
 
 STEPS = 6
@@ -16,9 +16,15 @@ def api(pack):
     from comfyui_duca.cache_core.schedule import Cell, Schedule, ScheduleMismatch
     from comfyui_duca.glue import patch, schedules
     from comfyui_duca.methods import DuCaConfig, ScheduleConfig
-    from comfyui_duca.nodes import schedules as nodes
-    return dict(DuCaConfig=DuCaConfig, ScheduleConfig=ScheduleConfig, rules=schedule_rules, Cell=Cell, Schedule=Schedule,
-                ScheduleMismatch=ScheduleMismatch, patch=patch, schedules=schedules, nodes=nodes)
+    from comfyui_duca.nodes.schedules import sampling_from
+    return dict(DuCaConfig=DuCaConfig, ScheduleConfig=ScheduleConfig, rules=schedule_rules, Cell=Cell,
+                Schedule=Schedule, ScheduleMismatch=ScheduleMismatch, patch=patch, schedules=schedules,
+                sampling_from=sampling_from)
+
+
+def run_node(node_id: str, *args, **kwargs) -> tuple:
+    """A node's outputs, executed as the host runs it."""
+    return host.node(node_id).execute(*args, **kwargs).result
 
 
 def units_of(api, model):
@@ -124,38 +130,43 @@ def test_schedule_for_another_model_is_refused_and_other_step_counts_resampled(a
 
 def test_schedule_nodes_make_save_load_and_apply(api, flux, flux_conds, tmp_path):
     import folder_paths
-    nodes = api["nodes"]
-    schedule, picture = nodes.FORASchedule().make(flux, STEPS, 2, 1)
+    schedule, picture = run_node("DuCaFORASchedule", flux, STEPS, 2, 1)
     assert picture.shape[0] == 1 and picture.shape[-1] == 3
     previous = folder_paths.get_output_directory()
     folder_paths.set_output_directory(str(tmp_path))
+    load = host.node("DuCaLoadSchedule")
+
+    def listed():  # the node list the server sends (/object_info), asked again after each save
+        with folder_paths.cache_helper:
+            return load.GET_NODE_INFO_V1()["input"]["required"]["schedule_name"][1]["options"]
     try:
+        assert "mine_00001.safetensors" not in listed()
         for fmt in ("safetensors", "json"):
-            saved = nodes.SaveCacheSchedule().save(schedule, "mine", fmt)["ui"]["schedules"][0]
+            ui = host.node("DuCaSaveSchedule").execute(schedule, "mine", fmt).ui
+            saved = ui["schedules"][0]
             assert (tmp_path / saved["subfolder"] / saved["filename"]).exists()
-        names = nodes.LoadCacheSchedule.INPUT_TYPES()["required"]["schedule_name"][0]
-        assert {"mine_00001.safetensors", "mine_00002.json"} <= set(names)
+            assert saved["filename"] in listed()  # a newly saved schedule shows up without a restart
+        assert {"mine_00001.safetensors", "mine_00002.json"} <= set(listed())
         for name in ("mine_00001.safetensors", "mine_00002.json"):
-            loaded, _ = nodes.LoadCacheSchedule().load(name)
+            loaded, _ = load.execute(name).result
             assert torch.equal(loaded.table, schedule.table) and loaded.units == schedule.units
         with pytest.raises(ValueError, match="schedule_name"):
-            nodes.LoadCacheSchedule().load("missing.json")
+            load.execute("missing.json")
     finally:
         folder_paths.set_output_directory(previous)
-    (applied,) = nodes.ApplyCacheSchedule().apply(flux, loaded)
+    (applied,) = run_node("DuCaApplySchedule", flux, loaded)
     run_flux(applied, flux_conds)
     assert api["patch"].last_stats(applied).timeline == "FPFPFP"
-    from comfyui_duca.nodes.accelerate import AccelerateDuCa
-    (accelerated,) = AccelerateDuCa().apply(flux, "balanced", schedule=loaded)
+    (accelerated,) = run_node("DuCaAccelerate", flux, "balanced", schedule=loaded)
     run_flux(accelerated, flux_conds)
     assert api["patch"].last_stats(accelerated).method == "fora"
 
 
 def test_eb_cache_node_refuses_bad_table_naming_it(api, flux):
     with pytest.raises(ValueError, match="table"):
-        api["nodes"].EBCacheSchedule().make(flux, STEPS, 3, 2, 1, table="0x")
+        run_node("DuCaEBCacheSchedule", flux, STEPS, 3, 2, 1, table="0x")
     with pytest.raises(ValueError, match="mlp_interval"):
-        api["nodes"].EBCacheSchedule().make(flux, STEPS, 2, 3, 1)
+        run_node("DuCaEBCacheSchedule", flux, STEPS, 2, 3, 1)
 
 
 def flux_sampling_inputs(flux_conds, steps=STEPS):
@@ -165,14 +176,14 @@ def flux_sampling_inputs(flux_conds, steps=STEPS):
 
 
 def test_block_caching_calibration_measures_change_and_reuses_calm_blocks(api, flux, flux_conds):
-    node = api["nodes"].BlockCachingCalibration()
-    eager, _ = node.make(flux, **flux_sampling_inputs(flux_conds), threshold=0.0, first_full_steps=1)
+    node = host.node("DuCaBlockCachingCalibration")
+    eager, _ = node.execute(flux, **flux_sampling_inputs(flux_conds), threshold=0.0, first_full_steps=1).result
     assert eager.computes_everything   # any change passes a zero threshold
-    profile = api["schedules"].measure_change(flux, api["nodes"].sampling_from(**flux_sampling_inputs(flux_conds)))
+    profile = api["schedules"].measure_change(flux, api["sampling_from"](**flux_sampling_inputs(flux_conds)))
     change = profile.relative_change()
     assert change.shape == (STEPS, 6) and bool((change[1:] > 0).all())
     threshold = float(change[1:].median()) * 1.5
-    calm, _ = node.make(flux, **flux_sampling_inputs(flux_conds), threshold=threshold, first_full_steps=1)
+    calm, _ = node.execute(flux, **flux_sampling_inputs(flux_conds), threshold=threshold, first_full_steps=1).result
     assert 0.2 < calm.compute_fraction() < 0.95
     patched = scheduled(api, flux, calm)
     run_flux(patched, flux_conds)
@@ -182,8 +193,8 @@ def test_block_caching_calibration_measures_change_and_reuses_calm_blocks(api, f
 def test_calibration_refuses_an_accelerated_model(api, flux, flux_conds):
     accelerated = api["patch"].apply_duca(flux, api["DuCaConfig"]())
     with pytest.raises(ValueError, match="model: Block Caching"):
-        api["nodes"].BlockCachingCalibration().make(accelerated, **flux_sampling_inputs(flux_conds), threshold=0.1,
-                                                    first_full_steps=1)
+        run_node("DuCaBlockCachingCalibration", accelerated, **flux_sampling_inputs(flux_conds), threshold=0.1,
+                 first_full_steps=1)
 
 
 def test_learn_to_cache_trains_the_router_on_weights_loaded_in_inference_mode(api, flux_conds):
@@ -192,7 +203,7 @@ def test_learn_to_cache_trains_the_router_on_weights_loaded_in_inference_mode(ap
         model = models.flux(seed=3)
     weight = model.model.diffusion_model.double_blocks[0].img_mlp[0].weight
     assert weight.is_inference()
-    sampling = api["nodes"].sampling_from(**flux_sampling_inputs(flux_conds))
+    sampling = api["sampling_from"](**flux_sampling_inputs(flux_conds))
     with torch.inference_mode():  # as the host runs its nodes
         learned = l2c.learn_router(model, sampling, full_every=3, iterations=2, seconds=120)
     assert learned.iterations == 2 and learned.routed_steps == [1, 2, 4, 5]
@@ -205,30 +216,36 @@ def test_learn_to_cache_trains_the_router_on_weights_loaded_in_inference_mode(ap
 
 
 def test_learn_to_cache_node_reports_progress_and_refuses_step_level_families(api, flux, flux_conds):
-    schedule, picture = api["nodes"].LearnToCache().make(flux, **flux_sampling_inputs(flux_conds), full_every=2,
-                                                         compute=0.5, iterations=1, minutes=1.0,
-                                                         reuse_pressure=0.05)
+    import comfy.utils
+    progress, previous = [], comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, *_, **__: progress.append((value, total)))
+    try:
+        schedule, picture = run_node("DuCaLearnToCache", flux, **flux_sampling_inputs(flux_conds), full_every=2,
+                                     compute=0.5, iterations=1, minutes=1.0, reuse_pressure=0.05)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
+    assert progress[-1] == (1, 1)  # the host's progress bar moved to the end of training
     assert schedule.units == units_of(api, flux)[1] and picture.shape[0] == 1
     assert schedule.compute_fraction() == pytest.approx(0.5)  # the full steps alone: every routed block reused
-    more, _ = api["nodes"].LearnToCache().make(flux, **flux_sampling_inputs(flux_conds), full_every=2,
-                                               compute=0.75, iterations=1, minutes=1.0, reuse_pressure=0.05)
+    more, _ = run_node("DuCaLearnToCache", flux, **flux_sampling_inputs(flux_conds), full_every=2,
+                       compute=0.75, iterations=1, minutes=1.0, reuse_pressure=0.05)
     assert more.compute_fraction() >= 0.75 - 1 / 36  # untrained steps' gates tie: all of a tie is computed
     lumina = FAMILIES["lumina2"]
     with pytest.raises(ValueError, match="model: Learn to Cache needs"):
-        api["nodes"].LearnToCache().make(lumina.build(0), positive=lumina.conditioning(1),
-                                         negative=lumina.negative(2), latent_image={"samples": lumina.latent(1)},
-                                         seed=0, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
-                                         full_every=2, compute=0.5, iterations=1, minutes=1.0, reuse_pressure=0.05)
+        run_node("DuCaLearnToCache", lumina.build(0), positive=lumina.conditioning(1), negative=lumina.negative(2),
+                 latent_image={"samples": lumina.latent(1)}, seed=0, steps=STEPS, cfg=1.0, sampler_name="euler",
+                 scheduler="simple", full_every=2, compute=0.5, iterations=1, minutes=1.0, reuse_pressure=0.05)
 
 
 def test_exposure_bias_scales_the_sampler_derivative_and_composes(api, flux, flux_conds):
     from comfyui_duca.glue import exposure
-    node = api["nodes"].ExposureBiasCorrection()
+    def correct(model, delta):
+        return run_node("DuCaExposureBias", model, delta)[0]
     reference = run_flux(flux, flux_conds, cfg=3.5)
-    (same,) = node.apply(flux, 1.0)
+    same = correct(flux, 1.0)
     assert torch.equal(run_flux(same, flux_conds, cfg=3.5), reference)
-    (corrected,) = node.apply(flux, 0.95)
-    (twice,) = node.apply(corrected, 0.95)   # applied again: replaced, not stacked
+    corrected = correct(flux, 0.95)
+    twice = correct(corrected, 0.95)   # applied again: replaced, not stacked
     assert len(twice.model_options["sampler_post_cfg_function"]) == 1
     seen = []
     corrected.set_model_sampler_post_cfg_function(lambda args: seen.append(args) or args["denoised"])
@@ -237,20 +254,19 @@ def test_exposure_bias_scales_the_sampler_derivative_and_composes(api, flux, flu
     x, d = torch.randn(2, 3), torch.randn(2, 3)
     assert torch.allclose((x - exposure.corrected_denoised(x, d, 0.95)) * 0.95, x - d)  # d / delta
     accelerated = api["patch"].apply_duca(flux, api["DuCaConfig"]())
-    (both,) = node.apply(accelerated, 0.95)
+    both = correct(accelerated, 0.95)
     assert not torch.equal(run_flux(both, flux_conds, cfg=3.5), run_flux(accelerated, flux_conds, cfg=3.5))
     assert api["patch"].last_stats(both).compute_fraction < 1.0
     with pytest.raises(ValueError, match="delta"):
-        node.apply(flux, 3.0)
+        correct(flux, 3.0)
 
 
 def test_step_rehash_node_finds_key_steps_by_similarity(api, flux, flux_conds):
-    node = api["nodes"].StepRehashSchedule()
-    strict, _ = node.make(flux, **flux_sampling_inputs(flux_conds), similarity=1.0, shallow_blocks=1,
-                          first_full_steps=1)
+    strict, _ = run_node("DuCaStepRehashSchedule", flux, **flux_sampling_inputs(flux_conds), similarity=1.0,
+                         shallow_blocks=1, first_full_steps=1)
     assert strict.computes_everything          # no step is ever that similar: all are key steps
-    loose, _ = node.make(flux, **flux_sampling_inputs(flux_conds), similarity=-1.0, shallow_blocks=2,
-                         first_full_steps=1)
+    loose, _ = run_node("DuCaStepRehashSchedule", flux, **flux_sampling_inputs(flux_conds), similarity=-1.0,
+                        shallow_blocks=2, first_full_steps=1)
     cell = api["Cell"]
     assert loose.computes_step(0) and not any(loose.computes_step(i) for i in range(1, STEPS))
     assert all(loose.cell(i, 1) is cell.COMPUTE and loose.cell(i, 2) is cell.REUSE for i in range(1, STEPS))
@@ -261,7 +277,7 @@ def test_step_rehash_node_finds_key_steps_by_similarity(api, flux, flux_conds):
 
 def test_step_rehash_compares_the_chosen_block(api, flux, flux_conds):
     _, units = units_of(api, flux)
-    sampling = api["nodes"].sampling_from(**flux_sampling_inputs(flux_conds))
+    sampling = api["sampling_from"](**flux_sampling_inputs(flux_conds))
     rehash = api["schedules"].step_rehash_schedule
     similarity = {}
     for probe in (0, -1):
@@ -269,8 +285,7 @@ def test_step_rehash_compares_the_chosen_block(api, flux, flux_conds):
         assert profile.probe_unit == probe % len(units)
         similarity[probe] = profile.similarity()
     assert not torch.allclose(similarity[0], similarity[-1])   # another block's output, other similarities
-    node = api["nodes"].StepRehashSchedule()
     for bad in (len(units), -len(units) - 1):
         with pytest.raises(ValueError, match="probe_block"):
-            node.make(flux, **flux_sampling_inputs(flux_conds), similarity=0.9, shallow_blocks=1,
-                      first_full_steps=1, probe_block=bad)
+            run_node("DuCaStepRehashSchedule", flux, **flux_sampling_inputs(flux_conds), similarity=0.9,
+                     shallow_blocks=1, first_full_steps=1, probe_block=bad)
