@@ -6,8 +6,8 @@ from comfy_api.latest import io
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import SELECTORS
 from ..glue.patch import apply_duca
-from ..methods import PRESETS, ScheduleConfig
 from ..glue.ui import node_reporter
+from ..methods import PRESETS, ScheduleConfig
 from .base import CATEGORY, SCHEDULE, check_options, model_output, shows_stats, step_window_inputs
 
 CUSTOM = "custom"
