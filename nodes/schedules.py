@@ -81,6 +81,14 @@ def uncached(model, node: str):
     return model
 
 
+class SamplingNode(io.ComfyNode):
+    """A schedule maker that samples with the user's settings (sampling_inputs)."""
+
+    @classmethod
+    def validate_inputs(cls, sampler_name=None, scheduler=None) -> bool | str:
+        return check_options(cls, sampler_name=sampler_name, scheduler=scheduler)
+
+
 class FORASchedule(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -120,7 +128,7 @@ class EBCacheSchedule(io.ComfyNode):
         return made(rules.eb_cache(steps, units, family, attention_interval, mlp_interval, first_full_steps, table))
 
 
-class BlockCachingCalibration(io.ComfyNode):
+class BlockCachingCalibration(SamplingNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return schedule_maker(
@@ -133,10 +141,6 @@ class BlockCachingCalibration(io.ComfyNode):
              first_full_input()])
 
     @classmethod
-    def validate_inputs(cls, sampler_name=None, scheduler=None) -> bool | str:
-        return check_options(cls, sampler_name=sampler_name, scheduler=scheduler)
-
-    @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, threshold,
                 first_full_steps) -> io.NodeOutput:
         sampling = sampling_from(positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler)
@@ -145,7 +149,7 @@ class BlockCachingCalibration(io.ComfyNode):
         return made(schedule)
 
 
-class StepRehashSchedule(io.ComfyNode):
+class StepRehashSchedule(SamplingNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return schedule_maker(
@@ -164,10 +168,6 @@ class StepRehashSchedule(io.ComfyNode):
                  "probes a deep layer)."))])
 
     @classmethod
-    def validate_inputs(cls, sampler_name=None, scheduler=None) -> bool | str:
-        return check_options(cls, sampler_name=sampler_name, scheduler=scheduler)
-
-    @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, similarity,
                 shallow_blocks, first_full_steps, probe_block=-1) -> io.NodeOutput:
         sampling = sampling_from(positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler)
@@ -176,7 +176,7 @@ class StepRehashSchedule(io.ComfyNode):
         return made(schedule)
 
 
-class LearnToCache(io.ComfyNode):
+class LearnToCache(SamplingNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return schedule_maker(
@@ -199,10 +199,6 @@ class LearnToCache(io.ComfyNode):
              io.Float.Input("reuse_pressure", default=0.01, min=0.0, max=10.0, step=0.01, tooltip=(
                  "The push toward reuse (the paper's L1 weight on the gates); it lowers every gate alike, the "
                  "threshold sets how much is computed."))])
-
-    @classmethod
-    def validate_inputs(cls, sampler_name=None, scheduler=None) -> bool | str:
-        return check_options(cls, sampler_name=sampler_name, scheduler=scheduler)
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, full_every,

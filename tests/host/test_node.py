@@ -71,7 +71,7 @@ def test_inputs_are_those_saved_workflows_were_made_with(pack, node_id):
 
 def test_schedule_lists_are_the_hosts_and_the_packs_own(pack):
     import comfy.samplers
-    from comfyui_duca.cache_core.config import PRESETS
+    from comfyui_duca.methods import PRESETS
     nodes = host.node_classes()
     sampling = nodes["DuCaLearnToCache"].INPUT_TYPES()["required"]
     assert sampling["sampler_name"][1]["options"] == comfy.samplers.KSampler.SAMPLERS
