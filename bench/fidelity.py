@@ -1,8 +1,10 @@
 """Fidelity and block compute of the pack's methods on the trained small models (no timing):
-every preset of the flagship node, DeepCache's default and a FORA schedule, against no cache.
+every preset of the flagship node, DeepCache's default and a FORA schedule, against no cache;
+with --estimators, the same methods with other estimators of the skipped values.
 The figures are deterministic, so two checkouts can be compared to the last digit.
 
     python3 scripts/host.py python bench/fidelity.py --model flux_trained --out before.json
+    python3 scripts/host.py python bench/fidelity.py --model sd_trained --estimators taylor1 taylor2
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def node(node_id: str, **inputs) -> tuple:
 
 
 def methods(model, steps):
-    """(name, patched model) for each method this model supports."""
+    """(name, patched model) for each method this model supports, through the nodes."""
     found = [(f"accelerate {p}", node("DuCaAccelerate", model=model, preset=p)[0]) for p in PRESETS]
     if type(model.model.diffusion_model).__name__ == "UNetModel":
         found.append(("deepcache default", node("DuCaDeepCache", model=model, cache_interval=3, cache_depth=0,
@@ -38,10 +40,27 @@ def methods(model, steps):
     return found
 
 
+def with_estimator(model, steps, estimator):
+    """The same methods with `estimator` for their skipped values (no node input for it yet)."""
+    from comfyui_duca.cache_core import schedule_rules
+    from comfyui_duca.glue.patch import apply_duca
+    from comfyui_duca.glue.schedules import model_units
+    from comfyui_duca.methods import PRESETS as SETTINGS, DeepCacheConfig, ScheduleConfig
+    found = [(f"accelerate {p} {estimator}", apply_duca(model, SETTINGS[p].with_changes(preset=p, estimator=estimator)))
+             for p in PRESETS]
+    if type(model.model.diffusion_model).__name__ == "UNetModel":
+        found.append((f"deepcache default {estimator}", apply_duca(model, DeepCacheConfig(estimator=estimator))))
+    family, units = model_units(model)
+    schedule = schedule_rules.fora(steps, units, family, 3, 1)
+    found.append((f"fora 3 {estimator}", apply_duca(model, ScheduleConfig(schedule, estimator=estimator))))
+    return found
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("flux_trained", "sd_trained"), default="flux_trained")
     p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--estimators", nargs="*", default=[], help="also run the methods with these estimators")
     p.add_argument("--out", help="JSON file for the results")
     args = p.parse_args(argv)
     workloads.boot(None, cpu=True)
@@ -51,7 +70,10 @@ def main(argv=None):
     uncached = [work.sample(work.model, c) for c in work.cases]
     ref_pictures = [work.decode(u) for u in uncached]
     results = {}
-    for name, model in methods(work.model, args.steps):
+    runs = methods(work.model, args.steps)
+    for estimator in args.estimators:
+        runs += with_estimator(work.model, args.steps, estimator)
+    for name, model in runs:
         fractions, px = [], []
         for case, ref in zip(work.cases, ref_pictures):
             latent = work.sample(model, case)

@@ -39,6 +39,14 @@ class CacheStore:
             value = _move(value, self.offload_device)
         self._entries.setdefault(group, {})[name] = value
 
+    def append(self, group: Hashable, name: Hashable, value, keep_last: Optional[int] = None) -> None:
+        """Add `value` to the list at `name`, keeping only its last `keep_last` entries (None: all)."""
+        if self.offload_device is not None:
+            value = _move(value, self.offload_device)
+        entries = self._entries.setdefault(group, {})
+        kept = entries.get(name, []) + [value]
+        entries[name] = kept[-keep_last:] if keep_last else kept
+
     def drop(self, group: Hashable) -> None:
         self._entries.pop(group, None)
 
@@ -55,6 +63,8 @@ class CacheStore:
 def _move(value, device: torch.device):
     if isinstance(value, dict):
         return {k: _move(v, device) for k, v in value.items()}
+    if type(value) in (list, tuple):  # an estimator's (sigma, value) points
+        return type(value)(_move(v, device) for v in value)
     if isinstance(value, torch.Tensor) and value.device != device:
         return value.to(device, non_blocking=device.type != "cpu")
     return value
@@ -63,6 +73,8 @@ def _move(value, device: torch.device):
 def _nbytes(value) -> int:
     if isinstance(value, dict):
         return sum(_nbytes(v) for v in value.values())
+    if type(value) in (list, tuple):
+        return sum(_nbytes(v) for v in value)
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
     return 0

@@ -21,7 +21,7 @@ def executor_for(config, adapter) -> Method:
     """A fresh executor (one per sampling run) of `config`'s method on this model."""
     if adapter.step_level:  # no block hooks: the method's plan decides over whole model calls
         if isinstance(config, ScheduleConfig):
-            return StepReuse(ScheduleExecutor(config.schedule, adapter, config.cache_device), adapter)
+            return StepReuse(ScheduleExecutor(config.schedule, adapter, config.cache_device, config.estimator), adapter)
         if isinstance(config, DuCaConfig):
             return StepReuse(DuCa(config, adapter), adapter)
     if isinstance(config, DuCaConfig):
@@ -32,7 +32,7 @@ def executor_for(config, adapter) -> Method:
             raise ValueError(f"model: DeepCache needs a U-Net (SD1.5, SD2, SDXL); this is {adapter.family}")
         return DeepCache(config, adapter)
     if isinstance(config, ScheduleConfig):
-        return ScheduleExecutor(config.schedule, adapter, config.cache_device)
+        return ScheduleExecutor(config.schedule, adapter, config.cache_device, config.estimator)
     if isinstance(config, CalibrationConfig):
         return Calibration(config, adapter)
     raise TypeError(f"not a method's settings: {type(config).__name__} (expected one of "

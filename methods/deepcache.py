@@ -9,6 +9,7 @@ import torch
 
 from ..adapters.units import own_forward, standing_in
 from ..cache_core.deepcache import PLACEMENTS, deepcache_plan
+from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, Plan, fitted
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.validate import check_choice, check_float, check_int, check_window
@@ -28,6 +29,7 @@ class DeepCacheConfig:
     start: float = 0.0              # fraction of the steps where reuse may begin
     end: float = 1.0                # ... and where it stops
     cache_device: str = "compute"   # where the kept feature lives (store.CACHE_DEVICES)
+    estimator: str = "reuse"        # what reuse steps hand on for the deep feature (estimators.ESTIMATORS)
     plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the placement
 
     def __post_init__(self):
@@ -39,6 +41,7 @@ class DeepCacheConfig:
         check_int("first_full_steps", self.first_full_steps, 0, 1000)
         check_window(self.start, self.end)
         check_choice("cache_device", self.cache_device, CACHE_DEVICES)
+        check_choice("estimator", self.estimator, ESTIMATORS)
 
     def plan_for(self, num_steps: int) -> Plan:
         if self.plan is not None:
@@ -53,7 +56,8 @@ class DeepCacheConfig:
         branch 0 (presets 3 / 4 / 6 -> 2 / 3 / 5). A U-Net has no token-wise conservative step,
         so DuCa's F C A C cycle would compute its C steps; N - 1 keeps the presets' order."""
         return cls(interval=max(1, config.interval - 1), branch=0, first_full_steps=config.first_full_steps,
-                   start=config.start, end=config.end, cache_device=config.cache_device, plan=config.plan)
+                   start=config.start, end=config.end, cache_device=config.cache_device,
+                   estimator=config.estimator, plan=config.plan)
 
 
 FEATURE = "deepcache_feature"   # kept: the deep feature entering the branch's output block
@@ -69,6 +73,7 @@ class DeepCache(Executor):
         super().__init__(adapter)
         self.config = config
         self.cache_device = config.cache_device
+        self.estimator = config.estimator
 
     def plan(self, num_steps: int) -> Plan:
         self.adapter.check_branch(self.config.branch)
@@ -100,7 +105,7 @@ class DeepCache(Executor):
                     handle.remove()
             if keep and feature_block in kept:
                 run.keep(call, SHAPES, {**shapes, **seen_shapes})
-                run.keep(call, FEATURE, kept[feature_block])
+                run.keep_point(call, FEATURE, kept[feature_block])
             if flops is not None:
                 stats.compute_full += sum(flops.values())
                 stats.compute_done += sum(flops.values())

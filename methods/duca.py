@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from ..adapters.registry import BY_NAME
+from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, Plan, duca_plan, fitted
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import SELECTORS, TokenSelector, layer_refresh_ratio
@@ -37,6 +38,7 @@ class DuCaConfig:
     double_stream_factor: float = 0.4  # refresh ratio factor of double-stream blocks
     single_stream_factor: float = 1.6  # ... and of single-stream blocks
     seed: int = 0                   # for the random token selector
+    estimator: str = "reuse"        # what aggressive steps hand on for the stack (estimators.ESTIMATORS)
     preset: Optional[str] = None    # the preset it came from: the family's measured settings apply
     plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the cycle
 
@@ -47,6 +49,7 @@ class DuCaConfig:
         check_window(self.start, self.end)
         check_choice("token_selector", self.token_selector, SELECTORS)
         check_choice("cache_device", self.cache_device, CACHE_DEVICES)
+        check_choice("estimator", self.estimator, ESTIMATORS)
         if self.preset is not None:
             check_choice("preset", self.preset, PRESET_NAMES)
 
@@ -99,6 +102,7 @@ class DuCa(Executor):
         self.config = config
         self.name = "duca" if config.aggressive else "toca"
         self.cache_device = config.cache_device
+        self.estimator = config.estimator
         self.selector = TokenSelector(config.token_selector, config.interval)
         self.generator = torch.Generator().manual_seed(config.seed)
 
@@ -165,7 +169,7 @@ class DuCa(Executor):
             LOG.warning("DuCa: %s", run.stats.notes[-1])
             run.disabled = True
             return
-        run.keep(call, RESIDUAL, state - stack_in)
+        run.keep_point(call, RESIDUAL, state - stack_in)
 
     def _pick_tokens(self, work, units, base_ratio) -> dict:
         position, depth = self.adapter.layer_position(work.kind, work.index)

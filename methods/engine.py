@@ -59,7 +59,7 @@ class Call:
 
 
 class RunState:
-    def __init__(self, method, sigmas, estimator: str = "reuse"):
+    def __init__(self, method, sigmas):
         self.method = method
         self.adapter = method.adapter
         self.sigmas = [float(s) for s in sigmas]
@@ -69,7 +69,7 @@ class RunState:
         self.stats = RunStats(self.plan.method, self.num_steps, family=self.adapter.family, level=method.level,
                               compute_unit=MODEL_CALLS if self.adapter.step_level else FLOPS)
         self.stats.notes.extend(method.notes)  # e.g. a schedule resampled to this run's step count
-        self.estimate = ESTIMATORS[estimator]
+        self.estimate, self.history = ESTIMATORS[method.estimator]
         self.call: Optional[Call] = None
         self.completed_groups = set()  # groups whose full step has finished: reuse may follow
         self.disabled = False  # set if reusing ever fails: the rest of the run computes everything
@@ -156,13 +156,20 @@ class RunState:
 
     # --- kept values and their estimates -------------------------------------
     def keep(self, call: Call, name, value) -> None:
-        """A unit's value at a computed step, for the steps that skip it."""
+        """State a method keeps for this conditioning group (module caches, counts), as it is."""
         self.store.put(call.group, name, value)
 
+    def keep_point(self, call: Call, name, value) -> None:
+        """A unit's value at a computed step, kept (with its sigma) for the estimator of the steps
+        that skip it; at most as many points as the estimator uses."""
+        self.store.append(call.group, name, (call.sigma, value), keep_last=self.history)
+
     def estimated(self, call: Call, name, device=None):
-        """What a skipped unit hands on (None when nothing was kept for this group)."""
-        value = self.store.get(call.group, name, device=device)
-        return None if value is None else self.estimate([value])
+        """What a skipped unit hands on at this call's sigma (None when nothing was kept for this group)."""
+        points = self.store.get(call.group, name, device=device)
+        if not points:
+            return None
+        return self.estimate(points, call.sigma) if call.sigma is not None else points[-1][1]
 
     def has_kept(self, call: Call, name) -> bool:
         return self.store.has(call.group, name)

@@ -20,6 +20,7 @@ class Method(Protocol):
     level: str           # the level it caches at on this model (token-wise, block, step, deepcache)
     cache_device: str    # where its caches live (store.CACHE_DEVICES)
     notes: tuple         # for the run's stats, once its plan is made
+    estimator: str       # what a skipped unit hands on (cache_core.estimators.ESTIMATORS)
 
     def plan(self, num_steps: int) -> Plan:
         """What each step of a run of `num_steps` does, decided before the run."""
@@ -36,6 +37,7 @@ class Executor:
     name = "method"
     cache_device = "compute"
     notes = ()  # what the stats should say about how the method fits this run (set by plan())
+    estimator = "reuse"  # what its skipped units hand on (cache_core.estimators.ESTIMATORS)
 
     def __init__(self, adapter):
         self.adapter = adapter

@@ -17,6 +17,7 @@ import torch
 
 from ..adapters.registry import DEEPCACHE
 from ..adapters.units import own_forward, standing_in
+from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, Plan
 from ..cache_core.schedule import Cell, Schedule
 from ..cache_core.store import CACHE_DEVICES
@@ -33,11 +34,13 @@ UNIT_RESIDUAL = "unet_unit_residual"    # kept, with the unit index: a U-Net tra
 class ScheduleConfig:
     schedule: Schedule              # what each unit does at each step
     cache_device: str = "compute"   # where kept units live (store.CACHE_DEVICES)
+    estimator: str = "reuse"        # what a reused block hands on for its residual (estimators.ESTIMATORS)
 
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):
             raise ValueError(f"schedule must be a cache schedule, got {type(self.schedule).__name__}")
         check_choice("cache_device", self.cache_device, CACHE_DEVICES)
+        check_choice("estimator", self.estimator, ESTIMATORS)
 
 
 def fit_schedule(schedule: Schedule, adapter, num_steps: int) -> Schedule:
@@ -86,12 +89,14 @@ def reuse_block(adapter, kind, block, args, kept, original, cell: Cell = Cell.RE
 
 
 class ScheduleExecutor(Executor):
-    def __init__(self, schedule: Schedule, adapter, cache_device: str = "compute", observer=None):
+    def __init__(self, schedule: Schedule, adapter, cache_device: str = "compute", estimator: str = "reuse",
+                 observer=None):
         """`observer`: a ChangeProfile that sees every computed unit's residual (calibration)."""
         super().__init__(adapter)
         self.schedule = schedule
         self.name = schedule.method
         self.cache_device = cache_device
+        self.estimator = estimator
         self.observer = observer
         self.unet = adapter.level == DEEPCACHE  # a U-Net: the units are its transformer layers
         if self.unet:
@@ -135,7 +140,7 @@ class ScheduleExecutor(Executor):
             kept.update(fresh_ages(args, work.streams))
             run.keep(call, work.block_id, kept)
         elif kept is not None:
-            run.keep(call, (BLOCK_RESIDUAL, work.block_id), kept)
+            run.keep_point(call, (BLOCK_RESIDUAL, work.block_id), kept)
         return out
 
     def _can_reuse(self, run, call, block_id, args, cell) -> bool:
@@ -195,7 +200,7 @@ class ScheduleExecutor(Executor):
             if self.observer is not None:
                 self.observer.observe(call.group, u, call.step, residual)
             if self._kept_for_later(run, call, u):
-                run.keep(call, (UNIT_RESIDUAL, u), residual)
+                run.keep_point(call, (UNIT_RESIDUAL, u), residual)
         return keep
 
     def _reusing_unit(self, run, call, u, unit, reused):

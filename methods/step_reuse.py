@@ -21,6 +21,7 @@ class StepReuse(Executor):
         self.decision = decision
         self.name = decision.name
         self.cache_device = decision.cache_device
+        self.estimator = decision.estimator
 
     @property
     def notes(self):
@@ -41,6 +42,6 @@ class StepReuse(Executor):
         stats.compute_done += 1
         output = compute()
         if self.keep_outputs and isinstance(output, torch.Tensor):
-            run.keep(call, OUTPUT, output)
+            run.keep_point(call, OUTPUT, output)
         return output
 

@@ -1,6 +1,7 @@
 """Every method behind the one protocol, on every family of the host: the executor the flagship
 picks for each config, its plan, and the names the registry gives."""
 import pytest
+import torch
 
 from testbed import models
 from testbed.families import FAMILIES
@@ -51,3 +52,27 @@ def test_a_run_reports_the_registry_name_of_its_family(pack, families):
     stats = last_stats(patched)
     assert stats.family == "flux" and stats.family in BY_NAME and stats.to_dict()["family"] == "flux"
     assert stats.level == BY_NAME["flux"].level
+
+
+def test_an_estimator_changes_what_skipped_steps_hand_on_and_keeps_its_points(pack):
+    """On a whole-step family: the estimator decides what a skipped call returns; a forecast keeps
+    order + 1 outputs per conditioning (cache bytes say so); an all-full plan is untouched by it."""
+    from comfyui_duca.cache_core import all_full_plan, every_kth_step_plan
+    from comfyui_duca.glue.patch import apply_duca, last_stats
+    from comfyui_duca.methods import DuCaConfig
+    family = FAMILIES["lumina2"]
+    model = family.build(3)
+    conds = family.conditioning(1), family.negative(2)
+
+    def sample(m):
+        return models.sample(m, *conds, steps=STEPS, cfg=4.0, latent=family.latent(1))
+    plan = every_kth_step_plan(STEPS, 3, first_full_steps=1)
+    outs, cache = {}, {}
+    for estimator in ("reuse", "taylor1", "taylor2"):
+        patched = apply_duca(model, DuCaConfig(plan=plan, estimator=estimator))
+        outs[estimator] = sample(patched)
+        cache[estimator] = last_stats(patched).peak_cache_bytes
+        full = apply_duca(model, DuCaConfig(plan=all_full_plan(STEPS), estimator=estimator))
+        assert torch.equal(sample(full), sample(model)), estimator
+    assert not torch.equal(outs["reuse"], outs["taylor1"]) and not torch.equal(outs["taylor1"], outs["taylor2"])
+    assert cache["taylor1"] == 2 * cache["reuse"] and cache["taylor2"] == 3 * cache["reuse"] > 0

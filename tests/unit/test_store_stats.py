@@ -34,3 +34,14 @@ def test_run_stats_timeline_fraction_and_dict():
     data = stats.to_dict()
     assert data["timeline"] == "FCA" and len(data["steps"]) == 3
     assert "40.0%" in stats.summary()
+
+
+def test_append_keeps_the_last_entries_and_offloads_them():
+    store = CacheStore(offload_device=torch.device("cpu"))
+    for i in range(4):
+        store.append("cond", "points", (float(i), torch.full((2,), float(i))), keep_last=2)
+    points = store.get("cond", "points")
+    assert [t for t, _ in points] == [2.0, 3.0] and store.nbytes() == 2 * 2 * 4
+    store.append("cond", "all", (0.0, torch.zeros(1)))
+    store.append("cond", "all", (1.0, torch.zeros(1)))
+    assert len(store.get("cond", "all")) == 2
