@@ -25,8 +25,9 @@ def executor_for(config, adapter) -> Method:
         if isinstance(config, DuCaConfig):
             return StepReuse(DuCa(config, adapter), adapter)
     if isinstance(config, DuCaConfig):
-        return DeepCache(DeepCacheConfig.from_duca(config), adapter) if adapter.level == DEEPCACHE \
-            else DuCa(config, adapter)
+        if adapter.level == DEEPCACHE:
+            return DeepCache(DeepCacheConfig.from_duca(config, config.estimator_for(adapter.family)), adapter)
+        return DuCa(config, adapter)
     if isinstance(config, DeepCacheConfig):
         if adapter.level != DEEPCACHE:
             raise ValueError(f"model: DeepCache needs a U-Net (SD1.5, SD2, SDXL); this is {adapter.family}")

@@ -51,13 +51,13 @@ class DeepCacheConfig:
         return Plan(plan.steps, plan.method, {**plan.settings, "branch": self.branch})
 
     @classmethod
-    def from_duca(cls, config) -> "DeepCacheConfig":
-        """The flagship's DuCa settings on a U-Net: interval N becomes DeepCache interval N - 1 at
-        branch 0 (presets 3 / 4 / 6 -> 2 / 3 / 5). A U-Net has no token-wise conservative step,
+    def from_duca(cls, config, estimator: str = "reuse") -> "DeepCacheConfig":
+        """The flagship's DuCa settings on a U-Net (with the estimator it resolved for the family):
+        interval N becomes DeepCache interval N - 1 at branch 0 (presets 3 / 4 / 6 -> 2 / 3 / 5). A U-Net has no token-wise conservative step,
         so DuCa's F C A C cycle would compute its C steps; N - 1 keeps the presets' order."""
         return cls(interval=max(1, config.interval - 1), branch=0, first_full_steps=config.first_full_steps,
                    start=config.start, end=config.end, cache_device=config.cache_device,
-                   estimator=config.estimator, plan=config.plan)
+                   estimator=estimator, plan=config.plan)
 
 
 FEATURE = "deepcache_feature"   # kept: the deep feature entering the branch's output block

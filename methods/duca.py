@@ -21,6 +21,8 @@ from .protocol import Executor
 LOG = logging.getLogger("comfyui-duca")
 
 PRESET_NAMES = ("quality", "balanced", "fast")
+AUTO = "auto"  # the estimator measured best for the model's family (registry)
+ESTIMATOR_CHOICES = (AUTO, *ESTIMATORS)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class DuCaConfig:
     double_stream_factor: float = 0.4  # refresh ratio factor of double-stream blocks
     single_stream_factor: float = 1.6  # ... and of single-stream blocks
     seed: int = 0                   # for the random token selector
-    estimator: str = "reuse"        # what aggressive steps hand on for the stack (estimators.ESTIMATORS)
+    estimator: str = AUTO           # what skipped units hand on (estimators.ESTIMATORS); auto: the family's
     preset: Optional[str] = None    # the preset it came from: the family's measured settings apply
     plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the cycle
 
@@ -49,7 +51,7 @@ class DuCaConfig:
         check_window(self.start, self.end)
         check_choice("token_selector", self.token_selector, SELECTORS)
         check_choice("cache_device", self.cache_device, CACHE_DEVICES)
-        check_choice("estimator", self.estimator, ESTIMATORS)
+        check_choice("estimator", self.estimator, ESTIMATOR_CHOICES)
         if self.preset is not None:
             check_choice("preset", self.preset, PRESET_NAMES)
 
@@ -61,6 +63,9 @@ class DuCaConfig:
 
     def with_changes(self, **changes) -> "DuCaConfig":
         return replace(self, **changes)
+
+    def estimator_for(self, family: str) -> str:
+        return BY_NAME[family].estimator if self.estimator == AUTO else self.estimator
 
     def for_family(self, measured: dict) -> "DuCaConfig":
         """These settings with a family's measured ones for the preset they came from
@@ -102,7 +107,7 @@ class DuCa(Executor):
         self.config = config
         self.name = "duca" if config.aggressive else "toca"
         self.cache_device = config.cache_device
-        self.estimator = config.estimator
+        self.estimator = config.estimator_for(adapter.family)
         self.selector = TokenSelector(config.token_selector, config.interval)
         self.generator = torch.Generator().manual_seed(config.seed)
 

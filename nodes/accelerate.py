@@ -8,6 +8,7 @@ from ..cache_core.tokens import SELECTORS
 from ..glue.patch import apply_duca
 from ..glue.ui import node_reporter
 from ..methods import PRESETS, ScheduleConfig
+from ..methods.duca import AUTO, ESTIMATOR_CHOICES
 from .base import CATEGORY, SCHEDULE, check_options, model_output, shows_stats, step_window_inputs
 
 CUSTOM = "custom"
@@ -50,31 +51,37 @@ class AccelerateDuCa(io.ComfyNode):
                 SCHEDULE.Input("schedule", optional=True, tooltip=(
                     "Optional: a cache schedule (FORA, EB-Cache, Block Caching, L2C) that decides per block and "
                     "step instead of the preset's cycle.")),
+                io.Combo.Input("estimator", options=list(ESTIMATOR_CHOICES), default=AUTO, optional=True, tooltip=(
+                    "What a skipped step hands on. auto: what was measured best for the model's family (U-Nets: "
+                    "taylor2, the others: reuse). reuse: the last computed value. taylor1 / taylor2: a forecast "
+                    "through the last 2 / 3 computed steps. spectrum: a fit over all computed steps.")),
             ],
             outputs=[model_output("The model with caching attached; connect it to your sampler.")],
             **shows_stats(),
         )
 
     @classmethod
-    def validate_inputs(cls, preset=None, token_selector=None, cache_device=None) -> bool | str:
-        return check_options(cls, preset=preset, token_selector=token_selector, cache_device=cache_device)
+    def validate_inputs(cls, preset=None, token_selector=None, cache_device=None, estimator=None) -> bool | str:
+        return check_options(cls, preset=preset, token_selector=token_selector, cache_device=cache_device,
+                             estimator=estimator)
 
     @classmethod
     def execute(cls, model, preset="balanced", interval=None, refresh_ratio=None, token_selector=None,
                 first_full_steps=None, start_percent=0.0, end_percent=1.0, cache_device="compute",
-                schedule=None) -> io.NodeOutput:
+                schedule=None, estimator=AUTO) -> io.NodeOutput:
         config = build_config(preset, interval, refresh_ratio, token_selector, first_full_steps,
-                              start_percent, end_percent, cache_device)
+                              start_percent, end_percent, cache_device, estimator)
         if schedule is not None:
             config = ScheduleConfig(schedule, cache_device=cache_device)
         return io.NodeOutput(apply_duca(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
 
 
-def build_config(preset, interval, refresh_ratio, token_selector, first_full_steps, start, end, cache_device):
+def build_config(preset, interval, refresh_ratio, token_selector, first_full_steps, start, end, cache_device,
+                 estimator=AUTO):
     if preset not in PRESETS and preset != CUSTOM:
         raise ValueError(f"preset must be one of {list(PRESETS) + [CUSTOM]}, got {preset!r}")
     base = PRESETS.get(preset, PRESETS["balanced"])
-    changes = {"start": start, "end": end, "cache_device": cache_device}
+    changes = {"start": start, "end": end, "cache_device": cache_device, "estimator": estimator}
     if token_selector is not None:
         changes["token_selector"] = token_selector
     if first_full_steps is not None:

@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..adapters.unet import UNetAdapter
 from ..cache_core.deepcache import PLACEMENTS
+from ..cache_core.estimators import ESTIMATORS
 from ..glue.patch import apply_duca
 from ..methods import DeepCacheConfig
 from ..glue.ui import node_reporter
@@ -36,20 +37,25 @@ class DeepCacheUNet(io.ComfyNode):
                     "uniform: a full step every cache_interval steps. quadratic: DeepCache's non-uniform "
                     "schedule, the same number of full steps gathered around the first third of the run.")),
                 *step_window_inputs(),
+                io.Combo.Input("estimator", options=list(ESTIMATORS), default=DEFAULT.estimator, optional=True,
+                               tooltip=(
+                    "What a reuse step hands on for the deep feature. reuse: the feature of the last full step "
+                    "(DeepCache). taylor2: a forecast through the last 3 full steps (closer to the uncached "
+                    "picture on the trained test U-Net: README); taylor1: through the last 2.")),
             ],
             outputs=[model_output("The model with DeepCache attached; connect it to your sampler.")],
             **shows_stats(),
         )
 
     @classmethod
-    def validate_inputs(cls, schedule=None) -> bool | str:
-        return check_options(cls, schedule=schedule)
+    def validate_inputs(cls, schedule=None, estimator=None) -> bool | str:
+        return check_options(cls, schedule=schedule, estimator=estimator)
 
     @classmethod
     def execute(cls, model, cache_interval=DEFAULT.interval, cache_depth=DEFAULT.branch, schedule=DEFAULT.placement,
-                start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
+                start_percent=0.0, end_percent=1.0, estimator=DEFAULT.estimator) -> io.NodeOutput:
         adapter = unet_adapter(model)
-        config = build_config(cache_interval, cache_depth, schedule, start_percent, end_percent)
+        config = build_config(cache_interval, cache_depth, schedule, start_percent, end_percent, estimator)
         adapter.check_branch(config.branch, "cache_depth")
         return io.NodeOutput(apply_duca(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
 
@@ -69,12 +75,14 @@ INPUTS = {"cache_interval": ("interval", "an integer in [1, 100]"),
           "cache_depth": ("branch", "an integer >= 0"),
           "schedule": ("placement", f"one of {list(PLACEMENTS)}"),
           "start_percent": ("start", "a number in [0, 1]"),
-          "end_percent": ("end", "a number in [0, 1]")}
+          "end_percent": ("end", "a number in [0, 1]"),
+          "estimator": ("estimator", f"one of {list(ESTIMATORS)}")}
 
 
-def build_config(cache_interval, cache_depth, schedule, start_percent, end_percent) -> DeepCacheConfig:
+def build_config(cache_interval, cache_depth, schedule, start_percent, end_percent,
+                 estimator=DEFAULT.estimator) -> DeepCacheConfig:
     values = {"cache_interval": cache_interval, "cache_depth": cache_depth, "schedule": schedule,
-              "start_percent": start_percent, "end_percent": end_percent}
+              "start_percent": start_percent, "end_percent": end_percent, "estimator": estimator}
     for name, value in values.items():
         field, accepted = INPUTS[name]
         try:
@@ -84,4 +92,4 @@ def build_config(cache_interval, cache_depth, schedule, start_percent, end_perce
     if start_percent > end_percent:
         raise ValueError(f"start_percent ({start_percent}) must not be after end_percent ({end_percent})")
     return DeepCacheConfig(interval=cache_interval, branch=cache_depth, placement=schedule,
-                           start=start_percent, end=end_percent)
+                           start=start_percent, end=end_percent, estimator=estimator)

@@ -265,7 +265,7 @@ def test_node_inputs_and_errors(pack, unet):
     assert node.CATEGORY == "DuCa Accelerate" and node.RETURN_TYPES == ["MODEL"]
     inputs = node.INPUT_TYPES()
     assert set(inputs["required"]) == {"model", "cache_interval", "cache_depth", "schedule"}
-    assert set(inputs["optional"]) == {"start_percent", "end_percent"}
+    assert set(inputs["optional"]) == {"start_percent", "end_percent", "estimator"}
     assert inputs["hidden"] == {"unique_id": ("UNIQUE_ID",)}  # where the UI shows the run's stats
     for section in (inputs["required"], inputs["optional"]):
         for name, (_, options) in section.items():

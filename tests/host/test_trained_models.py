@@ -67,3 +67,21 @@ def test_trained_sd_unet_samples_are_nearest_their_own_class(pack):
             distances = [float((c - grey).abs().mean(dim=(1, 2)).min()) for c in crops]
             hits += distances.index(min(distances)) == label
     assert hits >= 10, f"{hits} of 12 samples nearest their own class"
+
+
+def test_the_flagship_forecasts_the_u_nets_deep_feature_closer_than_it_reuses_it(pack):
+    """The registry's measured estimator for U-Nets (taylor2, `auto` on the node) against reusing
+    the deep feature, at the same steps computed, on the trained U-Net: closer to the uncached
+    pictures on every case tried."""
+    from comfyui_duca.glue.patch import apply_duca, last_stats
+    from comfyui_duca.methods import PRESETS
+    model, side, channels = models.sd_unet_trained(), models.SD_TRAINED_PIXELS, pixel_latents.SD_CHANNELS
+    balanced = PRESETS["balanced"].with_changes(preset="balanced")
+    auto, reuse = apply_duca(model, balanced), apply_duca(model, balanced.with_changes(estimator="reuse"))
+    for label, seed in ((models.CLASSES.index("astronaut"), 0), (models.CLASSES.index("rocket"), 1)):
+        uncached = pictures(model, label, seed, side, channels)
+        errors = {}
+        for name, patched in (("auto", auto), ("reuse", reuse)):
+            errors[name] = float(((pictures(patched, label, seed, side, channels) - uncached) ** 2).mean())
+        assert last_stats(auto).timeline == last_stats(reuse).timeline and "A" in last_stats(auto).timeline
+        assert errors["auto"] < 0.7 * errors["reuse"], (label, errors)
