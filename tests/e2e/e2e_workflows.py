@@ -12,9 +12,13 @@ def is_widget(spec) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
+def widget_options(spec) -> dict:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
 def has_seed_control(name: str, spec) -> bool:
     """The frontend adds a 'control after generate' value after seed widgets."""
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    options = widget_options(spec)
     return spec[0] == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed"))
 
 
@@ -54,6 +58,8 @@ def to_api(workflow: dict, object_info: dict) -> dict:
             if is_widget(spec):
                 if values:
                     inputs[name] = values.pop(0)
+                elif "default" in widget_options(spec):  # a widget added after the file was saved
+                    inputs[name] = widget_options(spec)["default"]
                 if has_seed_control(name, spec) and values:
                     values.pop(0)
             if name in linked:

@@ -68,14 +68,15 @@ def test_workflow_runs_to_success_in_the_real_server(path, comfy, object_info):
 
 def test_saved_workflow_keeps_its_widget_values(object_info):
     """The Flux example as saved before the nodes moved to the V3 schema: the server's node
-    list still names each widget value as it was meant."""
+    list still names each widget value as it was meant; a widget added since takes its default."""
     path = next(p for p in SAVED if p.name == "flux_accelerate_duca_v1.json")
     prompt = to_api(load(path), object_info)
     assert prompt["4"] == {"class_type": "DuCaAccelerate", "inputs": {
         "model": ["1", 0], "preset": "balanced", "interval": 4, "refresh_ratio": 0.1, "token_selector": "value_norm",
-        "first_full_steps": 3, "start_percent": 0.0, "end_percent": 1.0, "cache_device": "compute"}}
+        "first_full_steps": 3, "start_percent": 0.0, "end_percent": 1.0, "cache_device": "compute",
+        "estimator": "auto"}}
     spec = object_info["DuCaAccelerate"]
-    assert spec["input_order"]["optional"][-1] == "schedule"  # a socket, no widget value
+    assert spec["input_order"]["optional"][-2:] == ["schedule", "estimator"]  # a socket, then the new widget
     assert spec["input"]["optional"]["schedule"][0] == "DUCA_SCHEDULE"
     assert spec["input"]["required"]["preset"][0] == "COMBO"  # a widget for to_api, as the frontend sees it
 
