@@ -61,6 +61,8 @@ def main(argv=None):
     p.add_argument("--model", choices=("flux_trained", "sd_trained"), default="flux_trained")
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--estimators", nargs="*", default=[], help="also run the methods with these estimators")
+    p.add_argument("--baselines", action="store_true",
+                   help="also fewer steps (euler, dpmpp_2m) and a forecast of the denoised output (every 2-4)")
     p.add_argument("--out", help="JSON file for the results")
     args = p.parse_args(argv)
     workloads.boot(None, cpu=True)
@@ -83,9 +85,40 @@ def main(argv=None):
                          "timeline": last_stats(model).timeline}
         print(f"| {name} | {results[name]['compute_fraction']:.4%} | {results[name]['psnr_picture']:.3f} dB "
               f"| {results[name]['timeline']} |", flush=True)
+    if args.baselines:
+        results.update(baselines(work, ref_pictures, args.steps))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def baselines(work, ref_pictures, steps) -> dict:
+    """What a user can do without the pack, at block compute 0.2-0.5: fewer steps, and every-k
+    computing with the denoised output forecast (order 1) or reused (order 0) in between."""
+    from bench.baselines import denoised_forecast, fewer_steps
+    found = {}
+    for n in sorted({round(steps * c) for c in (0.2, 0.27, 0.29, 0.35, 0.45)}):
+        for sampler in ("euler", "dpmpp_2m"):
+            fewer = fewer_steps(work, n, sampler)
+            px = [metrics.psnr(work.decode(fewer.sample(work.model, c)), ref, metrics.PICTURE_RANGE)
+                  for c, ref in zip(work.cases, ref_pictures)]
+            found[f"fewer steps {n} {sampler}"] = report(f"fewer steps {n} {sampler}", n / steps, px)
+    for every in (2, 3, 4):
+        for order in (0, 1):
+            model, forecast = denoised_forecast(work.model, every, order)
+            px, fractions = [], []
+            for c, ref in zip(work.cases, ref_pictures):
+                px.append(metrics.psnr(work.decode(work.sample(model, c)), ref, metrics.PICTURE_RANGE))
+                fractions.append(forecast.computed / steps)
+            name = f"denoised forecast every {every} order {order}"
+            found[name] = report(name, statistics.mean(fractions), px)
+    return found
+
+
+def report(name, fraction, px) -> dict:
+    row = {"compute_fraction": fraction, "psnr_picture": statistics.median(px), "timeline": ""}
+    print(f"| {name} | {fraction:.4%} | {row['psnr_picture']:.3f} dB | |", flush=True)
+    return row
 
 
 if __name__ == "__main__":
