@@ -89,3 +89,21 @@ def test_latent_metrics():
     ref = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(4))
     assert metrics.rel_l2(ref, ref) == 0 and metrics.latent_psnr(ref, ref) == math.inf
     assert metrics.rel_l2(ref * 1.1, ref) == pytest.approx(0.1)
+
+
+def test_the_denoised_forecast_baseline_computes_every_kth_step_and_forecasts_between(pack, flux, flux_conds):
+    """Computing every step it is the uncached sampler exactly; every 3rd, it runs the first 3 steps
+    and every 3rd after, and its in-between steps are a forecast, not the model's."""
+    from bench.baselines import denoised_forecast
+    from testbed import models
+    steps = 10
+    reference = models.sample(flux, *flux_conds, steps=steps, cfg=2.0, height=32, width=32)
+    everything, state = denoised_forecast(flux, every=1)
+    assert torch.equal(models.sample(everything, *flux_conds, steps=steps, cfg=2.0, height=32, width=32), reference)
+    assert state.computed == steps
+    outs = {}
+    for order in (0, 1):
+        model, state = denoised_forecast(flux, every=3, order=order)
+        outs[order] = models.sample(model, *flux_conds, steps=steps, cfg=2.0, height=32, width=32)
+        assert state.computed == 5  # steps 0, 1, 2, 5, 8
+    assert not torch.equal(outs[0], outs[1]) and not torch.equal(outs[1], reference)
