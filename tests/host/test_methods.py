@@ -31,6 +31,12 @@ def test_each_config_gets_an_executor_of_the_protocol_with_a_plan_per_step(pack,
             assert len(plan) == STEPS and plan.steps[0].action.value == "full", (name, config)
 
 
+def test_each_adapter_runs_at_its_registry_level(pack, families):
+    from comfyui_duca.adapters.registry import BY_NAME
+    for name, adapter in families.items():
+        assert adapter.level == BY_NAME[adapter.family].level, (name, adapter.family, adapter.level)
+
+
 def test_the_flagship_picks_the_method_by_family(pack, families):
     from comfyui_duca.methods import DeepCache, DeepCacheConfig, DuCa, DuCaConfig, StepReuse, executor_for
     picked = {name: type(executor_for(DuCaConfig(), adapter)) for name, adapter in families.items()}
