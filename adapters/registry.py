@@ -120,11 +120,16 @@ def find_adapter(diffusion_model):
 
 
 def family_of(diffusion_model) -> Optional[Family]:
-    """The family of a host diffusion model: the one whose adapter takes it, else the first whose
-    class names match (a layout only the slicer handles), else None."""
+    """The family of a host diffusion model, without building an adapter where its class name alone
+    says (the Feature Slicer asks on every model call): the one family naming its class; where
+    several do, or none does, the one whose adapter takes it; else the first naming it (a layout
+    only the slicer handles), else None."""
+    if diffusion_model is None:
+        return None
+    named = [f for f in FAMILIES if f.model_classes and f.matches(diffusion_model)]
+    if len(named) == 1:
+        return named[0]
     adapter = find_adapter(diffusion_model)
     if adapter is not None:
         return BY_NAME[adapter.family]
-    if diffusion_model is None:
-        return None
-    return next((f for f in FAMILIES if f.model_classes and f.matches(diffusion_model)), None)
+    return named[0] if named else None

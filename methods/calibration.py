@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cache_core.plan import Plan
 from ..cache_core.profile import ChangeProfile
 from ..cache_core.schedule import Cell, Schedule
 from ..cache_core.validate import check_int
@@ -27,13 +26,13 @@ class Calibration(ScheduleExecutor):
     name = "calibration"
 
     def __init__(self, config: CalibrationConfig, adapter):
-        super().__init__(computing_everything(adapter, 0), adapter)
+        super().__init__(None, adapter)
         self.config = config
 
-    def plan(self, num_steps: int) -> Plan:
-        self.schedule = computing_everything(self.adapter, num_steps)
-        self.observer = ChangeProfile(num_steps, len(self.schedule.units), self.config.probe_unit)
-        return super().plan(num_steps)
+    def schedule_for(self, num_steps: int) -> Schedule:
+        schedule = computing_everything(self.adapter, num_steps)
+        self.observer = ChangeProfile(num_steps, len(schedule.units), self.config.probe_unit)
+        return schedule
 
     def finish(self, run):
         return self.observer

@@ -89,12 +89,13 @@ def reuse_block(adapter, kind, block, args, kept, original, cell: Cell = Cell.RE
 
 
 class ScheduleExecutor(Executor):
-    def __init__(self, schedule: Schedule, adapter, cache_device: str = "compute", estimator: str = "reuse",
+    def __init__(self, schedule, adapter, cache_device: str = "compute", estimator: str = "reuse",
                  observer=None):
-        """`observer`: a ChangeProfile that sees every computed unit's residual (calibration)."""
+        """`schedule`: a Schedule (None where `schedule_for` makes it per run); `observer`: a
+        ChangeProfile that sees every computed unit's residual (calibration)."""
         super().__init__(adapter)
         self.schedule = schedule
-        self.name = schedule.method
+        self.name = schedule.method if schedule is not None else self.name
         self.cache_device = cache_device
         self.estimator = estimator
         self.observer = observer
@@ -102,8 +103,12 @@ class ScheduleExecutor(Executor):
         if self.unet:
             self.level = "block"  # whole transformer layers
 
+    def schedule_for(self, num_steps: int) -> Schedule:
+        """The table this run follows, before it is fitted to the model and the step count."""
+        return self.schedule
+
     def plan(self, num_steps: int) -> Plan:
-        self.fitted = fit_schedule(self.schedule, self.adapter, num_steps)
+        self.fitted = fit_schedule(self.schedule_for(num_steps), self.adapter, num_steps)
         self.notes = self.fitted.notes
         self.last_reuse = last_reuse_steps(self.fitted)
         self.unit_index = {block_id: i for i, block_id in enumerate(self.adapter.block_ids)}
