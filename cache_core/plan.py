@@ -115,6 +115,39 @@ def duca_plan(num_steps: int, interval: int, refresh_ratio: float, first_full_st
     return Plan(tuple(steps), "duca" if aggressive else "toca", settings)
 
 
+def budget_plan(num_steps: int, budget: float, first_full_steps: int = 3, max_skipped: int = 0) -> Plan:
+    """Full on round(budget x steps) steps: the first `first_full_steps`, the rest spread evenly over
+    the steps after them (the last skipped run ends the run); forecast (AGGRESSIVE) in between.
+    At least the first steps and one step compute. `max_skipped` > 0 caps the longest run of skipped steps (computing more than the budget if it
+    must). A budget of 1 computes everything."""
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget must be in (0, 1], got {budget}")
+    computes = min(max(int(round(budget * num_steps)), min(first_full_steps, num_steps), 1), num_steps)
+    first = min(first_full_steps, computes)
+    rest, span = computes - first, num_steps - first
+    full = set(range(first)) | {first - 1 + round((i + 1) * (span + 1) / (rest + 1)) for i in range(rest)}
+    if max_skipped > 0:
+        full = _capped(sorted(full), num_steps, max_skipped)
+    steps = tuple(StepPlan(Action.FULL if i in full else Action.AGGRESSIVE) for i in range(num_steps))
+    return Plan(steps, "forecast", {"budget": budget, "first_full_steps": first_full_steps,
+                                    "max_skipped": max_skipped})
+
+
+def _capped(full: list, num_steps: int, max_skipped: int) -> set:
+    """`full` with steps added wherever more than `max_skipped` steps in a row would be skipped."""
+    capped, last = set(), -1
+    for step in full + [num_steps]:
+        while step - last - 1 > max_skipped:
+            last += max_skipped + 1
+            capped.add(last)
+        if step < num_steps:
+            capped.add(step)
+        last = step
+    return capped
+
+
 def every_kth_step_plan(num_steps: int, k: int, first_full_steps: int = 1) -> Plan:
     """The simplest baseline: compute every k-th step, reuse the whole stack otherwise."""
     if k < 1:

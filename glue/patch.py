@@ -2,7 +2,8 @@
 
 - OUTER_SAMPLE wrapper: creates the run (methods.engine.RunState) for one sampling run and
   drops it in `finally` (EasyCache's idiom).
-- DIFFUSION_MODEL wrapper: hands each model call to the run.
+- DIFFUSION_MODEL wrapper: hands each model call to the run; or the APPLY_MODEL wrapper, for
+  methods that work on the denoised output (methods.forecast).
 - `patches_replace["dit"]` entries: hand each hooked block to the run.
 Wrappers take `(executor, *args, **kwargs)` and pass everything through.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 import logging
 
 import comfy.model_patcher
+import torch
 import comfy.patcher_extension as ext
 
 from ..adapters import find_adapter
 from ..methods import RunState, ScheduleConfig, executor_for
+from ..methods.forecast import APPLY_MODEL
 from .attach import Holder, attach, diffusion_model_of, find_transformer_options, holder_of
 
 LOG = logging.getLogger("comfyui-duca")
@@ -47,7 +50,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     options = guider.model_options.setdefault("transformer_options", {})
     holder: Holder = options[KEY]
     adapter = find_adapter(diffusion_model_of(guider.model_patcher))
-    method = executor_for(holder.config, adapter)
+    method = executor_for(holder.config, adapter, noise_coefficients(guider.model_patcher))
     run = RunState(method, sigmas)
     options[RUN_KEY] = run
     LOG.info("DuCa: %s on %s", run.plan, holder.family)
@@ -67,11 +70,42 @@ def outer_sample_wrapper(executor, *args, **kwargs):
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):
+    return _hand_to_run(executor, args, kwargs, wraps=None)
+
+
+def apply_model_wrapper(executor, *args, **kwargs):
+    return _hand_to_run(executor, args, kwargs, wraps=APPLY_MODEL)
+
+
+def _hand_to_run(executor, args, kwargs, wraps):
+    """The model call to the live run, if its method works at this wrapper's level."""
     options = find_transformer_options(args, kwargs)
     run = options.get(RUN_KEY)
-    if run is None or not args:
+    if run is None or not args or getattr(run.method, "wraps", None) != wraps:
         return executor(*args, **kwargs)
     return run.model_call(executor, args, kwargs, options)
+
+
+def noise_coefficients(model_patcher):
+    """sigma -> (a, b) with the sampler's sample x = a x0 + b noise, read from the model's sampling
+    (`noise_scaling`, so patched samplings count); None if the host's object has no such method."""
+    get = getattr(model_patcher, "get_model_object", None)
+    sampling = get("model_sampling") if get else getattr(model_patcher.model, "model_sampling", None)
+    scaling = getattr(sampling, "noise_scaling", None)
+    if scaling is None:
+        return None
+    one, zero = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+
+    def at(sigma: float) -> tuple:
+        s = torch.tensor([sigma], dtype=torch.float64)
+        return float(scaling(s, zero.clone(), one.clone())), float(scaling(s, one.clone(), zero.clone()))
+    try:
+        at(0.5)
+    except Exception:  # a sampling with another contract: forecast the denoised output instead
+        LOG.warning("DuCa: %s.noise_scaling did not take (sigma, noise, latent); forecasting the "
+                    "denoised output", type(sampling).__name__)
+        return None
+    return at
 
 
 def apply_duca(model, config, listeners=()):
@@ -85,11 +119,12 @@ def apply_duca(model, config, listeners=()):
         return model
     if isinstance(config, ScheduleConfig):  # made for another model: say so now, not mid-run
         config.schedule.check_fits(adapter.family, adapter.schedule_units())
-    executor_for(config, adapter)  # a method this model can't run is refused now, naming the input
+    executor_for(config, adapter, None)  # a method this model can't run is refused now, naming the input
     label = f"{adapter.family} ({adapter.variant})" if getattr(adapter, "variant", "") else adapter.family
     patched = attach(model, KEY, Holder(config, label, listeners),
                      {ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
-                      ext.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper})
+                      ext.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper,
+                      ext.WrappersMP.APPLY_MODEL: apply_model_wrapper})
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for kind, index in adapter.block_ids:
         inner = existing.get((kind, index))

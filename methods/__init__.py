@@ -10,15 +10,19 @@ from .calibration import Calibration, CalibrationConfig
 from .deepcache import DeepCache, DeepCacheConfig
 from .duca import PRESETS, DuCa, DuCaConfig
 from .engine import RunState
+from .forecast import BUDGETS, FORECAST_PRESETS, ForecastConfig, OutputForecast
 from .protocol import Method
 from .schedules import ScheduleConfig, ScheduleExecutor
 from .step_reuse import StepReuse
 
-CONFIGS = (DuCaConfig, DeepCacheConfig, ScheduleConfig, CalibrationConfig)
+CONFIGS = (ForecastConfig, DuCaConfig, DeepCacheConfig, ScheduleConfig, CalibrationConfig)
 
 
-def executor_for(config, adapter) -> Method:
-    """A fresh executor (one per sampling run) of `config`'s method on this model."""
+def executor_for(config, adapter, noise_coefficients=None) -> Method:
+    """A fresh executor (one per sampling run) of `config`'s method on this model.
+    `noise_coefficients`: the model sampling's sigma -> (a, b), for the whole-step forecast."""
+    if isinstance(config, ForecastConfig):  # every family: it wraps the whole model call
+        return OutputForecast(config, adapter, noise_coefficients)
     if adapter.step_level:  # no block hooks: the method's plan decides over whole model calls
         if isinstance(config, ScheduleConfig):
             return StepReuse(ScheduleExecutor(config.schedule, adapter, config.cache_device, config.estimator), adapter)
@@ -40,5 +44,5 @@ def executor_for(config, adapter) -> Method:
                     f"{[c.__name__ for c in CONFIGS]})")
 
 
-__all__ = ["CONFIGS", "Calibration", "CalibrationConfig", "DeepCache", "DeepCacheConfig", "DuCa", "DuCaConfig",
+__all__ = ["BUDGETS", "FORECAST_PRESETS", "ForecastConfig", "OutputForecast", "CONFIGS", "Calibration", "CalibrationConfig", "DeepCache", "DeepCacheConfig", "DuCa", "DuCaConfig",
            "Method", "PRESETS", "RunState", "ScheduleConfig", "ScheduleExecutor", "StepReuse", "executor_for"]

@@ -52,6 +52,7 @@ class Call:
     grid: tuple                     # token grid of the input (token-wise families)
     device: Optional[torch.device] = None  # where the model runs this call
     sigma: Optional[float] = None
+    sample: Optional[torch.Tensor] = None  # the call's input as the sampler passed it
     started: float = field(default_factory=time.perf_counter)
     txt_len: Optional[int] = None   # text tokens, once the first block has seen them
     framed_by_blocks: bool = False  # begun at the first block, ended at the last
@@ -67,7 +68,8 @@ class RunState:
         self.plan = method.plan(self.num_steps)
         self.store = CacheStore.on(method.cache_device)
         self.stats = RunStats(self.plan.method, self.num_steps, family=self.adapter.family, level=method.level,
-                              compute_unit=MODEL_CALLS if self.adapter.step_level else FLOPS)
+                              compute_unit=getattr(method, "compute_unit", None)
+                              or (MODEL_CALLS if self.adapter.step_level else FLOPS))
         self.stats.notes.extend(method.notes)  # e.g. a schedule resampled to this run's step count
         self.estimate, self.history = ESTIMATORS[method.estimator]
         self.call: Optional[Call] = None
@@ -88,7 +90,7 @@ class RunState:
         if not stats.action:
             stats.action = action.value
         self.call = Call(step, action, planned.refresh_ratio if planned else 0.0, group, self.adapter.grid(x),
-                         x.device, sigma)
+                         x.device, sigma, x)
         return self.call
 
     def end_call(self, call: Call) -> None:
