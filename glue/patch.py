@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 
 import comfy.model_patcher
-import torch
 import comfy.patcher_extension as ext
+import torch
 
 from ..adapters import find_adapter
 from ..methods import RunState, ScheduleConfig, executor_for
