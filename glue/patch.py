@@ -16,7 +16,7 @@ import comfy.patcher_extension as ext
 import torch
 
 from ..adapters import find_adapter
-from ..methods import RunState, ScheduleConfig, executor_for
+from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for
 from ..methods.forecast import APPLY_MODEL
 from .attach import Holder, attach, diffusion_model_of, find_transformer_options, holder_of
 
@@ -45,12 +45,14 @@ class BlockPatch:
 def outer_sample_wrapper(executor, *args, **kwargs):
     guider = executor.class_obj
     sigmas = kwargs["sigmas"] if "sigmas" in kwargs else args[3]
+    sampler = kwargs["sampler"] if "sampler" in kwargs else (args[2] if len(args) > 2 else None)
     original_options = guider.model_options
     guider.model_options = comfy.model_patcher.create_model_options_clone(original_options)
     options = guider.model_options.setdefault("transformer_options", {})
     holder: Holder = options[KEY]
     adapter = find_adapter(diffusion_model_of(guider.model_patcher))
-    method = executor_for(holder.config, adapter, noise_coefficients(guider.model_patcher))
+    coefficients = noise_coefficients(guider.model_patcher) if isinstance(holder.config, ForecastConfig) else None
+    method = executor_for(holder.config, adapter, coefficients, sampler)
     run = RunState(method, sigmas)
     options[RUN_KEY] = run
     LOG.info("DuCa: %s on %s", run.plan, holder.family)

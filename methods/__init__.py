@@ -18,11 +18,12 @@ from .step_reuse import StepReuse
 CONFIGS = (ForecastConfig, DuCaConfig, DeepCacheConfig, ScheduleConfig, CalibrationConfig)
 
 
-def executor_for(config, adapter, noise_coefficients=None) -> Method:
+def executor_for(config, adapter, noise_coefficients=None, sampler=None) -> Method:
     """A fresh executor (one per sampling run) of `config`'s method on this model.
-    `noise_coefficients`: the model sampling's sigma -> (a, b), for the whole-step forecast."""
+    `noise_coefficients` (the model sampling's sigma -> (a, b)) and `sampler` (the host's) tell
+    the whole-step forecast what to extrapolate."""
     if isinstance(config, ForecastConfig):  # every family: it wraps the whole model call
-        return OutputForecast(config, adapter, noise_coefficients)
+        return OutputForecast(config, adapter, noise_coefficients, sampler)
     if adapter.step_level:  # no block hooks: the method's plan decides over whole model calls
         if isinstance(config, ScheduleConfig):
             return StepReuse(ScheduleExecutor(config.schedule, adapter, config.cache_device, config.estimator), adapter)

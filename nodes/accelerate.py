@@ -5,13 +5,18 @@ from comfy_api.latest import io
 
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import SELECTORS
+from ..cache_core.validate import check_choice
 from ..glue.patch import apply_duca
 from ..glue.ui import node_reporter
-from ..methods import PRESETS, ScheduleConfig
+from ..methods import FORECAST_PRESETS, PRESETS, ScheduleConfig
 from ..methods.duca import AUTO, ESTIMATOR_CHOICES
+from ..methods.forecast import PLACEMENTS
 from .base import CATEGORY, SCHEDULE, check_options, model_output, shows_stats, step_window_inputs
 
 CUSTOM = "custom"
+DUCA = "duca "  # the prefix of the DuCa cycle presets ("duca balanced": the papers' cycle)
+PRESET_CHOICES = (*FORECAST_PRESETS, *(DUCA + name for name in PRESETS), CUSTOM)
+FORECAST_ESTIMATOR = "taylor1"  # what `auto` forecasts with on the budget presets (measured best, RESULTS)
 
 
 class AccelerateDuCa(io.ComfyNode):
@@ -22,15 +27,18 @@ class AccelerateDuCa(io.ComfyNode):
             node_id="DuCaAccelerate",
             display_name="Accelerate (DuCa)",
             category=CATEGORY,
-            description=("Samples faster by reusing features across steps (DuCa dual caching): full steps, then "
-                         "conservative steps (a fraction of tokens recomputed) alternating with aggressive steps "
-                         "(the whole block stack reused). No training, weights unchanged."),
+            description=("Samples faster by computing the model on a fraction of the steps and forecasting it "
+                         "on the others (quality / balanced / fast / turbo: about 45 / 35 / 27 / 20% of the model's "
+                         "compute, on every family). The duca presets and custom run DuCa dual caching: full "
+                         "steps, then conservative steps (a fraction of tokens recomputed) alternating with "
+                         "aggressive steps (the whole block stack reused). No training, weights unchanged."),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to accelerate (from your loader)."),
-                io.Combo.Input("preset", options=list(PRESETS) + [CUSTOM], default="balanced", tooltip=(
-                    "quality / balanced / fast: on Flux a full step every 3rd / 4th (the papers' setting) / 6th "
-                    "step; other families use settings measured for them (README). custom: use the advanced "
-                    "inputs below.")),
+                io.Combo.Input("preset", options=list(PRESET_CHOICES), default="balanced", tooltip=(
+                    "quality / balanced / fast / turbo: the model runs on 45 / 35 / 27 / 20% of the steps (the "
+                    "first steps always) and the others are forecast from the computed ones. duca quality / "
+                    "balanced / fast: DuCa's cycles (on Flux a full step every 3rd / 4th / 6th step; other "
+                    "families use settings measured for them, README). custom: DuCa with the inputs below.")),
                 io.Int.Input("interval", default=balanced.interval, min=1, max=100, step=1, optional=True,
                              tooltip="custom only: a full step every N steps; the steps between alternate "
                                      "conservative and aggressive."),
@@ -53,31 +61,60 @@ class AccelerateDuCa(io.ComfyNode):
                     "step instead of the preset's cycle.")),
                 io.Combo.Input("estimator", options=list(ESTIMATOR_CHOICES), default=AUTO, optional=True, tooltip=(
                     "What a skipped step hands on. auto: what was measured best for the model's family (U-Nets: "
-                    "taylor2, the others: reuse). reuse: the last computed value. taylor1 / taylor2: a forecast "
-                    "through the last 2 / 3 computed steps. spectrum: a fit over all computed steps.")),
+                    "taylor2, the others: reuse; the budget presets: taylor1). reuse: the last computed value. "
+                    "taylor1 / taylor2: a forecast through the last 2 / 3 computed steps. spectrum: a fit over "
+                    "all computed steps.")),
+                io.Float.Input("budget", default=0.0, min=0.0, max=1.0, step=0.01, optional=True, tooltip=(
+                    "quality / balanced / fast / turbo only: the fraction of the steps the model runs on, "
+                    "instead of the preset's. 0: the preset's. 1: every step (the uncached output).")),
+                io.Combo.Input("placement", options=list(PLACEMENTS), default="even", optional=True, tooltip=(
+                    "quality / balanced / fast / turbo only: where the computed steps go. even: spread evenly "
+                    "after the first steps (measured best). adaptive: decided as the run goes, where the "
+                    "forecast's own measured error grows fastest.")),
             ],
             outputs=[model_output("The model with caching attached; connect it to your sampler.")],
             **shows_stats(),
         )
 
     @classmethod
-    def validate_inputs(cls, preset=None, token_selector=None, cache_device=None, estimator=None) -> bool | str:
+    def validate_inputs(cls, preset=None, token_selector=None, cache_device=None, estimator=None,
+                        placement=None) -> bool | str:
         return check_options(cls, preset=preset, token_selector=token_selector, cache_device=cache_device,
-                             estimator=estimator)
+                             estimator=estimator, placement=placement)
 
     @classmethod
     def execute(cls, model, preset="balanced", interval=None, refresh_ratio=None, token_selector=None,
                 first_full_steps=None, start_percent=0.0, end_percent=1.0, cache_device="compute",
-                schedule=None, estimator=AUTO) -> io.NodeOutput:
-        config = build_config(preset, interval, refresh_ratio, token_selector, first_full_steps,
-                              start_percent, end_percent, cache_device, estimator)
+                schedule=None, estimator=AUTO, budget=0.0, placement="even") -> io.NodeOutput:
+        if preset not in PRESET_CHOICES:
+            raise ValueError(f"preset must be one of {list(PRESET_CHOICES)}, got {preset!r}")
+        if token_selector is not None:  # checked on every preset, though only DuCa's use it
+            check_choice("token_selector", token_selector, SELECTORS)
+        if preset in FORECAST_PRESETS:
+            config = forecast_config(preset, budget, placement, first_full_steps, start_percent, end_percent,
+                                     cache_device, estimator)
+        else:
+            config = build_config(preset.removeprefix(DUCA), interval, refresh_ratio, token_selector,
+                                  first_full_steps, start_percent, end_percent, cache_device, estimator)
         if schedule is not None:
             config = ScheduleConfig(schedule, cache_device=cache_device)
         return io.NodeOutput(apply_duca(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
 
 
+def forecast_config(preset, budget, placement, first_full_steps, start, end, cache_device, estimator=AUTO):
+    """A budget preset's settings, with the inputs that change it."""
+    changes = {"placement": placement, "start": start, "end": end, "cache_device": cache_device,
+               "estimator": FORECAST_ESTIMATOR if estimator == AUTO else estimator}
+    if budget:  # 0 (the default) keeps the preset's
+        changes["budget"] = budget
+    if first_full_steps is not None:
+        changes["first_full_steps"] = first_full_steps
+    return FORECAST_PRESETS[preset].with_changes(**changes)
+
+
 def build_config(preset, interval, refresh_ratio, token_selector, first_full_steps, start, end, cache_device,
                  estimator=AUTO):
+    """DuCa's settings: a cycle preset (by its name without the prefix) or custom."""
     if preset not in PRESETS and preset != CUSTOM:
         raise ValueError(f"preset must be one of {list(PRESETS) + [CUSTOM]}, got {preset!r}")
     base = PRESETS.get(preset, PRESETS["balanced"])

@@ -124,6 +124,7 @@ def test_timeline_is_drawn_on_the_node_after_a_run(comfy, page, object_info, art
     assert bare == to_api(workflow, object_info)
     prompt = substitute(from_page, salt=31, steps=STEPS)
     node_id = next(int(k) for k, n in prompt.items() if n["class_type"] == "DuCaAccelerate")
+    prompt[str(node_id)]["inputs"]["preset"] = "duca balanced"  # DuCa's cycle: all three colours
     assert not page.evaluate(f"!!app.graph.getNodeById({node_id}).ducaStats")
     queued = queue_from_the_page(page, prompt)
     comfy.wait(queued["prompt_id"], timeout=240)

@@ -74,9 +74,10 @@ def test_saved_workflow_keeps_its_widget_values(object_info):
     assert prompt["4"] == {"class_type": "DuCaAccelerate", "inputs": {
         "model": ["1", 0], "preset": "balanced", "interval": 4, "refresh_ratio": 0.1, "token_selector": "value_norm",
         "first_full_steps": 3, "start_percent": 0.0, "end_percent": 1.0, "cache_device": "compute",
-        "estimator": "auto"}}
+        "estimator": "auto", "budget": 0.0, "placement": "even"}}
     spec = object_info["DuCaAccelerate"]
-    assert spec["input_order"]["optional"][-2:] == ["schedule", "estimator"]  # a socket, then the new widget
+    # a socket, then the widgets added since
+    assert spec["input_order"]["optional"][-4:] == ["schedule", "estimator", "budget", "placement"]
     assert spec["input"]["optional"]["schedule"][0] == "DUCA_SCHEDULE"
     assert spec["input"]["required"]["preset"][0] == "COMBO"  # a widget for to_api, as the frontend sees it
 

@@ -246,17 +246,34 @@ def test_quadratic_schedule_and_window_reach_the_run(pack, duca, unet, conds):
     assert patch.last_stats(windowed).timeline == "FFFAFAFFF"
 
 
-def test_accelerate_maps_presets_to_deepcache_on_a_u_net(pack, duca, unet, conds):
+def test_accelerate_maps_duca_presets_to_deepcache_on_a_u_net(pack, duca, unet, conds):
     patch, core = duca
     node = host.node("DuCaAccelerate")
     timelines = {}
-    for preset in ("quality", "balanced", "fast"):
+    for preset in ("duca quality", "duca balanced", "duca fast"):
         (model,) = node.execute(unet, preset).result
         models.sample(model, *conds, **dict(KW, steps=12))
         stats = patch.last_stats(model)
         assert stats.method == "deepcache" and stats.level == "deepcache"
         timelines[preset] = stats.timeline
-    assert timelines == {"quality": "FFFAFAFAFAFA", "balanced": "FFFAAFAAFAAF", "fast": "FFFAAAAFAAAA"}
+    assert timelines == {"duca quality": "FFFAFAFAFAFA", "duca balanced": "FFFAAFAAFAAF", "duca fast": "FFFAAAAFAAAA"}
+
+
+def test_accelerate_budget_presets_forecast_the_u_nets_output(pack, duca, unet, conds):
+    """The budget presets run on U-Nets too, over whole model calls: the U-Net runs on the
+    computed steps only (a forward hook on its first convolution counts it)."""
+    patch, core = duca
+    calls = []
+    handle = unet.model.diffusion_model.input_blocks[0][0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        (model,) = host.node("DuCaAccelerate").execute(unet, "balanced").result
+        out = models.sample(model, *conds, **dict(KW, steps=20))
+    finally:
+        handle.remove()
+    stats = patch.last_stats(model)
+    assert stats.method == "forecast balanced" and stats.level == "step"
+    assert stats.timeline.count("F") == 7 and len(calls) == 7 * stats.steps[0].model_calls
+    assert torch.isfinite(out).all()
 
 
 def test_node_inputs_and_errors(pack, unet):

@@ -321,13 +321,13 @@ def test_auraflow_conservative_steps_reuse_attention_and_refresh_the_planned_tok
 
 @pytest.mark.parametrize("preset", ["quality", "balanced", "fast"])
 def test_the_accelerate_node_runs_auraflow_with_its_family_settings(pack, duca, preset):
-    """A preset picked on the node: the plan is the preset with AuraFlow's measured settings
+    """A DuCa preset picked on the node: the plan is the preset with AuraFlow's measured settings
     (the family registry's), counted in the steps of the run."""
     patch, core = duca
     from comfyui_duca.adapters.registry import BY_NAME
     measured = BY_NAME["auraflow"].defaults
     family, model = FAMILIES["auraflow"], MODELS["auraflow"]
-    (accelerated,) = host.node("DuCaAccelerate").execute(model, preset).result
+    (accelerated,) = host.node("DuCaAccelerate").execute(model, "duca " + preset).result
     steps = 20
     outs = [models.sample(m, family.conditioning(1), family.negative(2), steps=steps, cfg=4.0,
                           latent=family.latent(1)) for m in (model, accelerated)]

@@ -37,7 +37,8 @@ def test_pack_registers_every_node_through_its_v3_entrypoint(pack):
     inputs = node.INPUT_TYPES()  # what the host validates a prompt against
     assert list(inputs["required"]) == ["model", "preset"]
     assert list(inputs["optional"]) == ["interval", "refresh_ratio", "token_selector", "first_full_steps",
-                                        "start_percent", "end_percent", "cache_device", "schedule", "estimator"]
+                                        "start_percent", "end_percent", "cache_device", "schedule", "estimator",
+                                        "budget", "placement"]
     assert inputs["optional"]["schedule"][0] == "DUCA_SCHEDULE"
     assert inputs["hidden"] == {"unique_id": ("UNIQUE_ID",)}  # where the UI shows the run's stats
     assert node.RETURN_TYPES == ["MODEL"] and node.RETURN_NAMES == ["model"]
@@ -57,8 +58,9 @@ def test_every_input_of_every_node_has_a_tooltip_and_numbers_a_range(pack):
 @pytest.mark.parametrize("node_id", sorted(SAVED_INPUTS))
 def test_inputs_are_those_saved_workflows_were_made_with(pack, node_id):
     """What /object_info sends for the node (the host's V1 view of its schema) against the pack's
-    inputs before the move: same names in the same order, types, defaults, ranges, options. Inputs
-    added since come after them and are optional (saved widget values are read by position)."""
+    inputs before the move: same names in the same order, types, defaults, ranges, and every option
+    still offered (a saved value is one of them). Inputs added since come after them and are
+    optional (saved widget values are read by position)."""
     info = host.node_classes()[node_id].GET_NODE_INFO_V1()
     for section, saved in SAVED_INPUTS[node_id].items():
         names = [name for name, _, _ in saved]
@@ -69,18 +71,21 @@ def test_inputs_are_those_saved_workflows_were_made_with(pack, node_id):
             now_kind, now = info["input"][section][name]
             assert now_kind == kind, name
             for key, value in options.items():
-                assert now.get(key) == value, f"{name}.{key}"
+                if key == "options":
+                    assert set(value) <= set(now[key]), f"{name}.{key}"
+                else:
+                    assert now.get(key) == value, f"{name}.{key}"
     assert set(info["input"]) - {"hidden"} == set(SAVED_INPUTS[node_id])
 
 
 def test_schedule_lists_are_the_hosts_and_the_packs_own(pack):
     import comfy.samplers
-    from comfyui_duca.methods import PRESETS
     nodes = host.node_classes()
     sampling = nodes["DuCaLearnToCache"].INPUT_TYPES()["required"]
     assert sampling["sampler_name"][1]["options"] == comfy.samplers.KSampler.SAMPLERS
     assert sampling["scheduler"][1]["options"] == comfy.samplers.KSampler.SCHEDULERS
-    assert nodes["DuCaAccelerate"].INPUT_TYPES()["required"]["preset"][1]["options"] == list(PRESETS) + ["custom"]
+    assert nodes["DuCaAccelerate"].INPUT_TYPES()["required"]["preset"][1]["options"] == [
+        "quality", "balanced", "fast", "turbo", "duca quality", "duca balanced", "duca fast", "custom"]
 
 
 def test_every_node_the_workflows_use_is_provided(pack):
@@ -100,7 +105,7 @@ def test_run_stats_go_to_the_node_that_ran(pack, flux, flux_conds, monkeypatch):
     monkeypatch.setattr(node_module, "node_reporter", lambda node_id: lambda stats: reported.append((node_id, stats)))
     model = host.node("DuCaAccelerate", unique_id="17").execute(flux, "fast")[0]
     models.sample(model, *flux_conds, steps=4, height=64, width=64)
-    assert [(node_id, stats.timeline) for node_id, stats in reported] == [("17", "FFFC")]
+    assert [(node_id, stats.timeline) for node_id, stats in reported] == [("17", "FFFA")]
     for node_id in ("DuCaAccelerate", "DuCaDeepCache", "DuCaApplySchedule"):  # the nodes that show a timeline
         assert host.node_classes()[node_id].GET_SCHEMA().hidden == [io.Hidden.unique_id], node_id
 
@@ -135,7 +140,7 @@ ACCELERATE_LISTS = {"preset": "fast", "token_selector": "random", "cache_device"
 
 
 @pytest.mark.parametrize("node_id, good, name, bad", [
-    ("DuCaAccelerate", ACCELERATE_LISTS, "preset", "turbo"),
+    ("DuCaAccelerate", ACCELERATE_LISTS, "preset", "ludicrous"),
     ("DuCaAccelerate", ACCELERATE_LISTS, "token_selector", "nearest"),
     ("DuCaAccelerate", ACCELERATE_LISTS, "cache_device", "tpu"),
     ("DuCaDeepCache", {"cache_interval": 3, "cache_depth": 1, "schedule": "quadratic"}, "schedule", "cubic"),
@@ -162,20 +167,34 @@ def test_the_hosts_validation_refuses_a_value_not_in_a_list(pack, monkeypatch, n
 
 def test_presets_and_custom_inputs_reach_the_plan(pack, flux, flux_conds):
     from comfyui_duca.glue.patch import last_stats
-    fast = accelerate(flux, "fast")
-    custom = accelerate(flux, "custom", interval=2, refresh_ratio=0.3, token_selector="random",
-                        first_full_steps=1, start_percent=0.0, end_percent=0.5)
+    runs = {
+        "fast": accelerate(flux, "fast"),
+        "turbo, 2 first steps": accelerate(flux, "turbo", first_full_steps=2),
+        "balanced at half": accelerate(flux, "balanced", budget=0.5),
+        "quality to 60%": accelerate(flux, "quality", end_percent=0.6),
+        "duca fast": accelerate(flux, "duca fast"),
+        "custom": accelerate(flux, "custom", interval=2, refresh_ratio=0.3, token_selector="random",
+                             first_full_steps=1, start_percent=0.0, end_percent=0.5),
+    }
     timelines = {}
-    for name, model in (("fast", fast), ("custom", custom)):
-        models.sample(model, *flux_conds, steps=10, height=64, width=64)
+    for name, model in runs.items():
+        models.sample(model, *flux_conds, steps=20, height=64, width=64)
         timelines[name] = last_stats(model).timeline
-    assert timelines["fast"] == "FFFCACACFC"
-    assert timelines["custom"] == "FCFCFFFFFF"
-    assert last_stats(custom).to_dict()["steps"][1]["tokens_recomputed"] > 0
+    assert timelines == {
+        "fast": "FFFAAAAAFAAAAAFAAAAA",                   # round(0.27 x 20) = 5 computed, first 3 always
+        "turbo, 2 first steps": "FFAAAAAFAAAAAAFAAAAA",   # 4
+        "balanced at half": "FFFAFAFAAFAFAFAAFAFA",       # 10
+        "quality to 60%": "FFFAAFAFAAFAFFFFFFFF",        # 9 planned, and every step from 12 on
+        "duca fast": "FFFCACACFCACACFCACAC",              # DuCa's cycle, Flux's setting
+        "custom": "FCFCFCFCFCFFFFFFFFFF"}
+    assert last_stats(runs["custom"]).to_dict()["steps"][1]["tokens_recomputed"] > 0
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    (dict(preset="turbo"), "preset"),
+    (dict(preset="ludicrous"), "preset"),
+    (dict(preset="duca turbo"), "preset"),
+    (dict(preset="balanced", budget=1.5), "budget"),
+    (dict(preset="balanced", placement="random"), "placement"),
     (dict(preset="custom", interval=0), "interval"),
     (dict(preset="custom", refresh_ratio=2.0), "refresh_ratio"),
     (dict(preset="balanced", token_selector="nearest"), "token_selector"),
@@ -233,7 +252,7 @@ def test_applying_twice_keeps_one_accelerator_with_the_last_settings(pack, flux,
     twice = accelerate(once, "quality")
     reference = models.sample(accelerate(flux, "quality"), *flux_conds, steps=10, height=64, width=64)
     out = models.sample(twice, *flux_conds, steps=10, height=64, width=64)
-    assert last_stats(twice).timeline == "FFFCAFCAFC"
+    assert last_stats(twice).timeline == "FFFAAAFAAA"
     assert torch.equal(out, reference)
 
 

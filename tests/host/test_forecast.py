@@ -1,0 +1,182 @@
+"""The whole-step forecast (the flagship's budget presets) on ComfyUI's real Flux classes and
+samplers: all-full bit-identity, the blocks it really runs, what a skipped step hands on per
+conditioning, state that never crosses runs, multi-evaluation samplers."""
+import pytest
+import torch
+
+from testbed import host, models
+
+SMALL = dict(height=64, width=64)
+STEPS = 20
+
+
+def sample(model, conds, **kwargs):
+    positive, negative = conds
+    return models.sample(model, positive, negative, **{"steps": STEPS, **SMALL, **kwargs})
+
+
+def accelerate(model, preset, **inputs):
+    (out,) = host.node("DuCaAccelerate").execute(model, preset, **inputs).result
+    return out
+
+
+class BlockCalls:
+    """Forward calls of the host's Flux blocks and of the diffusion model, per sampling step."""
+
+    def __init__(self, model):
+        dm = model.model.diffusion_model
+        self.blocks, self.calls, self._blocks, self._calls = [], [], 0, 0
+        self.handles = [b.register_forward_hook(self._block) for b in (*dm.double_blocks, *dm.single_blocks)]
+        self.handles.append(dm.register_forward_hook(self._call))
+        self.depth = len(dm.double_blocks) + len(dm.single_blocks)
+
+    def _block(self, *_):
+        self._blocks += 1
+
+    def _call(self, *_):
+        self._calls += 1
+
+    def step_done(self, *_):
+        self.blocks.append(self._blocks)
+        self.calls.append(self._calls)
+        self._blocks = self._calls = 0
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def counted(flux, model, conds, **kwargs):
+    counts = BlockCalls(flux)
+    try:
+        out = sample(model, conds, callback=counts.step_done, **kwargs)
+    finally:
+        counts.remove()
+    return out, counts
+
+
+@pytest.mark.parametrize("cfg, batch", [(1.0, 1), (1.0, 2), (3.5, 2)])
+def test_a_forecast_that_computes_every_step_is_bit_identical(flux, flux_conds, duca, cfg, batch):
+    patch, _ = duca
+    reference = sample(flux, flux_conds, cfg=cfg, batch=batch)
+    full = accelerate(flux, "balanced", budget=1.0)
+    assert torch.equal(sample(full, flux_conds, cfg=cfg, batch=batch), reference)
+    assert patch.last_stats(full).timeline == "F" * STEPS
+
+
+@pytest.mark.parametrize("preset", ["quality", "balanced", "fast", "turbo"])
+def test_each_preset_runs_the_blocks_of_its_budget_and_none_on_skipped_steps(flux, flux_conds, duca, preset):
+    patch, _ = duca
+    from comfyui_duca.methods import BUDGETS
+    reference = sample(flux, flux_conds, cfg=3.5, batch=2)
+    accelerated = accelerate(flux, preset)
+    out, counts = counted(flux, accelerated, flux_conds, cfg=3.5, batch=2)
+    stats = patch.last_stats(accelerated)
+    timeline = stats.timeline
+    assert timeline.startswith("FFF") and set(timeline) == {"F", "A"}
+    assert timeline.count("F") == round(BUDGETS[preset] * STEPS)
+    for action, blocks, calls in zip(timeline, counts.blocks, counts.calls):
+        assert (blocks, calls) == ((counts.depth, 1) if action == "F" else (0, 0))
+    block_fraction = sum(counts.blocks) / (counts.depth * STEPS)
+    assert block_fraction == pytest.approx(stats.compute_fraction)
+    assert block_fraction <= BUDGETS[preset] + 0.5 / STEPS
+    assert torch.isfinite(out).all()
+    assert 1e-6 < float((out - reference).norm() / reference.norm()) < 0.3
+
+
+def test_skipped_steps_forecast_each_conditioning_from_its_own_computed_steps(flux, flux_conds):
+    """On each skipped step, cond's and uncond's outputs are the linear forecast, in sigma, of the
+    noise each implied on its own last two computed steps: recomputed here from what the
+    sampler saw (its post-cfg hook), so points shared across conditionings would show."""
+    seen = []
+
+    def record(args):
+        seen.append({k: args[k].clone() for k in ("input", "cond_denoised", "uncond_denoised")}
+                    | {"sigma": float(args["sigma"][0])})
+        return args["denoised"]
+    accelerated = accelerate(flux, "balanced")
+    recorded = accelerated.clone()
+    recorded.set_model_sampler_post_cfg_function(record)
+    sample(recorded, flux_conds, cfg=3.5, batch=2)
+    from comfyui_duca.glue.patch import last_stats
+    timeline = last_stats(recorded).timeline
+    assert len(seen) == STEPS and "A" in timeline
+
+    def noise(step, key):  # Flux samples are x = (1 - sigma) x0 + sigma n
+        s = seen[step]
+        return (s["input"] - (1 - s["sigma"]) * s[key]) / s["sigma"]
+    full = []
+    for step, action in enumerate(timeline):
+        if action == "F":
+            full.append(step)
+            continue
+        j, k = full[-2:]
+        for key in ("cond_denoised", "uncond_denoised"):
+            slope = (noise(k, key) - noise(j, key)) / (seen[k]["sigma"] - seen[j]["sigma"])
+            expected = noise(k, key) + slope * (seen[step]["sigma"] - seen[k]["sigma"])
+            assert torch.allclose(noise(step, key), expected, rtol=1e-4, atol=1e-4), (step, key)
+    assert not torch.allclose(seen[-1]["cond_denoised"], seen[-1]["uncond_denoised"])
+
+
+def test_forecast_state_never_crosses_runs_resolutions_or_batch_sizes(flux, flux_conds, duca):
+    patch, _ = duca
+    accelerated = accelerate(flux, "fast")
+    first = sample(accelerated, flux_conds, cfg=3.5)
+    other_size = sample(accelerated, flux_conds, cfg=3.5, height=96, width=64)
+    other_batch = sample(accelerated, flux_conds, cfg=1.0, batch=3)
+    fewer_steps = sample(accelerated, flux_conds, cfg=3.5, steps=STEPS - 7)
+    assert torch.equal(sample(accelerated, flux_conds, cfg=3.5), first)
+    # each of the runs in between is what a fresh accelerator gives
+    for out, kwargs in ((other_size, dict(cfg=3.5, height=96, width=64)), (other_batch, dict(cfg=1.0, batch=3)),
+                        (fewer_steps, dict(cfg=3.5, steps=STEPS - 7))):
+        assert torch.equal(out, sample(accelerate(flux, "fast"), flux_conds, **kwargs))
+    assert not patch.last_stats(accelerated).notes
+
+
+def test_batch_elements_are_forecast_independently(flux, flux_conds):
+    """A batch of two latents: each element's output is the one it gets sampled alone."""
+    import comfy.sample
+    accelerated = accelerate(flux, "balanced")
+    latent = torch.zeros(2, 16, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    positive, negative = flux_conds
+    both = comfy.sample.sample(accelerated, noise, STEPS, 3.5, "euler", "simple", positive, negative, latent,
+                               disable_pbar=True, seed=0)
+    alone = comfy.sample.sample(accelerated, noise[1:], STEPS, 3.5, "euler", "simple", positive, negative,
+                                latent[1:], disable_pbar=True, seed=0)
+    assert torch.allclose(both[1:], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2s_ancestral"])
+def test_multi_evaluation_samplers_keep_the_plan(flux, flux_conds, duca, sampler):
+    patch, _ = duca
+    accelerated = accelerate(flux, "balanced")
+    reference = sample(flux, flux_conds, sampler=sampler, steps=12)
+    out, counts = counted(flux, accelerated, flux_conds, sampler=sampler, steps=12)
+    stats = patch.last_stats(accelerated)
+    from comfyui_duca.cache_core.plan import budget_plan
+    assert stats.timeline == budget_plan(12, 0.35).timeline
+    # every evaluation the sampler makes at a computed step's sigma runs the model, none at a skipped
+    # step's (a correction at the next sigma belongs to the next step, as the run's stats count it)
+    per_step = [stats.steps[i] for i in range(12)]
+    assert [s.compute_done for s in per_step] == [s.model_calls if a == "F" else 0
+                                                  for s, a in zip(per_step, stats.timeline)]
+    assert max(s.model_calls for s in per_step) == 2
+    assert sum(counts.calls) == sum(s.compute_done for s in per_step)
+    assert torch.isfinite(out).all()
+    if sampler == "heun":
+        assert float((out - reference).norm() / reference.norm()) < 0.3
+        assert not stats.notes
+    else:  # an ancestral sampler's fresh noise would jump the implied noise between steps
+        assert stats.notes == ["dpmpp_2s_ancestral adds noise every step: the denoised output is forecast"]
+
+
+def test_adaptive_placement_is_repeatable_and_spends_the_budget(flux, flux_conds, duca):
+    patch, _ = duca
+    accelerated = accelerate(flux, "balanced", placement="adaptive")
+    first = sample(accelerated, flux_conds, cfg=3.5, steps=28)
+    timeline = patch.last_stats(accelerated).timeline
+    again = sample(accelerated, flux_conds, cfg=3.5, steps=28)
+    assert torch.equal(first, again) and patch.last_stats(accelerated).timeline == timeline
+    assert timeline.startswith("FFF")
+    assert abs(patch.last_stats(accelerated).compute_fraction - 0.35) <= 0.02
