@@ -1,7 +1,8 @@
 """What every user can already do at the same cost, for the bench to compare against: fewer
 sampling steps, and a plain forecast of the denoised prediction (compute every k-th step, in
 between extrapolate the sampler's denoised output linearly in sigma from the last two computed
-steps; order 0 reuses it). Neither uses the pack's methods."""
+steps; order 0 reuses it), or the reuse of the model's residual (denoised - input, handed on with
+the skipped step's input). None uses the pack's methods."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,8 @@ class DenoisedForecast:
     """PREDICT_NOISE wrapper (the sampler's denoised output, after cfg) and OUTER_SAMPLE wrapper
     (the run's sigmas); state lives for one sampling run."""
 
-    def __init__(self, every: int, order: int = 1):
-        self.every, self.order = every, order
+    def __init__(self, every: int, order: int = 1, residual: bool = False):
+        self.every, self.order, self.residual = every, order, residual
         self.sigmas, self.points, self.computed = None, [], 0
 
     def outer_sample(self, executor, *args, **kwargs):
@@ -31,16 +32,17 @@ class DenoisedForecast:
         anchor = FIRST_FULL_STEPS - 1
         if step < FIRST_FULL_STEPS or (step - anchor) % self.every == 0 or not self.points:
             denoised = executor(x, timestep, *args, **kwargs)
-            self.points = (self.points + [(sigma, denoised)])[-2:]
+            self.points = (self.points + [(sigma, denoised - x if self.residual else denoised)])[-2:]
             self.computed += 1
             return denoised
-        return taylor(self.points, sigma, self.order)
+        forecast = taylor(self.points, sigma, self.order)
+        return x + forecast if self.residual else forecast
 
 
-def denoised_forecast(base, every: int, order: int = 1):
+def denoised_forecast(base, every: int, order: int = 1, residual: bool = False):
     """(patched model, its forecast state) for one baseline setting."""
     import comfy.patcher_extension as ext
-    forecast = DenoisedForecast(every, order)
+    forecast = DenoisedForecast(every, order, residual)
     model = base.clone()
     model.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, "bench_denoised_forecast", forecast.outer_sample)
     model.add_wrapper_with_key(ext.WrappersMP.PREDICT_NOISE, "bench_denoised_forecast", forecast.predict_noise)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
@@ -23,6 +24,10 @@ import torch
 from .plan import Action, Plan, StepPlan
 
 FORMAT_VERSION = "1"
+# A schedule is a small step x unit table: 1000 steps (the nodes' most) of 1000 units is 1 MB as
+# safetensors and about 5 MB as JSON. A file far past that is not a schedule, and is refused
+# before it is read.
+MAX_FILE_BYTES = 64 * 2**20
 
 
 class Cell(IntEnum):
@@ -37,6 +42,15 @@ class Cell(IntEnum):
 
 class ScheduleMismatch(ValueError):
     """A schedule made for another model (family or unit count) than the one it is applied to."""
+
+
+class ScheduleFileError(ValueError):
+    """A file or text that is not a readable schedule. `reason` completes a sentence about it
+    ("is empty", "is not valid JSON (...)"), so a node can name the file as its user chose it."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"schedule file {reason}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -169,11 +183,22 @@ class Schedule:
 
     @classmethod
     def from_json(cls, text: str) -> "Schedule":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise ScheduleFileError(f"is not valid JSON ({error})") from None
+        except RecursionError:
+            raise ScheduleFileError("is not valid JSON (nested too deeply to read)") from None
+        if not isinstance(data, dict):
+            raise ScheduleFileError(f"is not a cache schedule: the JSON is a {type(data).__name__}, not an object")
         _check_format(data)
-        return cls(torch.tensor(data["table"], dtype=torch.uint8).reshape(-1, len(data["units"])),
-                   tuple(data["units"]), data["family"], data["method"], dict(data.get("settings", {})),
-                   tuple(data.get("notes", ())))
+        if "table" not in data:
+            raise ScheduleFileError("is not a cache schedule: missing 'table'")
+        try:
+            table = torch.tensor(data["table"])
+        except (TypeError, ValueError, RuntimeError, OverflowError):  # ragged rows, strings, huge numbers
+            raise ScheduleFileError("is not a cache schedule: 'table' is not a list of rows of cells") from None
+        return cls._checked(table, data)
 
     def save(self, path) -> None:
         """`.json` as text; anything else as safetensors (the table plus string metadata)."""
@@ -188,29 +213,79 @@ class Schedule:
 
     @classmethod
     def load(cls, path) -> "Schedule":
+        """A saved schedule; a file that is not one raises ScheduleFileError saying why."""
         path = str(path)
-        if path.endswith(".json"):
-            with open(path, encoding="utf-8") as f:
-                return cls.from_json(f.read())
-        from safetensors import safe_open
-        with safe_open(path, framework="pt") as f:
-            raw = f.metadata() or {}
-            table = f.get_tensor("table")
         try:
-            data = {key: json.loads(value) for key, value in raw.items()}
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not a schedule saved by this pack: {error}") from None
+            size = os.path.getsize(path)
+            if size == 0:
+                raise ScheduleFileError("is empty")
+            if size > MAX_FILE_BYTES:
+                raise ScheduleFileError(f"is {size} bytes, more than any schedule ({MAX_FILE_BYTES} at most)")
+            if path.endswith(".json"):
+                with open(path, "rb") as f:
+                    raw = f.read()
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ScheduleFileError("is not UTF-8 text") from None
+                return cls.from_json(text)
+            return cls._load_safetensors(path)
+        except OSError as error:
+            raise ScheduleFileError(f"cannot be read ({error.strerror or error})") from None
+
+    @classmethod
+    def _load_safetensors(cls, path: str) -> "Schedule":
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(path, framework="pt") as f:
+                raw = f.metadata() or {}
+                table = f.get_tensor("table") if "table" in f.keys() else None
+        except SafetensorError as error:
+            reason = str(error).removeprefix("Error while deserializing header: ")
+            raise ScheduleFileError(f"is not a safetensors file ({reason})") from None
+        data = {key: _metadata_value(value) for key, value in raw.items()}
         _check_format(data)
-        return cls(table, tuple(data["units"]), data["family"], data["method"], dict(data.get("settings", {})),
-                   tuple(data.get("notes", ())))
+        if table is None:
+            raise ScheduleFileError("is not a cache schedule: missing 'table'")
+        return cls._checked(table, data)
+
+    @classmethod
+    def _checked(cls, table: torch.Tensor, data: dict) -> "Schedule":
+        """The schedule a loaded table and metadata make, its own checks failing as a file error."""
+        # Fractions or flags would be cast to cells silently; only whole numbers are cells.
+        if table.numel() and (table.dtype == torch.bool or table.is_floating_point() or table.is_complex()):
+            raise ScheduleFileError(f"is not a cache schedule: 'table' holds {table.dtype}, not integer cells")
+        try:
+            return cls(table, tuple(data["units"]), data["family"], data["method"], dict(data.get("settings", {})),
+                       tuple(data.get("notes", ())))
+        except ValueError as error:
+            raise ScheduleFileError(f"is not a valid cache schedule: {error}") from None
+
+
+def _metadata_value(text: str):
+    """A safetensors metadata value as this pack writes it (JSON); another tool's plain string as it is,
+    so that a model file dropped among the schedules is refused for its missing format marker."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
 
 
 def _check_format(data: dict) -> None:
+    """The metadata a schedule saved by this pack has, of the types the Schedule needs."""
     if data.get("format") != "duca-schedule":
-        raise ValueError("not a schedule saved by this pack (no 'duca-schedule' format marker)")
+        raise ScheduleFileError("is not a cache schedule (no 'duca-schedule' format marker)")
     if str(data.get("version")) != FORMAT_VERSION:
-        raise ValueError(f"schedule format version {data.get('version')} is not supported (this pack reads "
-                         f"{FORMAT_VERSION})")
+        raise ScheduleFileError(f"is a schedule of format version {data.get('version')}; this pack reads "
+                                f"version {FORMAT_VERSION}")
     for key in ("family", "method", "units"):
         if key not in data:
-            raise ValueError(f"schedule file lacks {key!r}")
+            raise ScheduleFileError(f"is not a cache schedule: missing {key!r}")
+    expected = {"family": str, "method": str, "units": list, "settings": dict, "notes": list}
+    for key, kind in expected.items():
+        if key in data and not isinstance(data[key], kind):
+            raise ScheduleFileError(f"is not a cache schedule: {key!r} is a {type(data[key]).__name__}, "
+                                    f"not a {kind.__name__}")
+    for key in ("units", "notes"):
+        if not all(isinstance(item, str) for item in data.get(key, ())):
+            raise ScheduleFileError(f"is not a cache schedule: {key!r} holds other things than names")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import folder_paths
 
+from ..cache_core.schedule import Schedule, ScheduleFileError
+
 FOLDER = "duca_schedules"
 FORMATS = {"safetensors": ".safetensors", "json": ".json"}
 
@@ -34,6 +36,15 @@ def path_of(name: str) -> str:
     if path is None:
         raise ValueError(f"schedule_name: {name!r} is not in models/{FOLDER} or output/{FOLDER}")
     return path
+
+
+def load(name: str) -> Schedule:
+    """The schedule saved as `name`; a file that is not one is an error naming the input."""
+    path = path_of(name)
+    try:
+        return Schedule.load(path)
+    except ScheduleFileError as error:
+        raise ValueError(f"schedule_name: {name!r} {error.reason}") from None
 
 
 def save(schedule, filename_prefix: str, format: str) -> Path:

@@ -161,17 +161,19 @@ class RunState:
         """State a method keeps for this conditioning group (module caches, counts), as it is."""
         self.store.put(call.group, name, value)
 
-    def keep_point(self, call: Call, name, value) -> None:
-        """A unit's value at a computed step, kept (with its sigma) for the estimator of the steps
-        that skip it; at most as many points as the estimator uses."""
-        self.store.append(call.group, name, (call.sigma, value), keep_last=self.history)
+    def keep_point(self, call: Call, name, value, t: Optional[float] = None) -> None:
+        """A unit's value at a computed step, kept with its time (`t`, default the call's sigma) for
+        the estimator of the steps that skip it; at most as many points as the estimator uses."""
+        self.store.append(call.group, name, (call.sigma if t is None else t, value), keep_last=self.history)
 
-    def estimated(self, call: Call, name, device=None):
-        """What a skipped unit hands on at this call's sigma (None when nothing was kept for this group)."""
+    def estimated(self, call: Call, name, device=None, t: Optional[float] = None):
+        """What a skipped unit hands on at this call's time (`t`, default its sigma); None when
+        nothing was kept for this group."""
         points = self.store.get(call.group, name, device=device)
         if not points:
             return None
-        return self.estimate(points, call.sigma) if call.sigma is not None else points[-1][1]
+        t = call.sigma if t is None else t
+        return self.estimate(points, t) if t is not None else points[-1][1]
 
     def has_kept(self, call: Call, name) -> bool:
         return self.store.has(call.group, name)

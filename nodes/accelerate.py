@@ -67,10 +67,11 @@ class AccelerateDuCa(io.ComfyNode):
                 io.Float.Input("budget", default=0.0, min=0.0, max=1.0, step=0.01, optional=True, tooltip=(
                     "quality / balanced / fast / turbo only: the fraction of the steps the model runs on, "
                     "instead of the preset's. 0: the preset's. 1: every step (the uncached output).")),
-                io.Combo.Input("placement", options=list(PLACEMENTS), default="even", optional=True, tooltip=(
-                    "quality / balanced / fast / turbo only: where the computed steps go. even: spread evenly "
-                    "after the first steps (measured best). adaptive: decided as the run goes, where the "
-                    "forecast's own measured error grows fastest.")),
+                io.Combo.Input("placement", options=list(PLACEMENTS), default="ends", optional=True, tooltip=(
+                    "quality / balanced / fast / turbo only: where the computed steps go after the first "
+                    "ones. ends: denser near the start and the end of sampling, where the model's output "
+                    "changes fastest (measured best). even: evenly spread. adaptive: decided as the run "
+                    "goes, where the forecast's own measured error grows fastest.")),
             ],
             outputs=[model_output("The model with caching attached; connect it to your sampler.")],
             **shows_stats(),
@@ -85,7 +86,7 @@ class AccelerateDuCa(io.ComfyNode):
     @classmethod
     def execute(cls, model, preset="balanced", interval=None, refresh_ratio=None, token_selector=None,
                 first_full_steps=None, start_percent=0.0, end_percent=1.0, cache_device="compute",
-                schedule=None, estimator=AUTO, budget=0.0, placement="even") -> io.NodeOutput:
+                schedule=None, estimator=AUTO, budget=0.0, placement="ends") -> io.NodeOutput:
         if preset not in PRESET_CHOICES:
             raise ValueError(f"preset must be one of {list(PRESET_CHOICES)}, got {preset!r}")
         if token_selector is not None:  # checked on every preset, though only DuCa's use it

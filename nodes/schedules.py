@@ -290,7 +290,7 @@ class LoadCacheSchedule(io.ComfyNode):
 
     @classmethod
     def execute(cls, schedule_name) -> io.NodeOutput:
-        return made(Schedule.load(schedule_files.path_of(schedule_name)))
+        return made(schedule_files.load(schedule_name))
 
 
 class ExposureBiasCorrection(io.ComfyNode):

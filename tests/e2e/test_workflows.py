@@ -74,7 +74,7 @@ def test_saved_workflow_keeps_its_widget_values(object_info):
     assert prompt["4"] == {"class_type": "DuCaAccelerate", "inputs": {
         "model": ["1", 0], "preset": "balanced", "interval": 4, "refresh_ratio": 0.1, "token_selector": "value_norm",
         "first_full_steps": 3, "start_percent": 0.0, "end_percent": 1.0, "cache_device": "compute",
-        "estimator": "auto", "budget": 0.0, "placement": "even"}}
+        "estimator": "auto", "budget": 0.0, "placement": "ends"}}
     spec = object_info["DuCaAccelerate"]
     # a socket, then the widgets added since
     assert spec["input_order"]["optional"][-4:] == ["schedule", "estimator", "budget", "placement"]

@@ -155,7 +155,8 @@ def test_multi_evaluation_samplers_keep_the_plan(flux, flux_conds, duca, sampler
     out, counts = counted(flux, accelerated, flux_conds, sampler=sampler, steps=12)
     stats = patch.last_stats(accelerated)
     from comfyui_duca.cache_core.plan import budget_plan
-    assert stats.timeline == budget_plan(12, 0.35).timeline
+    from comfyui_duca.methods.forecast import ENDS
+    assert stats.timeline == budget_plan(12, 0.35, ends=ENDS).timeline
     # every evaluation the sampler makes at a computed step's sigma runs the model, none at a skipped
     # step's (a correction at the next sigma belongs to the next step, as the run's stats count it)
     per_step = [stats.steps[i] for i in range(12)]

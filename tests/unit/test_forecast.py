@@ -30,6 +30,27 @@ def test_an_even_plan_at_budget_one_computes_everything_and_small_budgets_keep_t
     assert budget_plan(0, 0.3).timeline == ""
 
 
+@pytest.mark.parametrize("steps", [10, 20, 28, 50])
+@pytest.mark.parametrize("budget", sorted(BUDGETS.values()))
+def test_full_steps_towards_the_ends_keep_the_budget_and_are_densest_at_both_ends(steps, budget):
+    plan = budget_plan(steps, budget, first_full_steps=3, ends=0.75)
+    full = [i for i, s in enumerate(plan.timeline) if s == "F"]
+    assert len(full) == max(round(budget * steps), 3) and full[:3] == [0, 1, 2]
+    gaps = [b - a for a, b in zip(full[2:], full[3:] + [steps])]
+    if len(gaps) >= 4:
+        middle = max(gaps[1:-1])
+        assert gaps[0] < middle and gaps[-1] < middle
+        assert gaps != sorted(gaps) and gaps != sorted(gaps, reverse=True)
+
+
+def test_ends_zero_is_even_and_one_is_cosine_spacing():
+    assert budget_plan(28, 0.35, ends=0.0).timeline == budget_plan(28, 0.35).timeline
+    cosine = [i for i, s in enumerate(budget_plan(28, 0.35, ends=1.0).timeline) if s == "F"]
+    assert cosine == [0, 1, 2] + [2 + round((1 - math.cos(math.pi * k / 8)) / 2 * 26) for k in range(1, 8)]
+    with pytest.raises(ValueError, match="ends"):
+        budget_plan(28, 0.35, ends=1.5)
+
+
 def test_a_cap_on_skipped_steps_adds_full_steps_only_where_needed():
     loose = budget_plan(28, 0.2, first_full_steps=3)
     capped = budget_plan(28, 0.2, first_full_steps=3, max_skipped=2)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cache_core.profile import ChangeProfile
-from cache_core.schedule import Cell, Schedule, ScheduleMismatch
+from cache_core.schedule import MAX_FILE_BYTES, Cell, Schedule, ScheduleFileError, ScheduleMismatch
 from cache_core import schedule_rules as rules
 from cache_core.plan import Action
 
@@ -23,8 +23,48 @@ def test_save_and_load_round_trip_both_formats(tmp_path):
 def test_a_file_that_is_not_a_schedule_is_refused(tmp_path):
     path = tmp_path / "other.json"
     path.write_text('{"table": [[0]]}')
-    with pytest.raises(ValueError, match="not a schedule"):
+    with pytest.raises(ValueError, match="not a cache schedule"):
         Schedule.load(path)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("[" * 100_000, "is not valid JSON (nested too deeply to read)"),
+    ('{"format": ', "is not valid JSON (Expecting value: line 1 column 12 (char 11))"),
+    ("[0]", "is not a cache schedule: the JSON is a list, not an object"),
+    ('{"format": "duca-schedule", "version": "1", "family": "flux", "method": "fora", "units": ["a"]}',
+     "is not a cache schedule: missing 'table'"),
+    ('{"format": "duca-schedule", "version": "1", "family": "flux", "method": "fora", "units": ["a"], '
+     '"table": [[0, 0]]}', "is not a valid cache schedule: schedule table must be [steps, 1 units], got (1, 2)"),
+    ('{"format": "duca-schedule", "version": "1", "family": "flux", "method": "fora", "units": ["a"], '
+     '"table": [[true]]}', "is not a cache schedule: 'table' holds torch.bool, not integer cells"),
+    ('{"format": "duca-schedule", "version": "1", "family": "flux", "method": 3, "units": ["a"], "table": [[0]]}',
+     "is not a cache schedule: 'method' is a int, not a str"),
+])
+def test_json_that_is_not_a_schedule_says_why(text, reason):
+    with pytest.raises(ScheduleFileError) as caught:
+        Schedule.from_json(text)
+    assert caught.value.reason == reason and str(caught.value) == f"schedule file {reason}"
+
+
+def test_files_that_cannot_be_schedules_are_refused_saying_why(tmp_path):
+    def reason(name, data=b"", size=None):
+        path = tmp_path / name
+        with open(path, "wb") as f:
+            f.write(data)
+            if size is not None:
+                f.truncate(size)  # sparse
+        with pytest.raises(ScheduleFileError) as caught:
+            Schedule.load(path)
+        return caught.value.reason
+    assert reason("e.safetensors") == reason("e.json") == "is empty"
+    assert reason("big.json", size=MAX_FILE_BYTES + 1) == \
+        f"is {MAX_FILE_BYTES + 1} bytes, more than any schedule ({MAX_FILE_BYTES} at most)"
+    assert reason("bin.json", b"\xff\xfe\x00") == "is not UTF-8 text"
+    assert reason("text.safetensors", b"not tensors at all") == "is not a safetensors file (header too large)"
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "folder.json" / "inside").write_text("x")  # a folder of some size on every file system
+    with pytest.raises(ScheduleFileError, match="cannot be read"):
+        Schedule.load(tmp_path / "folder.json")
 
 
 def test_resampling_keeps_first_and_last_rows_and_says_so():
