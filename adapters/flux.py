@@ -36,11 +36,19 @@ def gated_add(x, cached, gate):
     return torch.addcmul(x, cached, gate)
 
 
+HOST_OPS_MODULE = "comfy.ops"  # where the host's own Linear layers are defined
+
+
 def plain_weights(linear) -> bool:
     """True when the host runs this layer as a plain torch Linear: no casting, offloading or
-    on-the-fly patches (LoRA) that its own forward would apply."""
-    return (not getattr(linear, "comfy_cast_weights", False) and not getattr(linear, "weight_function", None)
-            and not getattr(linear, "bias_function", None) and isinstance(linear, torch.nn.Linear)
+    on-the-fly patches (LoRA) that its own forward would apply, and a forward of torch's or the
+    host's own (another pack's layer, say a GGUF one, may dequantize or rescale its weight in
+    its forward: only that forward knows what the weight means)."""
+    forward = type(linear).forward
+    own_forward = forward is torch.nn.Linear.forward or getattr(forward, "__module__", None) == HOST_OPS_MODULE
+    return (own_forward and not getattr(linear, "comfy_cast_weights", False)
+            and not getattr(linear, "weight_function", None) and not getattr(linear, "bias_function", None)
+            and isinstance(linear, torch.nn.Linear)
             and type(linear.weight.data) is torch.Tensor)  # not a host's quantized tensor type
 
 

@@ -9,6 +9,7 @@ Wrappers take `(executor, *args, **kwargs)` and pass everything through.
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import comfy.model_patcher
@@ -98,6 +99,7 @@ def noise_coefficients(model_patcher):
         return None
     one, zero = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
 
+    @functools.lru_cache(maxsize=1024)  # asked at every model call, for the run's few sigmas
     def at(sigma: float) -> tuple:
         s = torch.tensor([sigma], dtype=torch.float64)
         return float(scaling(s, zero.clone(), one.clone())), float(scaling(s, one.clone(), zero.clone()))
