@@ -8,8 +8,9 @@ points (cache_core.estimators) and turned back into a denoised output with this 
 
 Where the full steps go: round(budget x steps) of them, the first steps always, the rest denser
 near the start and the end of sampling (`ends`, measured best), spread evenly (`even`), or placed
-as the run goes by the forecast's own measured error (`adaptive`, cache_core.placement). Compute is counted in model calls: a computed call runs every block and a
-skipped one none, so the fraction of calls is the fraction of block compute.
+as the run goes by the forecast's own measured error (`adaptive`, cache_core.placement). Compute
+is counted in model calls: a computed call runs every block and a skipped one none, so the
+fraction of calls is the fraction of block compute.
 """
 from __future__ import annotations
 
