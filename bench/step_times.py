@@ -1,9 +1,13 @@
 """Where a cached run spends its time: median milliseconds per step for each planned
 action (F full, C conservative, A aggressive), measured with the device synchronized
 after every step, for each DuCa preset against no cache. With --profile, the
-heaviest operators of one run per preset (torch.profiler).
+heaviest operators of one run per preset (torch.profiler). With --ops, operator calls (a torch
+dispatch-mode count of every aten operator) per step of each action and per block: a step's
+count less an aggressive step's (which runs no block: embedders, final layer and the sampler's
+work only), over the blocks of the stack.
 
     python3 scripts/host.py python bench/step_times.py --model flux_bench
+    python3 scripts/host.py python bench/step_times.py --model tiny --ops
     python bench/step_times.py --comfyui ~/ComfyUI --model flux_dev --profile
 """
 from __future__ import annotations
@@ -38,11 +42,44 @@ def step_times(work, model, case) -> list:
     return [b - a for a, b in zip([start] + marks, marks)]
 
 
-def by_action(seconds: list, timeline: str) -> dict:
+def op_counts(work, model, case) -> list:
+    """Operator calls per step of one sampling run."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+    marks = []
+    with Count():
+        work.sample(model, case, callback=lambda *_: marks.append(Count.calls))
+    return [b - a for a, b in zip([0] + marks, marks)]
+
+
+def ops_report(work, patched: dict) -> None:
+    from comfyui_duca.glue.patch import last_stats
+    dm = work.model.model.diffusion_model
+    depth = sum(len(getattr(dm, name, ())) for name in ("double_blocks", "single_blocks"))
+    uncached = statistics.median(op_counts(work, work.model, work.cases[0]))
+    print(f"operator calls per step: no cache {uncached:.0f}")
+    for name, model in patched.items():
+        counts = op_counts(work, model, work.cases[0])
+        groups = {a: n for a, (n, _) in by_action(counts, last_stats(model).timeline, scale=1).items()}
+        outside = groups.get("A")
+        cells = []
+        for action, per_step in groups.items():
+            block = f", {(per_step - outside) / depth:.0f} per block" if outside is not None and depth else ""
+            cells.append(f"{action} {per_step:.0f} per step{block}")
+        print(f"{name}: " + "; ".join(cells))
+
+
+def by_action(seconds: list, timeline: str, scale: float = 1000) -> dict:
     groups = defaultdict(list)
     for s, action in zip(seconds, timeline):
         groups[action].append(s)
-    return {a: (statistics.median(v) * 1000, len(v)) for a, v in sorted(groups.items())}
+    return {a: (statistics.median(v) * scale, len(v)) for a, v in sorted(groups.items())}
 
 
 def main(argv=None) -> int:
@@ -52,6 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="also list the heaviest operators per preset")
+    p.add_argument("--ops", action="store_true", help="also count operator calls per step and block")
     args = p.parse_args(argv)
     workloads.boot(args.comfyui, cpu=not (args.comfyui or args.model in workloads.GPU_MODELS))
     from comfyui_duca.methods import PRESETS
@@ -72,6 +110,8 @@ def main(argv=None) -> int:
         cells = ", ".join(f"{a} {ms:.1f} ms x{n} ({ms / full:.2f} of full)"
                           for a, (ms, n) in by_action(per_step, stats.timeline).items())
         print(f"{name}: {sum(per_step):.2f} s, block compute {stats.compute_fraction:.1%}: {cells}")
+    if args.ops:
+        ops_report(work, patched)
     for name, model in patched.items() if args.profile else ():  # last: the profiler slows what follows
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if work.device.type == "cuda" else [])
