@@ -34,14 +34,23 @@ function mebibytes(bytes) {
   return mib >= 1024 ? `${(mib / 1024).toFixed(1)} GiB` : `${mib.toFixed(1)} MiB`;
 }
 
+// The budget presets skip whole steps and forecast them: "forecast", and no refreshed steps.
+function labelsFor(stats) {
+  const forecast = String(stats.method || "").startsWith("forecast");
+  return forecast ? { ...LABELS, aggressive: "forecast" } : LABELS;
+}
+
 // The lines under the strip: the speedup the compute saving allows, the step counts, memory.
 function describe(stats) {
   const counts = countActions(stats.steps);
+  const labels = labelsFor(stats);
+  const forecast = labels !== LABELS;
   const speedup = stats.compute_fraction > 0 ? 1 / stats.compute_fraction : 0;
   const first = `up to ${speedup.toFixed(2)}x · compute ${(100 * stats.compute_fraction).toFixed(0)}% · ` +
     `model ${stats.wall_seconds.toFixed(1)} s`;
-  const shown = Object.keys(LABELS).filter((a) => a !== "partial" || counts.partial > 0);
-  const second = shown.map((a) => `${LABELS[a]} ${counts[a]}`).join(" · ") +
+  const optional = forecast ? ["partial", "conservative"] : ["partial"];  // shown only when they ran
+  const shown = Object.keys(labels).filter((a) => !optional.includes(a) || counts[a] > 0);
+  const second = shown.map((a) => `${labels[a]} ${counts[a]}`).join(" · ") +
     ` · cache ${mebibytes(stats.peak_cache_bytes)}`;
   return [first, second];
 }
