@@ -8,13 +8,16 @@ ratio of wall-clock times on this machine.
 Compared: the budget presets (quality / balanced / fast / turbo) and DuCa's cycles, fewer steps
 (euler, dpmpp_2m, uni_pc at round(steps x compute) steps), every-k computing with the denoised
 output forecast (order 1) or reused (order 0) or the residual (denoised - input) reused, and
-ComfyUI's own EasyCache and LazyCache over a range of thresholds.
+ComfyUI's own EasyCache and LazyCache over a range of thresholds; with --peer-pack, the nodes of
+community packs the user has installed (ComfyUI-TaylorSeer's TaylorSeer and TaylorSeerLite on Flux).
 
     python3 scripts/host.py python bench/frontier.py --model flux_trained --out bench/frontier_flux_trained
+    python3 scripts/host.py python bench/frontier.py --peer-pack ~/ComfyUI/custom_nodes/ComfyUI-TaylorSeer
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import statistics
@@ -33,14 +36,20 @@ COMPUTE_LEVELS = (0.2, 0.27, 0.29, 0.35, 0.45)   # where the fewer-steps baselin
 SAMPLERS = ("euler", "dpmpp_2m", "uni_pc")
 THRESHOLDS = (0.05, 0.1, 0.2, 0.4, 0.8)           # EasyCache / LazyCache reuse_threshold
 PACK = "pack"
+# Community packs' nodes, by node id: the settings tried (their documented inputs; Flux models).
+TAYLORSEER = [dict(model_type="flux", fresh_threshold=t, max_order=2, first_enhance=3, last_enhance=50)
+              for t in (3, 4, 5, 6, 7)]
+PEER_NODES = {"TaylorSeer": TAYLORSEER, "TaylorSeerLite": TAYLORSEER}
 
 
 def first_block(diffusion_model):
-    """The first module every computed model call runs (a wrapper that skips a call may still enter
-    the diffusion model's forward, as ComfyUI's EasyCache does)."""
+    """A module every computed model call runs and a skipped one does not: the first block's
+    attention projection where it has one (a method may enter the diffusion model's forward, or
+    the block's, and forecast inside, as ComfyUI's EasyCache and TaylorSeer do), else the block."""
     for name in ("double_blocks", "double_layers", "transformer_blocks", "blocks", "layers"):
         if len(getattr(diffusion_model, name, ())):
-            return getattr(diffusion_model, name)[0]
+            block = getattr(diffusion_model, name)[0]
+            return getattr(getattr(block, "img_attn", None), "qkv", block)
     if hasattr(diffusion_model, "input_blocks"):  # U-Nets: the first convolution
         return diffusion_model.input_blocks[0][0]
     return diffusion_model
@@ -106,7 +115,31 @@ def host_cache_entries(model):
             yield name, f"{name} {threshold}", node.execute(model, threshold, 0.15, 0.95, False).result[0]
 
 
-def run(work) -> list:
+def load_pack(path: Path):
+    """A custom-node pack the user installed, imported as ComfyUI imports it (a package)."""
+    name = "peer_" + "".join(c if c.isalnum() else "_" for c in path.name)
+    spec = importlib.util.spec_from_file_location(name, path / "__init__.py", submodule_search_locations=[str(path)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def peer_entries(model, paths):
+    if type(model.model.diffusion_model).__name__ != "Flux":
+        return
+    for path in paths:
+        mappings = getattr(load_pack(Path(path).expanduser()), "NODE_CLASS_MAPPINGS", {})
+        for node_id, settings in PEER_NODES.items():
+            if node_id not in mappings:
+                continue
+            node = mappings[node_id]()
+            for setting in settings:
+                label = f"{node_id} fresh {setting['fresh_threshold']}"
+                yield node_id, label, getattr(node, node.FUNCTION)(model=model, **setting)[0]
+
+
+def run(work, samplers=SAMPLERS, peers=()) -> list:
     from bench.baselines import denoised_forecast, fewer_steps
     from comfyui_duca.glue.patch import last_stats
     reference = []
@@ -122,7 +155,7 @@ def run(work) -> list:
     for name, model in pack_entries(work.model):
         rows.append(measure(work, model, reference, name, PACK, last_stats, adjacent=True))
     for n in sorted({round(work.steps * c) for c in COMPUTE_LEVELS}):
-        for sampler in SAMPLERS:
+        for sampler in samplers:
             fewer = fewer_steps(work, n, sampler)
             row = measure(fewer, work.model, reference, f"fewer steps {n} {sampler}", "fewer steps")
             row["compute"] = n / work.steps  # calls of a shorter run, against the reference's
@@ -132,15 +165,20 @@ def run(work) -> list:
                                        ("residual reuse", 0, True)):
             model, _ = denoised_forecast(work.model, every, order, residual)
             rows.append(measure(work, model, reference, f"{label} every {every}", "every-k"))
-    for group, name, model in host_cache_entries(work.model):
-        rows.append(measure(work, model, reference, name, group))
+    for group, name, model in [*host_cache_entries(work.model), *peer_entries(work.model, peers)]:
+        try:
+            rows.append(measure(work, model, reference, name, group))
+        except Exception as error:  # another pack failing on this host is a result, not a crash
+            print(f"| {name} | {group} | fails on this host: {type(error).__name__}: {error} |", flush=True)
+            rows.append({"method": name, "group": group, "compute": math.nan, "psnr": math.nan,
+                         "speedup": math.nan, "error": f"{type(error).__name__}: {error}"})
     return rows
 
 
 def checks(rows: list, steps: int) -> list:
     """The issue's targets, each (what, holds, figures)."""
     found = []
-    others = [r for r in rows if r["group"] != PACK]
+    others = [r for r in rows if r["group"] != PACK and math.isfinite(r["psnr"])]
     for preset in BUDGET_PRESETS:
         mine = next(r for r in rows if r["method"] == f"accelerate {preset}")
         rivals = [r for r in others if r["compute"] <= mine["compute"] + 1e-9]
@@ -168,15 +206,19 @@ def markdown(work, rows: list, found: list) -> str:
     lines = [f"{work.description}; {work.steps} steps {work.sampler} {work.scheduler}, cfg {work.cfg}, "
              f"{len(work.cases)} cases. {' '.join(work.notes)}", "",
              "| method | group | compute | PSNR (dB) | speedup |", "|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["compute"], -r["psnr"])):
-        lines.append(f"| {r['method']} | {r['group']} | {r['compute']:.3f} | {r['psnr']:.2f} | {r['speedup']:.2f}x |")
+    for r in sorted(rows, key=lambda r: (r["compute"], -r["psnr"]) if "error" not in r else (math.inf, 0)):
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['group']} | fails on this host: {r['error']} | | |")
+        else:
+            lines.append(f"| {r['method']} | {r['group']} | {r['compute']:.3f} | {r['psnr']:.2f} | {r['speedup']:.2f}x |")
     lines += ["", "| target | holds | figures |", "|---|---|---|"]
     lines += [f"| {what} | {'yes' if holds else 'NO'} | {figures} |" for what, holds, figures in found]
     return "\n".join(lines) + "\n"
 
 
 GROUP_COLORS = {PACK: (30, 150, 70), "fewer steps": (200, 60, 50), "every-k": (120, 120, 200),
-                "EasyCache": (220, 130, 30), "LazyCache": (170, 80, 160)}
+                "EasyCache": (220, 130, 30), "LazyCache": (170, 80, 160), "TaylorSeer": (20, 160, 190),
+                "TaylorSeerLite": (90, 90, 90)}
 
 
 def plot(rows: list, path: Path, title: str) -> None:
@@ -187,7 +229,7 @@ def plot(rows: list, path: Path, title: str) -> None:
     canvas = Image.new("RGB", (width, height), "white")
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     draw.text((left, 6), title, fill="black", font=font)
-    points = [r for r in rows if math.isfinite(r["psnr"])]
+    points = [r for r in rows if math.isfinite(r["psnr"]) and math.isfinite(r["compute"])]
     x0, x1 = 0.0, max(r["compute"] for r in points) * 1.1
     y0, y1 = min(r["psnr"] for r in points) - 1, max(r["psnr"] for r in points) + 1
 
@@ -226,11 +268,14 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--classes", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help="of the fewer-steps baselines")
+    p.add_argument("--peer-pack", action="append", default=[], metavar="PATH",
+                   help="an installed community pack to compare (its folder under custom_nodes)")
     p.add_argument("--out", help="path prefix: writes PREFIX.json, PREFIX.md and PREFIX.png")
     args = p.parse_args(argv)
     workloads.boot(None, cpu=True)
     work = workloads.testbed_workload(args.model, args.steps, args.classes, args.seeds)
-    rows = run(work)
+    rows = run(work, args.samplers, args.peer_pack)
     found = checks(rows, work.steps)
     text = markdown(work, rows, found)
     print(text)

@@ -1,6 +1,6 @@
 """Where a cached run spends its time: median milliseconds per step for each planned
 action (F full, C conservative, A aggressive), measured with the device synchronized
-after every step, for each DuCa preset against no cache. With --profile, the
+after every step, for each DuCa preset and two budget presets against no cache. With --profile, the
 heaviest operators of one run per preset (torch.profiler). With --ops, operator calls (a torch
 dispatch-mode count of every aten operator) per step of each action and per block: a step's
 count less an aggressive step's (which runs no block: embedders, final layer and the sampler's
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--ops", action="store_true", help="also count operator calls per step and block")
     args = p.parse_args(argv)
     workloads.boot(args.comfyui, cpu=not (args.comfyui or args.model in workloads.GPU_MODELS))
-    from comfyui_duca.methods import PRESETS
+    from comfyui_duca.methods import FORECAST_PRESETS, PRESETS
     from comfyui_duca.glue.patch import apply_duca, last_stats
     if args.model in workloads.GPU_MODELS:
         work = workloads.gpu_workload(args.model, args.steps, 1, [0])
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     step_times(work, work.model, case)  # warm-up
     full = statistics.median(s for _ in range(args.repeats) for s in step_times(work, work.model, case)) * 1000
     print(f"{work.description}\nno cache: {full:.1f} ms per step")
-    patched = {name: apply_duca(work.model, PRESETS[name]) for name in ("quality", "balanced", "fast")}
+    patched = {f"duca {name}": apply_duca(work.model, PRESETS[name]) for name in ("quality", "balanced", "fast")}
+    patched.update({name: apply_duca(work.model, FORECAST_PRESETS[name]) for name in ("balanced", "turbo")})
     for name, model in patched.items():
         runs = [step_times(work, model, case) for _ in range(args.repeats + 1)][1:]
         stats = last_stats(model)
