@@ -224,7 +224,7 @@ GROUP_COLORS = {PACK: (30, 150, 70), "fewer steps": (200, 60, 50), "every-k": (1
 def plot(rows: list, path: Path, title: str) -> None:
     """PSNR (y) against compute (x), one dot per entry, the pack's labelled; a legend per group."""
     from PIL import Image, ImageDraw, ImageFont
-    from bench.report import nice_ticks, place_label
+    from bench.report import axes, place_label
     width, height, left, right, top, bottom = 820, 540, 70, 30, 40, 60
     canvas = Image.new("RGB", (width, height), "white")
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
@@ -233,18 +233,7 @@ def plot(rows: list, path: Path, title: str) -> None:
     x0, x1 = 0.0, max(r["compute"] for r in points) * 1.1
     y0, y1 = min(r["psnr"] for r in points) - 1, max(r["psnr"] for r in points) + 1
 
-    def at(x, y):
-        return (left + (x - x0) / (x1 - x0) * (width - left - right),
-                height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))
-    for x in nice_ticks(x0, x1):
-        px, _ = at(x, y0)
-        draw.line([px, height - bottom, px, top], fill=(230, 230, 230))
-        draw.text((px - 10, height - bottom + 6), f"{x:g}", fill="black", font=font)
-    for y in nice_ticks(y0, y1):
-        _, py = at(x0, y)
-        draw.line([left, py, width - right, py], fill=(230, 230, 230))
-        draw.text((left - 40, py - 6), f"{y:g}", fill="black", font=font)
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    at = axes(draw, font, (width, height, left, right, top, bottom), (x0, x1, y0, y1))
     draw.text(((width - left) // 2 - 60, height - 28), "block compute (fraction of no cache)", fill="black", font=font)
     draw.text((8, top - 14), "PSNR to no cache, dB (pictures)", fill="black", font=font)
     placed = []

@@ -230,6 +230,27 @@ def nice_ticks(low: float, high: float, count: int = 6) -> list:
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
+def axes(draw, font, frame: tuple, limits: tuple, x_unit: str = ""):
+    """The plot's frame and grid with tick labels; returns (x, y) -> pixel position.
+    `frame`: (width, height, left, right, top, bottom) in pixels; `limits`: (x0, x1, y0, y1)."""
+    width, height, left, right, top, bottom = frame
+    x0, x1, y0, y1 = limits
+
+    def at(x, y):
+        return (left + (x - x0) / (x1 - x0) * (width - left - right),
+                height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))
+    for x in nice_ticks(x0, x1):
+        px, _ = at(x, y0)
+        draw.line([px, height - bottom, px, top], fill=(230, 230, 230))
+        draw.text((px - 10, height - bottom + 6), f"{x:g}{x_unit}", fill="black", font=font)
+    for y in nice_ticks(y0, y1):
+        _, py = at(x0, y)
+        draw.line([left, py, width - right, py], fill=(230, 230, 230))
+        draw.text((left - 40, py - 6), f"{y:g}", fill="black", font=font)
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    return at
+
+
 def plot(rows: list, path: Path, setup: dict) -> None:
     """Scatter of speedup (x) against picture PSNR (y), one labelled point per method."""
     key = "psnr_picture" if any(r.get("psnr_picture") is not None for r in rows) else "psnr_latent"
@@ -247,24 +268,10 @@ def plot(rows: list, path: Path, setup: dict) -> None:
     xs, ys = [p[0] for p in points] + [1.0], [p[1] for p in points]
     x0, x1 = min(xs) - 0.1, max(xs) + 0.1 + 0.25 * (max(xs) - min(xs) + 0.4)  # room for labels
     y0, y1 = min(ys) - 2, max(ys) + 2
-
-    def at(x, y):
-        return (left + (x - x0) / (x1 - x0) * (width - left - right),
-                height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))
-
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    for x in nice_ticks(x0, x1):
-        px, _ = at(x, y0)
-        draw.line([px, height - bottom, px, top], fill=(230, 230, 230))
-        draw.text((px - 10, height - bottom + 6), f"{x:g}x", fill="black", font=font)
-    for y in nice_ticks(y0, y1):
-        _, py = at(x0, y)
-        draw.line([left, py, width - right, py], fill=(230, 230, 230))
-        draw.text((left - 40, py - 6), f"{y:g}", fill="black", font=font)
+    at = axes(draw, font, (width, height, left, right, top, bottom), (x0, x1, y0, y1), x_unit="x")
     draw.text(((width - left) // 2, height - 28), "wall-clock speedup over no cache", fill="black", font=font)
     draw.text((8, top - 14), f"PSNR to no cache, dB ({'pictures' if key == 'psnr_picture' else 'latents'})",
               fill="black", font=font)
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
     placed = [(px - 6, py - 6, px + 6, py + 6) for px, py in (at(x, y) for x, y, _, _ in points)]  # the dots
     for x, y, name, group in sorted(points, key=lambda p: -p[1]):
         px, py = at(x, y)
