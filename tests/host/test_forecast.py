@@ -4,7 +4,7 @@ conditioning, state that never crosses runs, multi-evaluation samplers."""
 import pytest
 import torch
 
-from testbed import host, models
+from testbed import forecast_checks, host, models
 
 SMALL = dict(height=64, width=64)
 STEPS = 20
@@ -88,34 +88,10 @@ def test_skipped_steps_forecast_each_conditioning_from_its_own_computed_steps(fl
     """On each skipped step, cond's and uncond's outputs are the linear forecast, in sigma, of the
     noise each implied on its own last two computed steps: recomputed here from what the
     sampler saw (its post-cfg hook), so points shared across conditionings would show."""
-    seen = []
-
-    def record(args):
-        seen.append({k: args[k].clone() for k in ("input", "cond_denoised", "uncond_denoised")}
-                    | {"sigma": float(args["sigma"][0])})
-        return args["denoised"]
-    accelerated = accelerate(flux, "balanced")
-    recorded = accelerated.clone()
-    recorded.set_model_sampler_post_cfg_function(record)
+    recorded, seen = forecast_checks.recording(accelerate(flux, "balanced"))
     sample(recorded, flux_conds, cfg=3.5, batch=2)
     from comfyui_duca.glue.patch import last_stats
-    timeline = last_stats(recorded).timeline
-    assert len(seen) == STEPS and "A" in timeline
-
-    def noise(step, key):  # Flux samples are x = (1 - sigma) x0 + sigma n
-        s = seen[step]
-        return (s["input"] - (1 - s["sigma"]) * s[key]) / s["sigma"]
-    full = []
-    for step, action in enumerate(timeline):
-        if action == "F":
-            full.append(step)
-            continue
-        j, k = full[-2:]
-        for key in ("cond_denoised", "uncond_denoised"):
-            slope = (noise(k, key) - noise(j, key)) / (seen[k]["sigma"] - seen[j]["sigma"])
-            expected = noise(k, key) + slope * (seen[step]["sigma"] - seen[k]["sigma"])
-            assert torch.allclose(noise(step, key), expected, rtol=1e-4, atol=1e-4), (step, key)
-    assert not torch.allclose(seen[-1]["cond_denoised"], seen[-1]["uncond_denoised"])
+    forecast_checks.assert_forecast_from_own_points(seen, last_stats(recorded).timeline)
 
 
 def test_forecast_state_never_crosses_runs_resolutions_or_batch_sizes(flux, flux_conds, duca):

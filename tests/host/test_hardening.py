@@ -15,7 +15,7 @@ import gc
 import pytest
 import torch
 
-from testbed import host, models
+from testbed import forecast_checks, host, models
 
 PRESETS = ["balanced", "duca balanced"]  # the whole-step forecast, DuCa's token-wise cycle
 SMALL = dict(height=64, width=64)         # 16 image tokens: fast plumbing checks
@@ -131,32 +131,9 @@ def test_separately_called_cond_and_uncond_are_forecast_from_their_own_points(fl
     conditioning implied on its own last two computed steps; points shared between the two
     calls would show here."""
     patch, _ = duca
-    seen = []
-
-    def record(args):
-        seen.append({k: args[k].clone() for k in ("input", "cond_denoised", "uncond_denoised")}
-                    | {"sigma": float(args["sigma"][0])})
-        return args["denoised"]
-    recorded = accelerate(flux, "balanced").clone()
-    recorded.set_model_sampler_post_cfg_function(record)
+    recorded, seen = forecast_checks.recording(accelerate(flux, "balanced"))
     sample(recorded, prompt(flux, 8, 1), prompt(flux, 13, 2), batch=2)
-    timeline = patch.last_stats(recorded).timeline
-    assert len(seen) == STEPS and "A" in timeline
-
-    def noise(step, key):  # Flux samples are x = (1 - sigma) x0 + sigma n
-        s = seen[step]
-        return (s["input"] - (1 - s["sigma"]) * s[key]) / s["sigma"]
-    full = []
-    for step, action in enumerate(timeline):
-        if action == "F":
-            full.append(step)
-            continue
-        j, k = full[-2:]
-        for key in ("cond_denoised", "uncond_denoised"):
-            slope = (noise(k, key) - noise(j, key)) / (seen[k]["sigma"] - seen[j]["sigma"])
-            expected = noise(k, key) + slope * (seen[step]["sigma"] - seen[k]["sigma"])
-            assert torch.allclose(noise(step, key), expected, rtol=1e-4, atol=1e-4), (step, key)
-    assert not torch.allclose(seen[-1]["cond_denoised"], seen[-1]["uncond_denoised"])
+    forecast_checks.assert_forecast_from_own_points(seen, patch.last_stats(recorded).timeline)
 
 
 # --- 2. batched or separate calls ---------------------------------------------------------------

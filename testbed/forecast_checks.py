@@ -1,0 +1,37 @@
+"""What a forecast run handed the sampler, checked against the forecast recomputed from it: the
+sampler's post-cfg hook records cond's and uncond's denoised outputs per step, and on each skipped
+step each must be the linear forecast, in sigma, of the noise that same conditioning implied on
+its own last two computed steps (points shared between conditionings would show)."""
+import torch
+
+
+def recording(model):
+    """(a clone of `model` that records each step's post-cfg view, the list it records into)."""
+    seen = []
+
+    def record(args):
+        seen.append({k: args[k].clone() for k in ("input", "cond_denoised", "uncond_denoised")}
+                    | {"sigma": float(args["sigma"][0])})
+        return args["denoised"]
+    recorded = model.clone()
+    recorded.set_model_sampler_post_cfg_function(record)
+    return recorded, seen
+
+
+def assert_forecast_from_own_points(seen: list, timeline: str) -> None:
+    """For a flow model (samples x = (1 - sigma) x0 + sigma n), as Flux is."""
+    def noise(step, key):
+        s = seen[step]
+        return (s["input"] - (1 - s["sigma"]) * s[key]) / s["sigma"]
+    assert len(seen) == len(timeline) and "A" in timeline
+    full = []
+    for step, action in enumerate(timeline):
+        if action == "F":
+            full.append(step)
+            continue
+        j, k = full[-2:]
+        for key in ("cond_denoised", "uncond_denoised"):
+            slope = (noise(k, key) - noise(j, key)) / (seen[k]["sigma"] - seen[j]["sigma"])
+            expected = noise(k, key) + slope * (seen[step]["sigma"] - seen[k]["sigma"])
+            assert torch.allclose(noise(step, key), expected, rtol=1e-4, atol=1e-4), (step, key)
+    assert not torch.allclose(seen[-1]["cond_denoised"], seen[-1]["uncond_denoised"])
