@@ -259,6 +259,16 @@ def test_accelerate_maps_duca_presets_to_deepcache_on_a_u_net(pack, duca, unet, 
     assert timelines == {"duca quality": "FFFAFAFAFAFA", "duca balanced": "FFFAAFAAFAAF", "duca fast": "FFFAAAAFAAAA"}
 
 
+def test_a_forecast_that_computes_every_step_is_bit_identical_on_a_u_net(pack, duca, unet, conds):
+    patch, _ = duca
+    from comfyui_duca.methods import ForecastConfig
+    full = patch.apply_duca(unet, ForecastConfig(budget=1.0))
+    assert full is not unet
+    out = models.sample(full, *conds, **dict(KW, steps=12, cfg=4.0))
+    assert torch.equal(out, models.sample(unet, *conds, **dict(KW, steps=12, cfg=4.0)))
+    assert patch.last_stats(full).timeline == "F" * 12
+
+
 def test_accelerate_budget_presets_forecast_the_u_nets_output(pack, duca, unet, conds):
     """The budget presets run on U-Nets too, over whole model calls: the U-Net runs on the
     computed steps only (a forward hook on its first convolution counts it)."""
