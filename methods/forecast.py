@@ -115,7 +115,6 @@ class OutputForecast(Executor):
         self.log_snr = noise_coefficients if time == "log_snr" else None
         self.coefficients = noise_coefficients if config.space == "noise" and not noisy else None
         self.placement = None
-        self.window = range(1 << 30)  # steps the forecast may skip; set per run by plan()
         if config.space != "noise" or self.coefficients:
             self.notes = ()
         elif noisy:
@@ -125,15 +124,15 @@ class OutputForecast(Executor):
 
     def plan(self, num_steps: int) -> Plan:
         c = self.config
-        self.window = range(int(round(c.start * num_steps)), int(round(c.end * num_steps)))
+        window = range(int(round(c.start * num_steps)), int(round(c.end * num_steps)))  # where it may skip
         if c.placement != "adaptive":
             plan = budget_plan(num_steps, c.budget, c.first_full_steps, c.max_skipped,
                                ENDS if c.placement == "ends" else 0.0)
-            return Plan(tuple(s if i in self.window else StepPlan(Action.FULL) for i, s in enumerate(plan)),
+            return Plan(tuple(s if i in window else StepPlan(Action.FULL) for i, s in enumerate(plan)),
                         self.name, dict(plan.settings, start=c.start, end=c.end))
         self.placement = AdaptiveBudget(num_steps, c.budget, c.first_full_steps, c.max_skipped)
         first = self.placement.first
-        steps = tuple(StepPlan(Action.AGGRESSIVE if first <= i and i in self.window else Action.FULL)
+        steps = tuple(StepPlan(Action.AGGRESSIVE if first <= i and i in window else Action.FULL)
                       for i in range(num_steps))
         return Plan(steps, f"{self.name} adaptive", {"budget": c.budget, "first_full_steps": c.first_full_steps,
                                                  "max_skipped": self.placement.max_skipped,
@@ -145,9 +144,10 @@ class OutputForecast(Executor):
         in_noise = self.coefficients is not None
         a, b = self.coefficients(call.sigma) if in_noise and call.sigma is not None else (1.0, 0.0)
         t = self._time(call.sigma)
-        # the placement is asked at every step, the first ones too: it counts what it has spent
+        # the plan computes outside the window; the placement is asked at every step, the first ones
+        # too: it counts what it has spent
         placed_full = self.placement.is_full(call.step) if self.placement is not None else False
-        planned_full = placed_full or call.action is Action.FULL or call.step not in self.window
+        planned_full = placed_full or call.action is Action.FULL
         if (planned_full or run.disabled or call.sample is None or not run.has_kept(call, OUTPUT)
                 or (in_noise and not recoverable(a, b)) or t is None):
             call.action = Action.FULL
