@@ -16,6 +16,7 @@ from .base import CATEGORY, SCHEDULE, check_options, model_output, shows_stats, 
 CUSTOM = "custom"
 DUCA = "duca "  # the prefix of the DuCa cycle presets ("duca balanced": the papers' cycle)
 PRESET_CHOICES = (*FORECAST_PRESETS, *(DUCA + name for name in PRESETS), CUSTOM)
+PRESET_FIRST_STEPS = -1  # first_full_steps: the preset's own (a saved workflow's number keeps its meaning)
 FORECAST_ESTIMATOR = "taylor1"  # what `auto` forecasts with on the budget presets (measured best, RESULTS)
 
 
@@ -50,8 +51,11 @@ class AccelerateDuCa(io.ComfyNode):
                                    "Which tokens a conservative step recomputes. value_norm: V-caching score "
                                    "(works with fused attention). value_norm_spread: also spread over the image. "
                                    "random: seeded random pick.")),
-                io.Int.Input("first_full_steps", default=balanced.first_full_steps, min=0, max=1000, step=1,
-                             optional=True, tooltip="The first steps are always computed (they set the composition)."),
+                io.Int.Input("first_full_steps", default=PRESET_FIRST_STEPS, min=PRESET_FIRST_STEPS, max=1000,
+                             step=1, optional=True, tooltip=(
+                                 "The first steps are always computed (they set the composition). -1: the "
+                                 "preset's (3 on quality and balanced, 1 on fast and turbo; DuCa's presets: "
+                                 "measured per family).")),
                 *step_window_inputs(),
                 io.Combo.Input("cache_device", options=list(CACHE_DEVICES), default="compute", optional=True,
                                tooltip="compute: keep caches on the GPU (fastest). cpu: offload them to RAM "
@@ -87,6 +91,8 @@ class AccelerateDuCa(io.ComfyNode):
     def execute(cls, model, preset="balanced", interval=None, refresh_ratio=None, token_selector=None,
                 first_full_steps=None, start_percent=0.0, end_percent=1.0, cache_device="compute",
                 schedule=None, estimator=AUTO, budget=0.0, placement="ends") -> io.NodeOutput:
+        if first_full_steps == PRESET_FIRST_STEPS:
+            first_full_steps = None
         if preset not in PRESET_CHOICES:
             raise ValueError(f"preset must be one of {list(PRESET_CHOICES)}, got {preset!r}")
         if token_selector is not None:  # checked on every preset, though only DuCa's use it

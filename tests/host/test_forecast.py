@@ -68,12 +68,14 @@ def test_a_forecast_that_computes_every_step_is_bit_identical(flux, flux_conds, 
 def test_each_preset_runs_the_blocks_of_its_budget_and_none_on_skipped_steps(flux, flux_conds, duca, preset):
     patch, _ = duca
     from comfyui_duca.methods import BUDGETS
+    from comfyui_duca.methods.forecast import FIRST_FULL_STEPS
     reference = sample(flux, flux_conds, cfg=3.5, batch=2)
     accelerated = accelerate(flux, preset)
     out, counts = counted(flux, accelerated, flux_conds, cfg=3.5, batch=2)
     stats = patch.last_stats(accelerated)
     timeline = stats.timeline
-    assert timeline.startswith("FFF") and set(timeline) == {"F", "A"}
+    first = FIRST_FULL_STEPS[preset]
+    assert timeline.startswith("F" * first) and set(timeline) == {"F", "A"}
     assert timeline.count("F") == round(BUDGETS[preset] * STEPS)
     for action, blocks, calls in zip(timeline, counts.blocks, counts.calls):
         assert (blocks, calls) == ((counts.depth, 1) if action == "F" else (0, 0))

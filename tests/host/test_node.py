@@ -22,6 +22,9 @@ DISPLAY_NAMES = {
 # Every node's inputs as the pack declared them before its nodes moved to the V3 schema: a saved
 # workflow's widget values are positional, so names, order, defaults and ranges must not move.
 SAVED_INPUTS = json.loads((Path(__file__).parent / "data" / "node_inputs_v1.json").read_text())
+# Defaults changed since, on purpose: a saved workflow keeps its own widget value, so only new nodes
+# see these. first_full_steps -1: the preset's own (fast and turbo compute 1 first step, not 3).
+NEW_DEFAULTS = {("DuCaAccelerate", "first_full_steps"): -1}
 
 
 def accelerate(*args, **kwargs):
@@ -58,9 +61,10 @@ def test_every_input_of_every_node_has_a_tooltip_and_numbers_a_range(pack):
 @pytest.mark.parametrize("node_id", sorted(SAVED_INPUTS))
 def test_inputs_are_those_saved_workflows_were_made_with(pack, node_id):
     """What /object_info sends for the node (the host's V1 view of its schema) against the pack's
-    inputs before the move: same names in the same order, types, defaults, ranges, and every option
-    still offered (a saved value is one of them). Inputs added since come after them and are
-    optional (saved widget values are read by position)."""
+    inputs before the move: same names in the same order, types, defaults (but NEW_DEFAULTS), ranges
+    that still hold every saved value, and every option still offered (a saved value is one of
+    them). Inputs added since come after them and are optional (saved widget values are read by
+    position)."""
     info = host.node_classes()[node_id].GET_NODE_INFO_V1()
     for section, saved in SAVED_INPUTS[node_id].items():
         names = [name for name, _, _ in saved]
@@ -73,6 +77,12 @@ def test_inputs_are_those_saved_workflows_were_made_with(pack, node_id):
             for key, value in options.items():
                 if key == "options":
                     assert set(value) <= set(now[key]), f"{name}.{key}"
+                elif key == "min":
+                    assert now[key] <= value, f"{name}.{key}"
+                elif key == "max":
+                    assert now[key] >= value, f"{name}.{key}"
+                elif key == "default" and (node_id, name) in NEW_DEFAULTS:
+                    assert now[key] == NEW_DEFAULTS[node_id, name], f"{name}.{key}"
                 else:
                     assert now.get(key) == value, f"{name}.{key}"
     assert set(info["input"]) - {"hidden"} == set(SAVED_INPUTS[node_id])
@@ -105,7 +115,7 @@ def test_run_stats_go_to_the_node_that_ran(pack, flux, flux_conds, monkeypatch):
     monkeypatch.setattr(node_module, "node_reporter", lambda node_id: lambda stats: reported.append((node_id, stats)))
     model = host.node("DuCaAccelerate", unique_id="17").execute(flux, "fast")[0]
     models.sample(model, *flux_conds, steps=4, height=64, width=64)
-    assert [(node_id, stats.timeline) for node_id, stats in reported] == [("17", "FFFA")]
+    assert [(node_id, stats.timeline) for node_id, stats in reported] == [("17", "FAAA")]
     for node_id in ("DuCaAccelerate", "DuCaDeepCache", "DuCaApplySchedule"):  # the nodes that show a timeline
         assert host.node_classes()[node_id].GET_SCHEMA().hidden == [io.Hidden.unique_id], node_id
 
@@ -169,7 +179,9 @@ def test_presets_and_custom_inputs_reach_the_plan(pack, flux, flux_conds):
     from comfyui_duca.glue.patch import last_stats
     runs = {
         "fast": accelerate(flux, "fast"),
+        "turbo, the widget's default": accelerate(flux, "turbo", first_full_steps=-1),
         "turbo, 2 first steps": accelerate(flux, "turbo", first_full_steps=2),
+        "turbo, 3 as saved before": accelerate(flux, "turbo", first_full_steps=3),
         "balanced at half": accelerate(flux, "balanced", budget=0.5),
         "quality to 60%": accelerate(flux, "quality", end_percent=0.6),
         "duca fast": accelerate(flux, "duca fast"),
@@ -181,9 +193,12 @@ def test_presets_and_custom_inputs_reach_the_plan(pack, flux, flux_conds):
         models.sample(model, *flux_conds, steps=20, height=64, width=64)
         timelines[name] = last_stats(model).timeline
     assert timelines == {
-        # round(0.27 x 20) = 5 computed: the first 3 always, the others nearer the start and the end
-        "fast": "FFFAAAAFAAAAAAAFAAAA",
-        "turbo, 2 first steps": "FFAAAAFAAAAAAAAFAAAA",   # 4
+        # round(0.27 x 20) = 5 computed: the first one always (fast and turbo; 3 on quality and
+        # balanced), the others nearer the start and the end
+        "fast": "FAFAAAAFAAAAAFAAAAFA",
+        "turbo, the widget's default": "FAAFAAAAAAFAAAAAAFAA",  # 4
+        "turbo, 2 first steps": "FFAAAAFAAAAAAAAFAAAA",
+        "turbo, 3 as saved before": "FFFAAAAAAAAFAAAAAAAA",
         "balanced at half": "FFFFAFAAFAAFAAFAAFAF",       # 10
         "quality to 60%": "FFFFAAFAAFAAFFFFFFFF",        # 9 planned, and every step from 12 on
         "duca fast": "FFFCACACFCACACFCACAC",              # DuCa's cycle, Flux's setting

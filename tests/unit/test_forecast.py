@@ -130,6 +130,8 @@ def test_forecast_presets_are_the_budgets_and_bad_settings_name_the_input():
     assert {name: c.budget for name, c in FORECAST_PRESETS.items()} == BUDGETS
     assert list(BUDGETS) == ["quality", "balanced", "fast", "turbo"]
     assert BUDGETS["quality"] > BUDGETS["balanced"] > BUDGETS["fast"] > BUDGETS["turbo"]
+    # the small budgets spend one call on the first steps, not three (measured: FIRST_FULL_STEPS)
+    assert [c.first_full_steps for c in FORECAST_PRESETS.values()] == [3, 3, 1, 1]
     for kwargs, name in ((dict(budget=0.0), "budget"), (dict(placement="random"), "placement"),
                          (dict(estimator="magic"), "estimator"), (dict(space="latent"), "space"),
                          (dict(start=0.8, end=0.2), "start"), (dict(preset="ludicrous"), "preset")):
