@@ -17,6 +17,7 @@ from ..cache_core.tokens import SELECTORS, TokenSelector, layer_refresh_ratio
 from ..cache_core.validate import check_choice, check_float, check_int, check_window
 from .blocks import begin_block, computed, fresh_ages, refreshed
 from .protocol import Executor
+from .stack_gaps import StackGaps
 
 LOG = logging.getLogger("comfyui-duca")
 
@@ -89,7 +90,8 @@ PRESETS = {
 
 
 RESIDUAL = "stack_residual"  # kept: stack output minus stack input at the last computed step
-STACK_IN = "stack_in"        # call scratch: the stack's input, while an aggressive or full step runs
+STACK_IN = "stack_in"        # call scratch: the stack's input, while a computed step runs
+GAPS = "stack_gaps"          # call scratch: what the host added between blocks (ControlNet)
 
 
 class DuCa(Executor):
@@ -99,7 +101,8 @@ class DuCa(Executor):
     kept where conservative steps follow, the stack's residual where aggressive steps follow.
     Conservative: the adapter reuses attention under fresh gates and refreshes the picked tokens
     of the MLP (families whose blocks can't be split token-wise compute these steps).
-    Aggressive: every block passes its input on; the last adds the stack's estimated residual.
+    Aggressive: every block passes its input on; the last adds the stack's estimated residual
+    to its own input, which holds what the host added between blocks this step (ControlNet).
     """
 
     def __init__(self, config: DuCaConfig, adapter):
@@ -121,8 +124,21 @@ class DuCa(Executor):
 
     def on_block(self, run, call, block_id, args, original):
         adapter, kind = self.adapter, block_id[0]
-        if block_id == adapter.first_block and self.keep_residual:
+        measures_residual = self.keep_residual and call.action is not Action.AGGRESSIVE
+        if block_id == adapter.first_block and measures_residual:
             call.scratch[STACK_IN] = adapter.stack_state(kind, args).clone()
+            if call.carries_control:
+                call.scratch[GAPS] = StackGaps(adapter)
+        gaps = call.scratch.get(GAPS)
+        if gaps is not None:
+            gaps.block_entry(kind, args)
+        out = self._run_block(run, call, block_id, args, original)
+        if gaps is not None and block_id != adapter.last_block:
+            gaps.block_exit(kind, out)
+        return out
+
+    def _run_block(self, run, call, block_id, args, original):
+        adapter, kind = self.adapter, block_id[0]
         work = begin_block(run, call, block_id, args)
         refreshable = run.has_kept(call, block_id) and adapter.can_refresh(kind, args)
         reusable = not run.disabled and (
@@ -148,9 +164,9 @@ class DuCa(Executor):
     def _aggressive(self, run, call, work, args) -> dict:
         out = self.adapter.passthrough(work.kind, args)
         if work.block_id == self.adapter.last_block:
-            stack_in = call.scratch[STACK_IN]
-            residual = run.estimated(call, RESIDUAL, device=stack_in.device)
-            out = self.adapter.from_stack_state(work.kind, stack_in + residual, like=out)
+            state = self.adapter.stack_state(work.kind, args)
+            residual = run.estimated(call, RESIDUAL, device=state.device)
+            out = self.adapter.from_stack_state(work.kind, state + residual, like=out)
         return out
 
     def _conservative(self, run, call, work, args, original) -> dict:
@@ -174,7 +190,9 @@ class DuCa(Executor):
             LOG.warning("DuCa: %s", run.stats.notes[-1])
             run.disabled = True
             return
-        run.keep_point(call, RESIDUAL, state - stack_in)
+        gaps = call.scratch.get(GAPS)
+        change = state - stack_in
+        run.keep_point(call, RESIDUAL, gaps.without_gaps(change) if gaps is not None else change)
 
     def _pick_tokens(self, work, units, base_ratio) -> dict:
         position, depth = self.adapter.layer_position(work.kind, work.index)

@@ -19,6 +19,7 @@ from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, step_index
 from ..cache_core.stats import FLOPS, MODEL_CALLS, RunStats
 from ..cache_core.store import CacheStore
+from .stack_gaps import carries_control
 
 LOG = logging.getLogger("comfyui-duca")
 
@@ -56,6 +57,7 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     txt_len: Optional[int] = None   # text tokens, once the first block has seen them
     framed_by_blocks: bool = False  # begun at the first block, ended at the last
+    carries_control: bool = False   # ControlNet residuals: the host adds them between blocks
     scratch: dict = field(default_factory=dict)  # the method's values for this call only
 
 
@@ -106,6 +108,7 @@ class RunState:
         """What the DIFFUSION_MODEL wrapper runs: the method decides; if reusing fails partway,
         the call is computed again from fresh argument containers and caching stays off."""
         call = self.begin_call(args[0], transformer_options)
+        call.carries_control = carries_control(executor, args, kwargs)
         try:
             # the host consumes some arguments (ControlNet residual lists are popped): keep copies
             retry = (_fresh_containers(args), _fresh_containers(kwargs)) if call.action is not Action.FULL else None

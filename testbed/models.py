@@ -71,6 +71,32 @@ def flux(seed: int = 0, family: str = "flux", dtype=torch.float32, device=None, 
     return patcher(model)
 
 
+def flux_controlnet(model, seed: int = 0):
+    """An XLabs-style ControlNet of the host's Flux ControlNet class for `model` (a pixel hint,
+    8x downsampled), loaded as the host loads one: it adds a residual after each block."""
+    import comfy.controlnet
+    import comfy.ldm.flux.controlnet
+    import comfy.ops
+    config = {k: v for k, v in model.model.model_config.unet_config.items() if k not in ("dtype", "device")}
+    control_model = comfy.ldm.flux.controlnet.ControlNetFlux(
+        mistoline=False, operations=comfy.ops.disable_weight_init, device=torch.device("cpu"),
+        dtype=torch.float32, **config)
+    init_weights(control_model, seed)
+    with torch.no_grad():  # scaled to keep the hint's signal through the 8-layer hint encoder
+        for conv in control_model.input_hint_block:
+            if isinstance(conv, torch.nn.Conv2d):
+                conv.weight.mul_(2.0 / (conv.weight[0].numel() ** 0.5 * conv.weight.std()))
+    return comfy.controlnet.ControlNet(control_model.eval(), load_device=torch.device("cpu"),
+                                       manual_cast_dtype=None, extra_conds=["y", "guidance"])
+
+
+def with_control(positive, negative, controlnet, image, strength=1.0, start=0.0, end=1.0):
+    """Both conditionings with the ControlNet applied, by the host's Apply ControlNet node."""
+    import nodes
+    return nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, controlnet, image,
+                                                            strength, start, end)
+
+
 def flux_conditioning(batch: int = 1, tokens: int = 8, seed: int = 1, model=None, guidance: float = 3.5):
     """Hand-made CONDITIONING for a small Flux: context and pooled output."""
     dm = model.model.diffusion_model
