@@ -1,7 +1,8 @@
 """What a forecast run handed the sampler, checked against the forecast recomputed from it: the
 sampler's post-cfg hook records cond's and uncond's denoised outputs per step, and on each skipped
 step each must be the linear forecast, in sigma, of the noise that same conditioning implied on
-its own last two computed steps (points shared between conditionings would show)."""
+its own last two computed steps, or held from the one computed so far (points shared between
+conditionings would show)."""
 import torch
 
 
@@ -29,9 +30,12 @@ def assert_forecast_from_own_points(seen: list, timeline: str) -> None:
         if action == "F":
             full.append(step)
             continue
-        j, k = full[-2:]
         for key in ("cond_denoised", "uncond_denoised"):
-            slope = (noise(k, key) - noise(j, key)) / (seen[k]["sigma"] - seen[j]["sigma"])
-            expected = noise(k, key) + slope * (seen[step]["sigma"] - seen[k]["sigma"])
+            k = full[-1]
+            expected = noise(k, key)  # one computed step so far: held
+            if len(full) > 1:
+                j = full[-2]
+                slope = (noise(k, key) - noise(j, key)) / (seen[k]["sigma"] - seen[j]["sigma"])
+                expected = expected + slope * (seen[step]["sigma"] - seen[k]["sigma"])
             assert torch.allclose(noise(step, key), expected, rtol=1e-4, atol=1e-4), (step, key)
     assert not torch.allclose(seen[-1]["cond_denoised"], seen[-1]["uncond_denoised"])
