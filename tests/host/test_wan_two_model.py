@@ -6,11 +6,15 @@ Each accelerated model keeps its own run state and statistics, plans count the s
 its own sub-run, and an all-full plan on both reproduces the unpatched pair bit for bit.
 Attention calls are counted by forward hooks on each model's self-attention projection,
 which the host runs only when it really computes a block's attention.
+
+A LoRA on the high-noise model only, put on by the host's own LoRA loader before or after the
+pack: all-full plans stay bit-identical, and a strength changed between runs is followed, each
+run being what a fresh pair with that strength gives.
 """
 import pytest
 import torch
 
-from testbed import models
+from testbed import host, models
 
 STEPS, SWITCH = 16, 8      # the high-noise model samples steps 0-7, the low-noise model 8-15
 MODES = {"cfg1": (1.0, 1), "cfg4": (4.0, 2)}  # cfg, latent batch
@@ -148,3 +152,96 @@ def test_one_accelerated_model_for_both_halves_starts_clean_each_time(pair, cond
     assert [s.timeline for s in seen] == [config.plan_for(SWITCH).timeline, config.plan_for(STEPS - SWITCH).timeline]
     assert seen[0] is not seen[1] and not seen[1].notes
     assert 1e-6 < float((done - unpatched).norm() / unpatched.norm()) < 0.3
+
+
+# --- a LoRA on one of the two models ---------------------------------------------------------
+LORA_RANK = 4
+
+
+def lora_weights(model, seed):
+    """A rank-4 LoRA of every block's attention and MLP projections, keyed as LoRA files are."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = {}
+    for i, block in enumerate(model.model.diffusion_model.blocks):
+        for name, layer in (("self_attn.q", block.self_attn.q), ("self_attn.v", block.self_attn.v),
+                            ("ffn.0", block.ffn[0]), ("ffn.2", block.ffn[2])):
+            out_features, in_features = layer.weight.shape
+            key = f"diffusion_model.blocks.{i}.{name}"
+            weights[f"{key}.lora_up.weight"] = 0.3 * torch.randn(out_features, LORA_RANK, generator=gen)
+            weights[f"{key}.lora_down.weight"] = 0.3 * torch.randn(LORA_RANK, in_features, generator=gen)
+    return weights
+
+
+def with_lora(model, weights, strength):
+    """What LoraLoaderModelOnly hands on: a clone of the model patched by the host's LoRA loader."""
+    import comfy.sd
+    patched, _ = comfy.sd.load_lora_for_models(model, None, weights, strength, 0)
+    assert len(patched.patches) == len(weights) // 2, "the host did not take every LoRA key"
+    return patched
+
+
+def accelerate(model, preset):
+    (out,) = host.node("DuCaAccelerate").execute(model, preset).result
+    return out
+
+
+LORA_ORDERS = {
+    "lora then accelerate": lambda model, weights, strength, preset: accelerate(with_lora(model, weights, strength),
+                                                                               preset),
+    "accelerate then lora": lambda model, weights, strength, preset: with_lora(accelerate(model, preset), weights,
+                                                                               strength),
+}
+LORA_PRESETS = ["balanced", "duca balanced"]  # the whole-step forecast and DuCa's cycle
+# At most this relative error on what the strength changes (1 would be a change ignored). The
+# whole-step forecast of these random-weight models errs by more than a 0.3 LoRA changes (the
+# strength moves the output by about 1.5%), so its bound is loose; DuCa's cycle errs far less.
+FOLLOWED = {"balanced": 0.8, "duca balanced": 0.3}
+
+
+@pytest.fixture(scope="module")
+def lora(pair):
+    return lora_weights(pair[0], seed=21)
+
+
+def test_all_full_plans_with_a_lora_on_the_high_noise_model_are_bit_identical(pair, conds, duca, lora):
+    patch, core = duca
+    high, low, sampler = pair
+    expected = two_model_sample(sampler, with_lora(high, lora, 1.0), low, conds, *MODES["cfg4"])
+    plain = two_model_sample(sampler, high, low, conds, *MODES["cfg4"])
+    assert not torch.equal(expected[1], plain[1])
+    full = lambda m, steps: patch.apply_duca(m, core.DuCaConfig(plan=core.all_full_plan(steps)))  # noqa: E731
+    for high_model in (full(with_lora(high, lora, 1.0), SWITCH), with_lora(full(high, SWITCH), lora, 1.0)):
+        out = two_model_sample(sampler, high_model, full(low, STEPS - SWITCH), conds, *MODES["cfg4"])
+        assert torch.equal(out[0], expected[0]) and torch.equal(out[1], expected[1])
+    # the LoRA lives on its clones only: the bare model samples as before
+    assert torch.equal(two_model_sample(sampler, high, low, conds, *MODES["cfg4"])[1], plain[1])
+
+
+@pytest.mark.parametrize("order", list(LORA_ORDERS))
+@pytest.mark.parametrize("preset", LORA_PRESETS)
+def test_a_lora_strength_changed_between_runs_is_followed_with_nothing_carried_over(pair, conds, duca, lora,
+                                                                                    preset, order):
+    """Strengths 1, 0.3, 1 in a row, as a user moving the LoRA loader's slider does: each run is what
+    a fresh accelerated pair with that strength gives, it follows what the strength changes in the
+    uncached output, and the third run repeats the first."""
+    patch, _ = duca
+    high, low, sampler = pair
+    build = LORA_ORDERS[order]
+    fast_low = accelerate(low, preset)
+    outputs, references = [], []
+    for strength in (1.0, 0.3, 1.0):
+        fast_high = build(high, lora, strength, preset)
+        out = two_model_sample(sampler, fast_high, fast_low, conds, *MODES["cfg4"])[1]
+        for model in (fast_high, fast_low):
+            stats = patch.last_stats(model)
+            assert set(stats.timeline) != {"F"} and not stats.notes, (stats.timeline, stats.notes)
+        fresh = two_model_sample(sampler, build(high, lora, strength, preset), accelerate(low, preset), conds,
+                                 *MODES["cfg4"])[1]
+        assert torch.equal(out, fresh), strength
+        outputs.append(out)
+        references.append(two_model_sample(sampler, with_lora(high, lora, strength), low, conds, *MODES["cfg4"])[1])
+    assert torch.equal(outputs[2], outputs[0])
+    change = references[1] - references[0]
+    assert float(change.norm() / references[0].norm()) > 0.005, "the strength should matter here"
+    followed = outputs[1] - outputs[0]
+    assert float((followed - change).norm() / change.norm()) < FOLLOWED[preset]
