@@ -1,7 +1,8 @@
 """What the host adds to the hidden state between hooked blocks, within one model call.
 
 Flux, Chroma, HunyuanVideo and Qwen-Image add ControlNet residuals after their blocks, outside
-the block hooks (in place: `img[:, :n] += control`). An aggressive step skips the stack and adds
+the block hooks (in place: `img[:, :n] += control`), and Wan VACE adds its control-video hints
+the same way. An aggressive step skips the stack and adds
 the stack's residual from a computed step; if that residual still held the computed step's
 control, the skipped step would replay old control and lose its own. So on calls that carry
 control the residual is kept without what was added between blocks, and the skipped step's own
@@ -17,15 +18,20 @@ from typing import Optional
 import torch
 
 
+# Model inputs whose residuals the host adds between blocks: a ControlNet's (Flux, Chroma,
+# HunyuanVideo, Qwen-Image) and Wan VACE's control-video hints (its VACE blocks, every few blocks).
+BETWEEN_BLOCK_INPUTS = ("control", "vace_context")
+
+
 def carries_control(executor, args: tuple, kwargs: dict) -> bool:
-    """Whether a model call passes ControlNet residuals (argument `control`, read by name)."""
-    if kwargs.get("control") is not None:
+    """Whether a model call passes residuals the host adds between blocks (read by name)."""
+    if any(kwargs.get(name) is not None for name in BETWEEN_BLOCK_INPUTS):
         return True
     try:  # the host's executor wraps the model's own forward: bind the call to its signature
         bound = inspect.signature(executor.original).bind_partial(*args, **kwargs)
     except (AttributeError, TypeError, ValueError):
         return False
-    return bound.arguments.get("control") is not None
+    return any(bound.arguments.get(name) is not None for name in BETWEEN_BLOCK_INPUTS)
 
 
 class StackGaps:

@@ -276,17 +276,35 @@ def sd_unet_trained():
     return _load_trained(sd_unet_small(**SD_TRAINED), "sd_unet_small")
 
 
-def wan(seed: int = 0, dtype=torch.float32, device=None, **size):
+def wan(seed: int = 0, dtype=torch.float32, device=None, config_class: str = "WAN21_T2V", **size):
     """A Wan 2.1 text-to-video model of ComfyUI's real class (small unless sized)."""
     import comfy.supported_models
     unet_config = {"image_model": "wan2.1", "model_type": "t2v", "dim": 64, "ffn_dim": 128, "num_heads": 2,
                    "num_layers": 4, "in_dim": 16, "out_dim": 16, "text_dim": 32, "freq_dim": 256,
                    "patch_size": (1, 2, 2), **size}
-    model_config = comfy.supported_models.WAN21_T2V(unet_config)
+    model_config = getattr(comfy.supported_models, config_class)(unet_config)
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=device)
     init_weights(model.diffusion_model, seed)
     return patcher(model)
+
+
+VACE_CHANNELS = 32  # VACE's control video: two 16-channel latents (kept and edited parts)
+
+
+def wan_vace(seed: int = 0, **size):
+    """A Wan 2.1 VACE model of the host's class: VACE blocks beside every second block, each
+    adding a hint of the control video to the hidden state after its block, outside the block
+    hooks (as ControlNets do)."""
+    return wan(seed, config_class="WAN21_Vace", model_type="vace", vace_layers=2,
+               vace_in_dim=VACE_CHANNELS + 64, **size)  # + VACE's 64-channel mask
+
+
+def with_vace(conditioning, frames: torch.Tensor, strength: float = 1.0):
+    """`conditioning` with a VACE control video [1, 32, frames, height, width] (what WanVaceToVideo
+    puts on it; the host makes the default all-ones mask)."""
+    return [[tensor, {**extras, "vace_frames": [frames], "vace_strength": [strength]}]
+            for tensor, extras in conditioning]
 
 
 def text_conditioning(dim: int, batch: int = 1, tokens: int = 8, seed: int = 1):
