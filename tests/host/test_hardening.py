@@ -4,12 +4,13 @@ default budget preset (the whole-step forecast) and for DuCa's token-wise cycle.
 
 - Text length: a prompt whose token count changes between runs gets a fresh run each time; a cond
   and an uncond of different text lengths (which the host cannot batch, so it calls the model once
-  for each) each keep their own state.
+  for each) each keep their own state, as do prompts set on different areas of the picture.
 - Batching: cond and uncond batched in one model call give what one call each gives (the host
   splits them when memory is short), and the latents of a batch never mix.
 - Failures: another node's wrapper raising inside the model call, and a run interrupted from the
   sampler's callback, leave nothing behind: the next run is a clean one, no tensors stay alive.
 """
+import functools
 import gc
 
 import pytest
@@ -134,6 +135,62 @@ def test_separately_called_cond_and_uncond_are_forecast_from_their_own_points(fl
     recorded, seen = forecast_checks.recording(accelerate(flux, "balanced"))
     sample(recorded, prompt(flux, 8, 1), prompt(flux, 13, 2), batch=2)
     forecast_checks.assert_forecast_from_own_points(seen, patch.last_stats(recorded).timeline)
+
+
+def sample_at(model, positive, negative, cfg, **kwargs):
+    return models.sample(model, positive, negative, **{"steps": STEPS, "cfg": cfg, **kwargs})
+
+
+def with_area(conditioning, width, height, x, y):
+    """The host's Conditioning (Set Area): this conditioning acts on a crop of the latent only."""
+    import nodes
+    (out,) = nodes.ConditioningSetArea().append(conditioning, width, height, x, y, 1.0)
+    return out
+
+
+def combined(*conditionings):
+    import nodes
+    out = conditionings[0]
+    for other in conditionings[1:]:
+        (out,) = nodes.ConditioningCombine().combine(out, other)
+    return out
+
+
+AREA_SIZE = dict(height=96, width=96)  # 12x12 latent; the areas below are 6x6 corners of it
+
+
+@pytest.mark.parametrize("cfg", [1.0, CFG])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_area_conditionings_each_keep_their_own_state(flux, duca, preset, cfg):
+    """A prompt over the whole picture combined with two over opposite quarters: the host calls
+    the model on the crops for the area prompts (inputs of another shape than the whole picture's,
+    and the two crops' prompts of different lengths), every step. Each keeps its own cache: no
+    step falls back for want of one, an all-full plan is bit-identical, and the run repeats."""
+    patch, core = duca
+    positive = combined(prompt(flux, 8, 1), with_area(prompt(flux, 11, 3), 48, 48, 0, 0),
+                        with_area(prompt(flux, 13, 4), 48, 48, 48, 48))
+    negative = prompt(flux, 8, 2)
+    sample = functools.partial(sample_at, cfg=cfg)
+    shapes = []
+    dm = flux.model.diffusion_model
+    handle = dm.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape[-2:])))
+    try:
+        reference = sample(flux, positive, negative, **AREA_SIZE)
+    finally:
+        handle.remove()
+    assert {(12, 12), (6, 6)} <= set(shapes), set(shapes)  # the area prompt ran on its crop
+    calls_per_step = len(shapes) // STEPS
+
+    full = patch.apply_duca(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    assert torch.equal(sample(full, positive, negative, **AREA_SIZE), reference)
+
+    accelerated = accelerate(flux, preset)
+    out = sample(accelerated, positive, negative, **AREA_SIZE)
+    stats = patch.last_stats(accelerated)
+    assert reuses(stats.timeline) and not stats.notes, (stats.timeline, stats.notes)
+    assert [stats.steps[i].model_calls for i in range(STEPS)] == [calls_per_step] * STEPS
+    assert relative_l2(out, reference) < 0.3
+    assert torch.equal(sample(accelerated, positive, negative, **AREA_SIZE), out)
 
 
 # --- 2. batched or separate calls ---------------------------------------------------------------
