@@ -5,6 +5,7 @@ after the first round of sizes, every later round ends holding exactly what the 
 count of bytes in use).
 """
 import gc
+import warnings
 
 import pytest
 import torch
@@ -27,15 +28,17 @@ def live_tensor_bytes() -> tuple:
     """(live tensors, bytes of their distinct storages) reachable from Python."""
     gc.collect()
     count, storages = 0, {}
-    for obj in gc.get_objects():
-        try:
-            if not torch.is_tensor(obj):
+    with warnings.catch_warnings():  # asking deprecated torch objects warns
+        warnings.simplefilter("ignore", FutureWarning)
+        for obj in gc.get_objects():
+            try:
+                if not torch.is_tensor(obj):
+                    continue
+                storage = obj.untyped_storage()
+            except Exception:  # objects that can't answer (half-built, or not real tensors)
                 continue
-            storage = obj.untyped_storage()
-        except Exception:  # objects that can't answer (half-built, or not real tensors)
-            continue
-        count += 1
-        storages[(storage.data_ptr(), storage.device)] = storage.nbytes()
+            count += 1
+            storages[(storage.data_ptr(), storage.device)] = storage.nbytes()
     return count, sum(storages.values())
 
 
