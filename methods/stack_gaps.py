@@ -2,11 +2,11 @@
 
 Flux, Chroma, HunyuanVideo and Qwen-Image add ControlNet residuals after their blocks, outside
 the block hooks (in place: `img[:, :n] += control`), and Wan VACE adds its control-video hints
-the same way. An aggressive step skips the stack and adds
-the stack's residual from a computed step; if that residual still held the computed step's
-control, the skipped step would replay old control and lose its own. So on calls that carry
-control the residual is kept without what was added between blocks, and the skipped step's own
-control, which reaches the last block's input through the passed-through blocks, stays in.
+the same way. An aggressive step skips the stack and adds the stack's residual from a computed
+step; if that residual still held the computed step's control, the skipped step would replay old
+control and lose its own. So on calls that carry control the residual is kept without what was
+added between blocks, and the skipped step's own control, which reaches the last block's input
+through the passed-through blocks, stays in.
 
 Measuring costs a copy of the hidden state per block, so it runs only on calls with control.
 """

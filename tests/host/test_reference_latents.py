@@ -70,7 +70,7 @@ def assert_followed(outputs, references):
 
 
 # --- Flux Kontext-style ---------------------------------------------------------------------------
-def kontext_conds(flux, flux_conds, reference):
+def kontext_conds(flux_conds, reference):
     return tuple(with_reference(c, reference) for c in flux_conds)
 
 
@@ -94,7 +94,7 @@ def block_work(diffusion_model):
 @pytest.mark.parametrize("reference_shape", [(16, 8, 8), (16, 12, 8)], ids=["same size", "taller"])
 def test_all_full_plan_is_bit_identical_with_a_reference(flux, flux_conds, duca, reference_shape):
     patch, core = duca
-    conds = kontext_conds(flux, flux_conds, picture(reference_shape, 5))
+    conds = kontext_conds(flux_conds, picture(reference_shape, 5))
     expected = sample_flux(flux, conds)
     patched = patch.apply_duca(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     assert torch.equal(sample_flux(patched, conds), expected)
@@ -113,7 +113,7 @@ def test_token_picks_range_over_the_reference_tokens_too(flux, flux_conds, duca)
     grid, extra, txt = 16, 24, flux_conds[0][0][0].shape[1]
     rows, handles = block_work(dm)
     try:
-        sample_flux(patch.apply_duca(flux, config), kontext_conds(flux, flux_conds, reference), cfg=1.0)
+        sample_flux(patch.apply_duca(flux, config), kontext_conds(flux_conds, reference), cfg=1.0)
     finally:
         for h in handles:
             h.remove()
@@ -138,13 +138,13 @@ def test_token_picks_range_over_the_reference_tokens_too(flux, flux_conds, duca)
 def test_token_wise_steps_follow_the_reference(flux, flux_conds, duca, preset):
     """What another reference picture changes in the uncached output, it changes in the
     accelerated output too: the change is not lost on the steps that skip work."""
-    conds_for_seed = lambda seed: kontext_conds(flux, flux_conds, picture((16, 8, 8), seed))  # noqa: E731
+    conds_for_seed = lambda seed: kontext_conds(flux_conds, picture((16, 8, 8), seed))  # noqa: E731
     assert_followed(*follow(duca, preset, flux, conds_for_seed, sample_flux))
 
 
 @pytest.mark.parametrize("preset", FORECASTS)
 def test_forecast_steps_extrapolate_this_references_outputs(flux, flux_conds, duca, preset):
-    conds = kontext_conds(flux, flux_conds, picture((16, 12, 8), 7))
+    conds = kontext_conds(flux_conds, picture((16, 12, 8), 7))
     assert_forecast_from_the_runs_own_outputs(duca, preset, flux, conds, sample_flux)
 
 
@@ -154,7 +154,7 @@ def test_a_reference_of_another_size_in_the_next_run_gets_a_fresh_run(flux, flux
     accelerated = accelerate(flux, preset)
     outputs = []
     for shape in [(16, 8, 8), (16, 12, 8), (16, 8, 8)]:
-        conds = kontext_conds(flux, flux_conds, picture(shape, 9))
+        conds = kontext_conds(flux_conds, picture(shape, 9))
         out = sample_flux(accelerated, conds)
         assert not patch.last_stats(accelerated).notes
         assert torch.equal(out, sample_flux(accelerate(flux, preset), conds)), shape
