@@ -90,11 +90,40 @@ def flux_controlnet(model, seed: int = 0):
                                        manual_cast_dtype=None, extra_conds=["y", "guidance"])
 
 
-def with_control(positive, negative, controlnet, image, strength=1.0, start=0.0, end=1.0):
-    """Both conditionings with the ControlNet applied, by the host's Apply ControlNet node."""
+def qwen_controlnet(model, seed: int = 0):
+    """An InstantX-style ControlNet of the host's Qwen-Image ControlNet class for `model`, loaded as
+    the host loads one (its hint is a Wan 2.1 VAE latent of the control picture)."""
+    import comfy.controlnet
+    import comfy.latent_formats
+    import comfy.ldm.qwen_image.controlnet
+    import comfy.ops
+    config = {k: v for k, v in model.model.model_config.unet_config.items()
+              if k not in ("dtype", "device", "image_model")}
+    control_model = comfy.ldm.qwen_image.controlnet.QwenImageControlNetModel(
+        operations=comfy.ops.disable_weight_init, device=torch.device("cpu"), dtype=torch.float32, **config)
+    init_weights(control_model, seed)
+    return comfy.controlnet.ControlNet(control_model.eval(), compression_ratio=1,
+                                       latent_format=comfy.latent_formats.Wan21(),
+                                       load_device=torch.device("cpu"), manual_cast_dtype=None, extra_conds=[])
+
+
+def wan_vae(seed: int = 0, dim: int = 16):
+    """A narrow Wan 2.1 VAE (the host picks the class from the state dict's keys and its width from
+    them), as the host's VAE loader builds one."""
+    import comfy.ldm.wan.vae
+    import comfy.sd
+    model = comfy.ldm.wan.vae.WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                     temperal_downsample=[False, True, True])
+    init_weights(model, seed)
+    return comfy.sd.VAE(sd=model.state_dict())
+
+
+def with_control(positive, negative, controlnet, image, strength=1.0, start=0.0, end=1.0, vae=None):
+    """Both conditionings with the ControlNet applied, by the host's Apply ControlNet node (`vae`:
+    for ControlNets whose hint is a latent)."""
     import nodes
     return nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, controlnet, image,
-                                                            strength, start, end)
+                                                            strength, start, end, vae=vae)
 
 
 def flux_conditioning(batch: int = 1, tokens: int = 8, seed: int = 1, model=None, guidance: float = 3.5):

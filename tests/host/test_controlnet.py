@@ -1,8 +1,9 @@
-"""ControlNet on Flux, with the host's own Flux ControlNet class and Apply ControlNet node.
+"""ControlNet on Flux and Qwen-Image, with the host's own ControlNet classes and Apply ControlNet node.
 
 The host adds a ControlNet residual to the hidden state after each block, outside the block
 hooks, at every step. On a reused step the pack must count the step's own control exactly once:
-neither drop it nor replay the control of the step its cache came from.
+neither drop it nor replay the control of the step its cache came from. Flux (token-wise) and
+Qwen-Image (block level, an InstantX ControlNet whose hint is a VAE latent) are checked.
 
 The exact check: with every block's output projections zeroed, each block hands its input on
 unchanged, so the uncached output is the embedded input plus this step's control summed over
@@ -12,7 +13,7 @@ that replayed the cached step's control, or dropped its own, would not.
 import pytest
 import torch
 
-from testbed import host, models
+from testbed import families, host, models
 
 SMALL = dict(height=64, width=64)  # 4x4 image tokens; the hint is a 64x64 picture
 STEPS = 12
@@ -129,3 +130,49 @@ def test_control_ending_halfway_is_followed_on_reused_steps(flux, controlnet):
     out = sample(model, conds)
     skipped_steps(model)
     assert relative_l2(out, reference) < 0.5 * relative_l2(out, always)
+
+
+# --- Qwen-Image's ControlNet (InstantX): a block-level family, its hint a VAE latent --------------
+QWEN = families.FAMILIES["qwen-image"]
+QWEN_ACCELERATIONS = ["duca balanced", "duca fast, first step only", "FORA every 2", "EB-Cache 3/2"]
+
+
+@pytest.fixture(scope="module")
+def pass_through_qwen(pack):
+    """The small Qwen-Image with every block's modulation zeroed: its gates are 0, so each block
+    hands its input on exactly."""
+    model = QWEN.build(0)
+    with torch.no_grad():
+        for block in model.model.diffusion_model.transformer_blocks:
+            for linear in (block.img_mod[1], block.txt_mod[1]):
+                linear.weight.zero_()
+                linear.bias.zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def qwen_control(pass_through_qwen):
+    return models.qwen_controlnet(pass_through_qwen, seed=3), models.wan_vae(seed=9)
+
+
+def qwen_sample(model, controlnet=None, vae=None, image_seed=0):
+    conds = QWEN.conditioning(1), QWEN.negative(2)
+    if controlnet is not None:
+        conds = models.with_control(*conds, controlnet, hint(image_seed), vae=vae)
+    return models.sample(model, *conds, steps=STEPS, cfg=CFG, latent=QWEN.latent(1))
+
+
+def test_the_qwen_controlnet_steers_the_pass_through_model(pass_through_qwen, qwen_control):
+    plain = qwen_sample(pass_through_qwen)
+    assert relative_l2(qwen_sample(pass_through_qwen, *qwen_control, 0), plain) > 0.05
+
+
+@pytest.mark.parametrize("name", QWEN_ACCELERATIONS)
+def test_qwen_reused_steps_count_their_own_control_exactly_once(pass_through_qwen, qwen_control, name):
+    reference = qwen_sample(pass_through_qwen, *qwen_control, 0)
+    model = ACCELERATIONS[name](pass_through_qwen)
+    out = qwen_sample(model, *qwen_control, 0)
+    timeline = skipped_steps(model)
+    if name.startswith("duca"):
+        assert "A" in timeline, timeline
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
