@@ -1,9 +1,10 @@
-"""ControlNet on Flux and Qwen-Image, with the host's own ControlNet classes and Apply ControlNet node.
+"""ControlNet on Flux and Qwen-Image, and Wan VACE, with the host's own classes and nodes.
 
 The host adds a ControlNet residual to the hidden state after each block, outside the block
 hooks, at every step. On a reused step the pack must count the step's own control exactly once:
 neither drop it nor replay the control of the step its cache came from. Flux (token-wise) and
-Qwen-Image (block level, an InstantX ControlNet whose hint is a VAE latent) are checked.
+Qwen-Image (block level, an InstantX ControlNet whose hint is a VAE latent) are checked, and
+Wan VACE, whose VACE blocks add control-video hints the same way.
 
 The exact check: with every block's output projections zeroed, each block hands its input on
 unchanged, so the uncached output is the embedded input plus this step's control summed over
@@ -87,6 +88,18 @@ def skipped_steps(model) -> str:
     return timeline
 
 
+def assert_exact(sample_with_control, pass_through, name):
+    """The accelerated pass-through model gives its uncached output: each step's own control,
+    counted once."""
+    reference = sample_with_control(pass_through)
+    model = ACCELERATIONS[name](pass_through)
+    out = sample_with_control(model)
+    timeline = skipped_steps(model)
+    if name.startswith("duca"):
+        assert "A" in timeline, timeline  # aggressive steps: the case that can replay old control
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
 def test_the_controlnet_steers_the_pass_through_model(pass_through_flux, controlnet):
     """Else the exact check below would hold with or without control."""
     with_a = sample(pass_through_flux, controlled(pass_through_flux, controlnet, 0))
@@ -98,13 +111,7 @@ def test_the_controlnet_steers_the_pass_through_model(pass_through_flux, control
 @pytest.mark.parametrize("window", [(0.0, 1.0), (0.0, 0.5), (0.3, 1.0)], ids=["always", "first half", "from 30%"])
 def test_every_reused_step_counts_its_own_control_exactly_once(pass_through_flux, controlnet, name, window):
     conds = controlled(pass_through_flux, controlnet, 0, start=window[0], end=window[1])
-    reference = sample(pass_through_flux, conds)
-    model = ACCELERATIONS[name](pass_through_flux)
-    out = sample(model, conds)
-    timeline = skipped_steps(model)
-    if name.startswith("duca"):
-        assert "A" in timeline, timeline  # aggressive steps: the case that can replay old control
-    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+    assert_exact(lambda model: sample(model, conds), pass_through_flux, name)
 
 
 @pytest.mark.parametrize("name", list(ACCELERATIONS))
@@ -134,7 +141,6 @@ def test_control_ending_halfway_is_followed_on_reused_steps(flux, controlnet):
 
 # --- Qwen-Image's ControlNet (InstantX): a block-level family, its hint a VAE latent --------------
 QWEN = families.FAMILIES["qwen-image"]
-QWEN_ACCELERATIONS = ["duca balanced", "duca fast, first step only", "FORA every 2", "EB-Cache 3/2"]
 
 
 @pytest.fixture(scope="module")
@@ -167,12 +173,57 @@ def test_the_qwen_controlnet_steers_the_pass_through_model(pass_through_qwen, qw
     assert relative_l2(qwen_sample(pass_through_qwen, *qwen_control, 0), plain) > 0.05
 
 
-@pytest.mark.parametrize("name", QWEN_ACCELERATIONS)
+@pytest.mark.parametrize("name", BLOCK_LEVEL)
 def test_qwen_reused_steps_count_their_own_control_exactly_once(pass_through_qwen, qwen_control, name):
-    reference = qwen_sample(pass_through_qwen, *qwen_control, 0)
-    model = ACCELERATIONS[name](pass_through_qwen)
-    out = qwen_sample(model, *qwen_control, 0)
-    timeline = skipped_steps(model)
-    if name.startswith("duca"):
-        assert "A" in timeline, timeline
-    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+    assert_exact(lambda model: qwen_sample(model, *qwen_control, 0), pass_through_qwen, name)
+
+
+# --- Wan VACE: its VACE blocks add control-video hints after every second block ------------------
+VACE_LATENT = (16, 3, 8, 8)  # channels, frames, height, width
+
+
+def control_video(seed):
+    return torch.randn(1, models.VACE_CHANNELS, *VACE_LATENT[1:], generator=torch.Generator().manual_seed(seed))
+
+
+def vace_sample(model, video_seed):
+    video = control_video(video_seed)
+    conds = [models.with_vace(models.text_conditioning(32, seed=seed), video) for seed in (1, 2)]
+    return models.sample(model, *conds, steps=STEPS, cfg=CFG, latent=torch.zeros(1, *VACE_LATENT))
+
+
+@pytest.fixture(scope="module")
+def vace(pack):
+    return models.wan_vace(seed=5)
+
+
+@pytest.fixture(scope="module")
+def pass_through_vace(pack):
+    """The small Wan VACE with its main blocks' output projections zeroed (the VACE blocks stay)."""
+    model = models.wan_vace(seed=5)
+    with torch.no_grad():
+        for block in model.model.diffusion_model.blocks:
+            for linear in (block.self_attn.o, block.cross_attn.o, block.ffn[2]):
+                linear.weight.zero_()
+                linear.bias.zero_()
+    return model
+
+
+def test_the_control_video_steers_the_pass_through_vace(pass_through_vace):
+    assert relative_l2(vace_sample(pass_through_vace, 0), vace_sample(pass_through_vace, 1)) > 0.05
+
+
+@pytest.mark.parametrize("name", BLOCK_LEVEL)
+def test_vace_reused_steps_count_their_own_hints_exactly_once(pass_through_vace, name):
+    assert_exact(lambda model: vace_sample(model, 0), pass_through_vace, name)
+
+
+@pytest.mark.parametrize("name", BLOCK_LEVEL)
+def test_another_control_video_is_followed_on_reused_steps(vace, name):
+    references = [vace_sample(vace, seed) for seed in (0, 1)]
+    assert relative_l2(references[0], references[1]) > 0.05
+    model = ACCELERATIONS[name](vace)
+    for seed, own in ((0, references[0]), (1, references[1])):
+        out = vace_sample(model, seed)
+        skipped_steps(model)
+        assert relative_l2(out, own) < 0.5 * relative_l2(out, references[1 - seed]), seed
