@@ -18,6 +18,7 @@ class Holder:
         self.listeners = list(listeners)  # callables taking the RunStats of each run (the UI reporter)
         self.last_stats = None            # of the most recent run (or model call, for the slicer)
         self.last_result = None           # what the method left, e.g. a calibration's ChangeProfile
+        self.compiled_blocks = {}         # under TorchCompileModel: the blocks compiled one by one
 
     def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options
         return Holder(self.config, self.family, self.listeners)

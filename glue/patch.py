@@ -20,6 +20,7 @@ from ..adapters import find_adapter
 from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for
 from ..methods.forecast import APPLY_MODEL
 from .attach import Holder, attach, diffusion_model_of, find_transformer_options, holder_of
+from .compile import compile_hooked_blocks, outside_compile
 
 LOG = logging.getLogger("comfyui-duca")
 KEY = "duca_accelerate"          # wrappers and transformer_options: the holder
@@ -40,7 +41,17 @@ class BlockPatch:
         run = (args.get("transformer_options") or {}).get(RUN_KEY)
         if run is None:
             return original(args)
-        return run.run_block(self.kind, self.index, args, original)
+        return _run_block(run, self.kind, self.index, args, original)
+
+
+@outside_compile
+def _run_block(run, kind, index, args, original):
+    return run.run_block(kind, index, args, original)
+
+
+@outside_compile
+def _model_call(run, executor, args, kwargs, options):
+    return run.model_call(executor, args, kwargs, options)
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
@@ -56,6 +67,9 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     method = executor_for(holder.config, adapter, coefficients, sampler)
     run = RunState(method, sigmas)
     options[RUN_KEY] = run
+    blocks = [adapter.block(kind, index) for kind, index in adapter.block_ids]
+    if compile_hooked_blocks(guider.model_options, guider.model_patcher.model, blocks, holder.compiled_blocks):
+        LOG.info("DuCa: TorchCompileModel compiles the %d hooked blocks one by one", len(blocks))
     LOG.info("DuCa: %s on %s", run.plan, holder.family)
     try:
         return executor(*args, **kwargs)
@@ -86,7 +100,7 @@ def _hand_to_run(executor, args, kwargs, wraps):
     run = options.get(RUN_KEY)
     if run is None or not args or getattr(run.method, "wraps", None) != wraps:
         return executor(*args, **kwargs)
-    return run.model_call(executor, args, kwargs, options)
+    return _model_call(run, executor, args, kwargs, options)
 
 
 def noise_coefficients(model_patcher):

@@ -1,0 +1,68 @@
+"""Living beside ComfyUI's TorchCompileModel (in either order).
+
+torch.compile traces whatever a compiled model calls. The pack's per-step bookkeeping (which step,
+which action, what is kept) would turn into guards that fail at every step, so dynamo would
+recompile up to its limit and then fall back to eager. So the pack's entry points run eagerly
+(`outside_compile`), and when the host compiles the whole diffusion model, the run has the host
+compile each hooked block on its own instead (`compile_hooked_blocks`): the blocks that run are
+still compiled code, the forward hooks the pack puts on their modules included (dynamo traces
+them into the graph; a new hook of the same code does not recompile).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+
+LOG = logging.getLogger("comfyui-duca")
+COMPILE_KEY = "torch.compile"           # the host's wrapper key (comfy_api.torch_helpers)
+COMPILE_KWARGS = "torch_compile_kwargs"  # model option: the settings it compiled with
+WHOLE_MODEL = "diffusion_model"
+
+
+def outside_compile(fn):
+    """`fn`, run eagerly (with what it calls) when compiled code calls it."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
+
+
+def _compile_factory():
+    try:
+        from comfy_api.torch_helpers.torch_compile import apply_torch_compile_factory
+    except ImportError:  # a host without the helper: its own wrapper stays as it is
+        return None
+    return apply_torch_compile_factory
+
+
+def _compiled_keys(wrapper) -> list:
+    """The module paths a host compile wrapper swaps in (empty when it can't be told)."""
+    try:
+        compiled = inspect.getclosurevars(wrapper).nonlocals.get("compiled_module_dict")
+    except TypeError:
+        return []
+    return list(compiled) if isinstance(compiled, dict) else []
+
+
+def compile_hooked_blocks(model_options: dict, base_model, blocks: list, cache: dict) -> bool:
+    """If the host's TorchCompileModel compiles the whole diffusion model in these (the run's own)
+    options, compile `blocks` one by one instead, with the same settings. `cache` keeps the
+    compiled blocks between runs. True when it did."""
+    import comfy.patcher_extension as ext
+    wrappers = model_options.get("transformer_options", {}).get("wrappers", {}).get(ext.WrappersMP.APPLY_MODEL, {})
+    host_wrappers = wrappers.get(COMPILE_KEY)
+    settings = model_options.get(COMPILE_KWARGS)
+    factory = _compile_factory()
+    if not host_wrappers or settings is None or factory is None or not blocks:
+        return False
+    if [_compiled_keys(w) for w in host_wrappers] != [[WHOLE_MODEL]]:  # blocks the user picked: keep
+        return False
+    paths = {id(m): f"{WHOLE_MODEL}.{name}" for name, m in base_model.diffusion_model.named_modules()}
+    swapped = {}
+    for block in blocks:
+        key = (id(block), tuple(sorted((k, repr(v)) for k, v in settings.items())))
+        if key not in cache:
+            cache[key] = torch.compile(block, **settings)
+        swapped[paths[id(block)]] = cache[key]
+    wrappers[COMPILE_KEY] = [factory(swapped)]
+    return True
