@@ -3,8 +3,8 @@
 torch.compile traces whatever a compiled model calls. The pack's per-step bookkeeping (which step,
 which action, what is kept) would turn into guards that fail at every step, so dynamo would
 recompile up to its limit and then fall back to eager. So the pack's entry points run eagerly
-(`outside_compile`), and when the host compiles the whole diffusion model, the run has the host
-compile each hooked block on its own instead (`compile_hooked_blocks`): the blocks that run are
+(`outside_compile`), and when the host compiles the whole diffusion model, the run compiles each
+hooked block on its own instead, with the same settings (`compile_hooked_blocks`): the blocks that run are
 still compiled code, the forward hooks the pack puts on their modules included (dynamo traces
 them into the graph; a new hook of the same code does not recompile).
 """
@@ -16,7 +16,7 @@ import logging
 import torch
 
 LOG = logging.getLogger("comfyui-duca")
-COMPILE_KEY = "torch.compile"           # the host's wrapper key (comfy_api.torch_helpers)
+COMPILE_KEY = "torch.compile"           # the host's compile wrapper key (TorchCompileModel)
 COMPILE_KWARGS = "torch_compile_kwargs"  # model option: the settings it compiled with
 WHOLE_MODEL = "diffusion_model"
 
@@ -27,12 +27,21 @@ def outside_compile(fn):
     return disable(fn) if disable is not None else fn
 
 
-def _compile_factory():
-    try:
-        from comfy_api.torch_helpers.torch_compile import apply_torch_compile_factory
-    except ImportError:  # a host without the helper: its own wrapper stays as it is
-        return None
-    return apply_torch_compile_factory
+def blocks_swapped_in(compiled: dict):
+    """An APPLY_MODEL wrapper that puts `compiled` (module path -> compiled module) in place for
+    the call and puts the originals back after it (as the host's own compile wrapper does)."""
+    import comfy.utils
+
+    def wrapper(executor, *args, **kwargs):
+        base_model, originals = executor.class_obj, {}
+        try:
+            for path, module in compiled.items():
+                originals[path] = comfy.utils.set_attr(base_model, path, module)
+            return executor(*args, **kwargs)
+        finally:
+            for path, module in originals.items():
+                comfy.utils.set_attr(base_model, path, module)
+    return wrapper
 
 
 def _compiled_keys(wrapper) -> list:
@@ -52,8 +61,7 @@ def compile_hooked_blocks(model_options: dict, base_model, blocks: list, cache: 
     wrappers = model_options.get("transformer_options", {}).get("wrappers", {}).get(ext.WrappersMP.APPLY_MODEL, {})
     host_wrappers = wrappers.get(COMPILE_KEY)
     settings = model_options.get(COMPILE_KWARGS)
-    factory = _compile_factory()
-    if not host_wrappers or settings is None or factory is None or not blocks:
+    if not host_wrappers or settings is None or not blocks:
         return False
     if [_compiled_keys(w) for w in host_wrappers] != [[WHOLE_MODEL]]:  # blocks the user picked: keep
         return False
@@ -64,5 +72,5 @@ def compile_hooked_blocks(model_options: dict, base_model, blocks: list, cache: 
         if key not in cache:
             cache[key] = torch.compile(block, **settings)
         swapped[paths[id(block)]] = cache[key]
-    wrappers[COMPILE_KEY] = [factory(swapped)]
+    wrappers[COMPILE_KEY] = [blocks_swapped_in(swapped)]
     return True
