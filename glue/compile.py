@@ -11,11 +11,9 @@ them into the graph; a new hook of the same code does not recompile).
 from __future__ import annotations
 
 import inspect
-import logging
 
 import torch
 
-LOG = logging.getLogger("comfyui-duca")
 COMPILE_KEY = "torch.compile"           # the host's compile wrapper key (TorchCompileModel)
 COMPILE_KWARGS = "torch_compile_kwargs"  # model option: the settings it compiled with
 WHOLE_MODEL = "diffusion_model"
