@@ -4,8 +4,8 @@ torch.compile traces whatever a compiled model calls. The pack's per-step bookke
 which action, what is kept) would turn into guards that fail at every step, so dynamo would
 recompile up to its limit and then fall back to eager. So the pack's entry points run eagerly
 (`outside_compile`), and when the host compiles the whole diffusion model, the run compiles each
-hooked block on its own instead, with the same settings (`compile_hooked_blocks`): the blocks that run are
-still compiled code, the forward hooks the pack puts on their modules included (dynamo traces
+hooked block on its own instead, with the same settings (`compile_hooked_blocks`): the blocks
+that run are still compiled code, the forward hooks the pack puts on their modules included (dynamo traces
 them into the graph; a new hook of the same code does not recompile).
 """
 from __future__ import annotations
@@ -64,6 +64,8 @@ def compile_hooked_blocks(model_options: dict, base_model, blocks: list, cache: 
     if [_compiled_keys(w) for w in host_wrappers] != [[WHOLE_MODEL]]:  # blocks the user picked: keep
         return False
     paths = {id(m): f"{WHOLE_MODEL}.{name}" for name, m in base_model.diffusion_model.named_modules()}
+    if any(id(block) not in paths for block in blocks):  # blocks held elsewhere: keep the host's compile
+        return False
     swapped = {}
     for block in blocks:
         key = (id(block), tuple(sorted((k, repr(v)) for k, v in settings.items())))
