@@ -19,11 +19,14 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:
 
 from bench import workloads  # noqa: E402
 
+from testbed.models import FLUX_DEV, WAN21_14B  # noqa: E402  (the published sizes)
+
 STEPS, CFG = 10, 3.5
-FLUX_WIDTH = dict(hidden_size=3072, num_heads=24, axes_dim=[16, 56, 56], context_in_dim=64, vec_in_dim=64)
-FLUX_DEV = dict(double=19, single=38, image_tokens=64 * 64, text_tokens=512)
-WAN_WIDTH = dict(dim=5120, ffn_dim=13824, num_heads=40, text_dim=64)
-WAN_14B = dict(blocks=40, tokens=21 * 45 * 80)
+SMALL_INPUTS = dict(context_in_dim=64, vec_in_dim=64)  # the text and vector inputs: not cached
+FLUX_WIDTH = {**{k: v for k, v in FLUX_DEV.items() if k not in ("depth", "depth_single_blocks")}, **SMALL_INPUTS}
+FLUX_DEV_RUN = dict(image_tokens=64 * 64, text_tokens=512)  # 1024x1024, T5 at 512 tokens
+WAN_WIDTH = {**{k: v for k, v in WAN21_14B.items() if k != "num_layers"}, "text_dim": 64}
+WAN_14B_RUN = dict(tokens=21 * 45 * 80)  # 1280x720, 81 frames: a 21 x 90 x 160 latent, 2x2 patches
 
 
 def presets():
@@ -64,8 +67,8 @@ def flux_rows(configs: dict) -> dict:
                 rows.append([double * seq, single * seq, image, 1])
                 targets.append(peak_bytes(model, config, positive, negative, height=side, width=side))
         del model
-    seq = FLUX_DEV["image_tokens"] + FLUX_DEV["text_tokens"]
-    at = [FLUX_DEV["double"] * seq, FLUX_DEV["single"] * seq, FLUX_DEV["image_tokens"], 1]
+    seq = FLUX_DEV_RUN["image_tokens"] + FLUX_DEV_RUN["text_tokens"]
+    at = [FLUX_DEV["depth"] * seq, FLUX_DEV["depth_single_blocks"] * seq, FLUX_DEV_RUN["image_tokens"], 1]
     return {name: fit(rows, targets, at) for name, (rows, targets) in measured.items()}
 
 
@@ -84,19 +87,23 @@ def wan_rows(configs: dict) -> dict:
                 rows.append([layers * tokens, tokens, 1])
                 targets.append(peak_bytes(model, config, positive, negative, latent=latent))
         del model
-    at = [WAN_14B["blocks"] * WAN_14B["tokens"], WAN_14B["tokens"], 1]
+    at = [WAN21_14B["num_layers"] * WAN_14B_RUN["tokens"], WAN_14B_RUN["tokens"], 1]
     return {name: fit(rows, targets, at) for name, (rows, targets) in measured.items()}
+
+
+def size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
 
 
 def main() -> int:
     workloads.boot(None, cpu=True)
     configs = presets()
     flux, wan = flux_rows(configs), wan_rows(configs)
-    print(f"cache at full size, bf16, cond + uncond, {STEPS}-step runs fitted (GiB)")
+    print(f"cache at full size, bf16, cond + uncond, {STEPS}-step runs fitted")
     print("| preset | Flux-dev 1024x1024 | Wan 2.1 14B 1280x720x81 |")
     print("|---|---|---|")
     for name in configs:
-        print(f"| {name} | {flux[name] / 2**30:.2f} | {wan[name] / 2**30:.2f} |")
+        print(f"| {name} | {size(flux[name])} | {size(wan[name])} |")
     return 0
 
 
