@@ -18,7 +18,7 @@ import math
 import torch
 
 from .base import FamilyAdapter
-from ..cache_core.tokens import TokenLayout, gather_tokens, scatter_tokens, value_norm_score
+from ..cache_core.tokens import TokenLayout, value_norm_score
 
 
 def apply_mod(tensor, mult, add=None):
@@ -199,7 +199,7 @@ class FluxAdapter(FamilyAdapter):
     def conservative(self, kind: str, block, args: dict, cache: dict, picks: dict, original=None) -> dict:
         """Reuse attention under fresh gates; recompute the MLP of picked tokens only.
 
-        `picks` maps stream name to token indices [batch, k]; `cache` is updated in place.
+        `picks` maps stream name to the picked tokens (TokenRows); `cache` is updated in place.
         (`original`, the host's block, is not needed: the host submodules run here.)
         """
         if kind == "double_block":
@@ -214,23 +214,20 @@ class FluxAdapter(FamilyAdapter):
                                       block.txt_norm2, block.txt_mlp)
             return {"img": img, "txt": txt}
         mod = block.modulation(args["vec"])[0] if block.modulation else args["vec"]
-        x, idx = args["img"], picks["seq"]
+        x, rows = args["img"], picks["seq"]
         out_cache = cache["seq_out"]
-        if idx.shape[1] > 0:
-            chosen = gather_tokens(x, idx)
-            normed = apply_mod(block.pre_norm(chosen), 1 + mod.scale, mod.shift)
+        if rows.count > 0:
+            normed = apply_mod(block.pre_norm(rows.take(x)), 1 + mod.scale, mod.shift)
             mlp = block.mlp_act(mlp_input(block.linear1, normed, 3 * block.hidden_size))
-            fresh = block.linear2(torch.cat((gather_tokens(cache["seq_attn"], idx), mlp), dim=-1))
-            scatter_tokens(out_cache, idx, fresh)
+            rows.put(out_cache, block.linear2(torch.cat((rows.take(cache["seq_attn"]), mlp), dim=-1)))
         return {"img": gated_add(x, out_cache, mod.gate)}
 
     @staticmethod
-    def _stream_update(x, cache, stream, idx, mod1, mod2, norm2, mlp):
+    def _stream_update(x, cache, stream, rows, mod1, mod2, norm2, mlp):
         x = gated_add(x, cache[f"{stream}_attn"], mod1.gate)
         mlp_cache = cache[f"{stream}_mlp"]
-        if idx.shape[1] > 0:
-            chosen = gather_tokens(x, idx)
-            scatter_tokens(mlp_cache, idx, mlp(apply_mod(norm2(chosen), 1 + mod2.scale, mod2.shift)))
+        if rows.count > 0:
+            rows.put(mlp_cache, mlp(apply_mod(norm2(rows.take(x)), 1 + mod2.scale, mod2.shift)))
         return gated_add(x, mlp_cache, mod2.gate)
 
     # --- compute accounting (multiply-adds x 2) -----------------------------

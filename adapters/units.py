@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cache_core.tokens import gather_tokens, scatter_tokens, value_norm_score
+from ..cache_core.tokens import TokenRows, value_norm_score
 
 
 @dataclass(frozen=True)
@@ -96,23 +96,23 @@ class UnitRecorder:
                 h.remove()
 
 
-def conservative_units(block, spec: UnitSpec, cache: dict, idx: torch.Tensor) -> dict:
+def conservative_units(block, spec: UnitSpec, cache: dict, picks: TokenRows) -> dict:
     """Stand-ins for one conservative block call (see standing_in)."""
     def reuse(path):
         return lambda *args, **kwargs: cache[path]
 
     stand_ins = {submodule(block, p): reuse(p) for p in spec.reused}
-    stand_ins.update({submodule(block, p): token_refresh(submodule(block, p), cache, p, idx) for p in spec.tokenwise})
+    stand_ins.update({submodule(block, p): token_refresh(submodule(block, p), cache, p, picks) for p in spec.tokenwise})
     return stand_ins
 
 
-def token_refresh(module, cache: dict, name: str, idx: torch.Tensor):
+def token_refresh(module, cache: dict, name: str, picks: TokenRows):
     """An MLP stand-in: the picked tokens through the host's module, the cached rows for the rest."""
     forward = own_forward(module)
 
     def run(x, *args, **kwargs):
         rows = cache[name]
-        if idx.shape[1] > 0:
-            scatter_tokens(rows, idx, forward(gather_tokens(x, idx), *args, **kwargs))
+        if picks.count > 0:
+            picks.put(rows, forward(picks.take(x), *args, **kwargs))
         return rows
     return run

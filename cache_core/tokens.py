@@ -6,6 +6,7 @@ sequence of a block is a text part (no position) followed by one or more grids
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -104,6 +105,54 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def scatter_tokens(target: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Write values [batch, k, dim] into target [batch, tokens, dim] at idx, in place."""
     return target.scatter_(1, idx.unsqueeze(-1).expand(-1, -1, target.shape[-1]), values.to(target.dtype))
+
+
+@functools.lru_cache(maxsize=32)
+def row_offsets(batch: int, tokens: int, device: torch.device) -> torch.Tensor:
+    """[batch, 1]: where each batch entry's rows start in the flat view (made once per shape)."""
+    return torch.arange(0, batch * tokens, tokens, device=device).unsqueeze(1)
+
+
+class TokenRows:
+    """Picked tokens idx [batch, k] of a stream, read and written as rows of the
+    [batch * tokens, dim] view: one flat index, made once per pick and shared by every
+    gather and scatter of the block, instead of an index expanded over the feature dim
+    per call (on a GPU, torch.gather reads an int64 index per element: four to eight
+    times the bytes of the values it moves; index_select reads one per row).
+
+    `fused=False` keeps torch.gather / scatter_, the reference the fused path is tested
+    against (both copy the same values: outputs are equal bit for bit). Tensors that are
+    not contiguous take the reference path too (a flat view of them would copy them).
+    """
+
+    def __init__(self, idx: torch.Tensor, fused: bool = True):
+        self.idx = idx
+        self.fused = fused
+        self.batch, self.count = idx.shape
+        self._flat = {}  # tokens -> flat row index [batch * k]
+
+    def flat(self, tokens: int) -> torch.Tensor:
+        if tokens not in self._flat:
+            self._flat[tokens] = (self.idx + row_offsets(self.batch, tokens, self.idx.device)).reshape(-1)
+        return self._flat[tokens]
+
+    def _as_rows(self, x: torch.Tensor) -> bool:
+        return self.fused and x.is_contiguous() and x.shape[0] == self.batch
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """x [batch, tokens, dim] -> the picked rows [batch, k, dim]."""
+        if not self._as_rows(x):
+            return gather_tokens(x, self.idx)
+        dim = x.shape[-1]
+        return x.view(-1, dim).index_select(0, self.flat(x.shape[1])).view(self.batch, self.count, dim)
+
+    def put(self, target: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Write values [batch, k, dim] into target [batch, tokens, dim] at the picks, in place."""
+        if not self._as_rows(target):
+            return scatter_tokens(target, self.idx, values)
+        dim = target.shape[-1]
+        target.view(-1, dim).index_copy_(0, self.flat(target.shape[1]), values.reshape(-1, dim).to(target.dtype))
+        return target
 
 
 SELECTORS = ("value_norm", "value_norm_spread", "random")

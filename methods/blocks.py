@@ -39,8 +39,8 @@ def computed(work: BlockWork) -> None:
 
 
 def refreshed(run, work: BlockWork, picks: dict) -> None:
-    """A token-wise refresh of `picks` (stream -> token indices) was run."""
-    picked = {s: idx.shape[1] for s, idx in picks.items()}
+    """A token-wise refresh of `picks` (stream -> TokenRows) was run."""
+    picked = {s: rows.count for s, rows in picks.items()}
     work.stats.compute_done += run.adapter.flops_conservative(work.kind, work.block, picked)
     work.stats.tokens_recomputed += sum(picked.values())
 

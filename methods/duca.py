@@ -13,7 +13,7 @@ from ..adapters.registry import BY_NAME
 from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, Plan, duca_plan, fitted
 from ..cache_core.store import CACHE_DEVICES
-from ..cache_core.tokens import SELECTORS, TokenSelector, layer_refresh_ratio
+from ..cache_core.tokens import SELECTORS, TokenRows, TokenSelector, layer_refresh_ratio
 from ..cache_core.validate import check_choice, check_float, check_int, check_window
 from .blocks import begin_block, computed, fresh_ages, refreshed
 from .protocol import Executor
@@ -41,6 +41,7 @@ class DuCaConfig:
     double_stream_factor: float = 0.4  # refresh ratio factor of double-stream blocks
     single_stream_factor: float = 1.6  # ... and of single-stream blocks
     seed: int = 0                   # for the random token selector
+    fused_refresh: bool = True      # picked tokens moved as flat rows (False: gather/scatter, the reference)
     estimator: str = AUTO           # what skipped units hand on (estimators.ESTIMATORS); auto: the family's
     preset: Optional[str] = None    # the preset it came from: the family's measured settings apply
     plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the cycle
@@ -204,5 +205,5 @@ class DuCa(Executor):
             idx = self.selector.select(ratio, units.get(f"{stream}_score"), age, layout, self.generator)
             age += 1
             age.scatter_(1, idx, 0)
-            picks[stream] = idx
+            picks[stream] = TokenRows(idx, fused=self.config.fused_refresh)
         return picks

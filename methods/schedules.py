@@ -21,6 +21,7 @@ from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, Plan
 from ..cache_core.schedule import Cell, Schedule
 from ..cache_core.store import CACHE_DEVICES
+from ..cache_core.tokens import TokenRows
 from ..cache_core.validate import check_choice
 from .blocks import begin_block, computed, fresh_ages, refreshed
 from .protocol import Executor
@@ -81,10 +82,10 @@ def reuse_block(adapter, kind, block, args, kept, original, cell: Cell = Cell.RE
         streams = adapter.streams(kind, args, adapter.grid(args["img"]), 0)
     batch, device = args["img"].shape[0], args["img"].device
     if cell is Cell.REUSE_ATTENTION:
-        picks = {s: torch.arange(layout.total, device=device).expand(batch, layout.total)
+        picks = {s: TokenRows(torch.arange(layout.total, device=device).expand(batch, layout.total))
                  for s, layout in streams.items()}
     else:
-        picks = {s: torch.empty(batch, 0, dtype=torch.long, device=device) for s in streams}
+        picks = {s: TokenRows(torch.empty(batch, 0, dtype=torch.long, device=device)) for s in streams}
     return adapter.conservative(kind, block, args, kept, picks, original), picks
 
 

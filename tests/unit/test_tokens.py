@@ -1,7 +1,7 @@
 """Token scoring and selection."""
 import torch
 
-from cache_core.tokens import (TokenLayout, TokenSelector, gather_tokens, layer_refresh_ratio, scatter_tokens,
+from cache_core.tokens import (TokenLayout, TokenRows, TokenSelector, gather_tokens, layer_refresh_ratio, scatter_tokens,
                                select_top_tokens, spatial_spread_bonus, value_norm_score)
 
 
@@ -79,3 +79,30 @@ def test_gather_scatter_round_trip():
     target = torch.zeros_like(x)
     scatter_tokens(target, idx, picked)
     assert target[0, 2].tolist() == x[0, 2].tolist() and target[0, 1].abs().sum() == 0
+
+
+def test_token_rows_move_the_same_values_as_gather_and_scatter():
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 5, dtype=torch.bfloat16)
+    idx = select_top_tokens(torch.rand(2, 9), 0.4)
+    fused, reference = TokenRows(idx), TokenRows(idx, fused=False)
+    assert torch.equal(fused.take(x), gather_tokens(x, idx)) and torch.equal(reference.take(x), fused.take(x))
+    values = torch.randn(2, idx.shape[1], 5)  # float32 values into a bf16 cache: cast as the scatter casts
+    a, b = torch.zeros_like(x), torch.zeros_like(x)
+    fused.put(a, values)
+    scatter_tokens(b, idx, values)
+    assert torch.equal(a, b) and a.abs().sum() > 0
+    # rows of the other batch entry are untouched
+    untouched = torch.ones(9, dtype=torch.bool)
+    untouched[idx[1]] = False
+    assert a[1, untouched].abs().sum() == 0
+
+
+def test_token_rows_share_one_flat_index_and_fall_back_on_strided_tensors():
+    idx = torch.tensor([[0, 3], [1, 2]])
+    rows = TokenRows(idx)
+    assert rows.flat(4).tolist() == [0, 3, 5, 6] and rows.flat(4) is rows.flat(4)
+    x = torch.arange(2 * 5 * 4.0).reshape(2, 4, 5).transpose(1, 2)  # [2, 5, 4], not contiguous
+    assert torch.equal(rows.take(x), gather_tokens(x, idx))
+    empty = TokenRows(torch.empty(2, 0, dtype=torch.long))
+    assert empty.count == 0 and empty.take(x).shape == (2, 0, 4)
