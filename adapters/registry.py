@@ -16,12 +16,12 @@ from .aura import AuraFlowAdapter
 from .block_stack import BlockStackAdapter, StackSpec
 from .flux import FluxAdapter
 from .step_level import StepAdapter
-from .unet import UNetAdapter
+from .unet import UNET_CLASSES, UNetAdapter
 
 TOKEN_WISE, BLOCK, STEP, DEEPCACHE = "token-wise", "block", "step", "deepcache"
 LEVELS = (TOKEN_WISE, BLOCK, STEP, DEEPCACHE)
 
-# How the measured settings were chosen: `python3 scripts/host.py python bench/family_defaults.py`
+# How the measured settings were chosen: `python3 tools/host.py python bench/family_defaults.py`
 # (table in bench/RESULTS.md): 20 steps, euler/simple, cfg > 1, seeds 0 and 1; intervals 2-8 x refresh
 # ratios 0.05-0.3 (token-wise families) x first full steps 1-4. Per preset, the setting with the best
 # latent PSNR to the uncached output at the preset's block compute budget (the papers' setting's on the
@@ -101,7 +101,7 @@ FAMILIES = (
     # the deep feature forecast in sigma through its last 3 computed steps: on the small trained SD U-Net
     # (bench/fidelity.py, 28 steps, 6 cases) 4.0-7.4 dB closer to the uncached pictures than reusing it
     # at the same compute; on the small trained Flux, forecasting the stack residual lost 0.1-3 dB
-    Family("unet", DEEPCACHE, ("UNetModel",), UNetAdapter.for_model, slicing.UNET, estimator="taylor2"),
+    Family("unet", DEEPCACHE, UNET_CLASSES, UNetAdapter.for_model, slicing.UNET, estimator="taylor2"),
 )
 BY_NAME = {family.name: family for family in FAMILIES}
 

@@ -11,6 +11,9 @@ import torch
 
 from .base import FamilyAdapter
 
+# ComfyUI's U-Net class and Forge's (the same layout: input, middle and output blocks of ResBlocks and
+# SpatialTransformers, as in the original latent-diffusion code)
+UNET_CLASSES = ("UNetModel", "IntegratedUNet2DConditionModel")
 TRANSFORMER_CLASSES = ("SpatialTransformer",)  # subclasses (SpatialVideoTransformer) match too
 
 
@@ -32,7 +35,7 @@ class UNetAdapter(FamilyAdapter):
 
     @classmethod
     def for_model(cls, diffusion_model):
-        if type(diffusion_model).__name__ != "UNetModel":
+        if type(diffusion_model).__name__ not in UNET_CLASSES:
             return None
         if not all(hasattr(diffusion_model, a) for a in ("input_blocks", "middle_block", "output_blocks")):
             return None

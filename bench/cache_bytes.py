@@ -5,7 +5,7 @@ so a least-squares fit of the measured peaks (RunStats.peak_cache_bytes) over th
 the full-size figure. The cache holds what the host's modules returned, so it is in the compute
 dtype (bf16 here).
 
-    python3 scripts/host.py python bench/cache_bytes.py
+    python3 tools/host.py python bench/cache_bytes.py
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Demo: the example graph run by ComfyUI's own executor, with and without "Accelerate (DuCa)".
 
-    python3 scripts/host.py demo [--steps 28] [--preset balanced] [--repeats 2] [--out out/demo]
+    python3 tools/host.py demo [--steps 28] [--preset balanced] [--repeats 2] [--out out/demo]
 
 The graph is the one in workflows/flux_accelerate_duca.json (Flux loader ->
 Accelerate (DuCa) -> KSampler), with the loader and text encoder swapped for a

@@ -3,9 +3,9 @@ class, sweep interval x refresh ratio x first full steps, and keep, per preset, 
 setting with the best latent PSNR to the uncached output at the preset's compute budget
 (the block compute of the papers' setting on the same model; see `budgets`).
 
-    python3 scripts/host.py python bench/family_defaults.py
-    python3 scripts/host.py python bench/family_defaults.py --families wan21-t2v auraflow --steps 20
-    python3 scripts/host.py python bench/family_defaults.py --rechoose   # from the last results.json
+    python3 tools/host.py python bench/family_defaults.py
+    python3 tools/host.py python bench/family_defaults.py --families wan21-t2v auraflow --steps 20
+    python3 tools/host.py python bench/family_defaults.py --rechoose   # from the last results.json
 
 Models: every entry of testbed/families.py plus Flux (random and the small trained one)
 and Wan 2.1 text-to-video and SD3 from testbed/models.py. All but the trained Flux have

@@ -3,8 +3,8 @@ every preset of the flagship node, DeepCache's default and a FORA schedule, agai
 with --estimators, the same methods with other estimators of the skipped values.
 The figures are deterministic, so two checkouts can be compared to the last digit.
 
-    python3 scripts/host.py python bench/fidelity.py --model flux_trained --out before.json
-    python3 scripts/host.py python bench/fidelity.py --model sd_trained --estimators taylor1 taylor2
+    python3 tools/host.py python bench/fidelity.py --model flux_trained --out before.json
+    python3 tools/host.py python bench/fidelity.py --model sd_trained --estimators taylor1 taylor2
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ output forecast (order 1) or reused (order 0) or the residual (denoised - input)
 ComfyUI's own EasyCache and LazyCache over a range of thresholds; with --peer-pack, the nodes of
 community packs the user has installed (ComfyUI-TaylorSeer's TaylorSeer and TaylorSeerLite on Flux).
 
-    python3 scripts/host.py python bench/frontier.py --model flux_trained --out bench/frontier_flux_trained
-    python3 scripts/host.py python bench/frontier.py --peer-pack ~/ComfyUI/custom_nodes/ComfyUI-TaylorSeer
+    python3 tools/host.py python bench/frontier.py --model flux_trained --out bench/frontier_flux_trained
+    python3 tools/host.py python bench/frontier.py --peer-pack ~/ComfyUI/custom_nodes/ComfyUI-TaylorSeer
 """
 from __future__ import annotations
 

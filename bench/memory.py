@@ -3,8 +3,8 @@
 A Wan 2.1 block stack of ComfyUI's class (WanModel, random weights) at a video size, called
 through the model's own apply_model (so the node's wrappers run as in sampling):
 
-    python3 scripts/host.py python bench/memory.py                 # CPU default (scaled, see below)
-    python3 scripts/host.py python bench/memory.py --frames 81     # the size, if you have the time
+    python3 tools/host.py python bench/memory.py                 # CPU default (scaled, see below)
+    python3 tools/host.py python bench/memory.py --frames 81     # the size, if you have the time
 
 Peak activation memory: the most bytes allocated during the call above what was allocated
 before it (weights and inputs excluded). CUDA: torch.cuda.max_memory_allocated. CPU:

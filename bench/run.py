@@ -1,10 +1,10 @@
 """Evaluation harness: DuCa presets against no cache, uniform whole-step reuse and
 ComfyUI's EasyCache / LazyCache, on the same seeds and conditionings.
 
-    python3 scripts/host.py bench                         # trained small Flux, 28 steps
-    python3 scripts/host.py bench --model sd_trained      # trained SD1.5-class U-Net
-    python3 scripts/host.py bench --model flux_bench      # random-weight Flux, 1024 tokens
-    python3 scripts/host.py bench --quick                 # seconds: tiny Flux, 8 steps
+    python3 tools/host.py bench                         # trained small Flux, 28 steps
+    python3 tools/host.py bench --model sd_trained      # trained SD1.5-class U-Net
+    python3 tools/host.py bench --model flux_bench      # random-weight Flux, 1024 tokens
+    python3 tools/host.py bench --quick                 # seconds: tiny Flux, 8 steps
     python bench/run.py --comfyui ~/ComfyUI --checkpoint flux1-dev-fp8.safetensors --prompt "..."
 
 Writes results.md, results.json, speed_vs_fidelity.png and grid.png to --out

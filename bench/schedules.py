@@ -1,7 +1,7 @@
 """Schedules on the trained small Flux: Learning-to-Cache against FORA at the same compute,
 and the exposure-bias correction on and off for each accelerator.
 
-    python3 scripts/host.py python bench/schedules.py --out out/schedules
+    python3 tools/host.py python bench/schedules.py --out out/schedules
 
 The L2C router is learned once, on the first class and seed (the user's prompt), with
 the same sampler settings, then thresholded to match each FORA interval's fraction of

@@ -6,8 +6,8 @@ dispatch-mode count of every aten operator) per step of each action and per bloc
 count less an aggressive step's (which runs no block: embedders, final layer and the sampler's
 work only), over the blocks of the stack.
 
-    python3 scripts/host.py python bench/step_times.py --model flux_bench
-    python3 scripts/host.py python bench/step_times.py --model tiny --ops
+    python3 tools/host.py python bench/step_times.py --model flux_bench
+    python3 tools/host.py python bench/step_times.py --model tiny --ops
     python bench/step_times.py --comfyui ~/ComfyUI --model flux_dev --profile
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Fidelity sweep of custom DuCa settings (no timing): block compute and PSNR to no cache
 for each interval x refresh ratio, on the same cases as the harness.
 
-    python3 scripts/host.py python bench/sweep.py --model flux_trained
-    python3 scripts/host.py python bench/sweep.py --intervals 4 5 6 --ratios 0.1 0.2 --first-full 2 3
+    python3 tools/host.py python bench/sweep.py --model flux_trained
+    python3 tools/host.py python bench/sweep.py --intervals 4 5 6 --ratios 0.1 0.2 --first-full 2 3
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Schedules on the small trained SD U-Net: Block Caching (calibrated), FORA, DeepCache and
 ComfyUI's EasyCache, on the same seeds and conditionings.
 
-    python3 scripts/host.py python bench/unet_schedules.py [--steps 28] [--repeats 3]
+    python3 tools/host.py python bench/unet_schedules.py [--steps 28] [--repeats 3]
 
 Block Caching is calibrated first: one all-computing run per class on a seed the cases do not
 use (`CalibrationConfig()`), the relative change profiles averaged, then

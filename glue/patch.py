@@ -9,16 +9,14 @@ Wrappers take `(executor, *args, **kwargs)` and pass everything through.
 """
 from __future__ import annotations
 
-import functools
 import logging
 
 import comfy.model_patcher
 import comfy.patcher_extension as ext
-import torch
 
 from ..adapters import find_adapter
 from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for
-from ..methods.forecast import APPLY_MODEL
+from ..methods.forecast import APPLY_MODEL, noise_coefficients_of
 from .attach import Holder, attach, diffusion_model_of, find_transformer_options, holder_of
 from .compile import compile_hooked_blocks, outside_compile
 
@@ -104,26 +102,9 @@ def _hand_to_run(executor, args, kwargs, wraps):
 
 
 def noise_coefficients(model_patcher):
-    """sigma -> (a, b) with the sampler's sample x = a x0 + b noise, read from the model's sampling
-    (`noise_scaling`, so patched samplings count); None if the host's object has no such method."""
+    """sigma -> (a, b) of the model's sampling (`noise_scaling`, so patched samplings count)."""
     get = getattr(model_patcher, "get_model_object", None)
-    sampling = get("model_sampling") if get else getattr(model_patcher.model, "model_sampling", None)
-    scaling = getattr(sampling, "noise_scaling", None)
-    if scaling is None:
-        return None
-    one, zero = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
-
-    @functools.lru_cache(maxsize=1024)  # asked at every model call, for the run's few sigmas
-    def at(sigma: float) -> tuple:
-        s = torch.tensor([sigma], dtype=torch.float64)
-        return float(scaling(s, zero.clone(), one.clone())), float(scaling(s, one.clone(), zero.clone()))
-    try:
-        at(0.5)
-    except Exception:  # a sampling with another contract: forecast the denoised output instead
-        LOG.warning("DuCa: %s.noise_scaling did not take (sigma, noise, latent); forecasting the "
-                    "denoised output", type(sampling).__name__)
-        return None
-    return at
+    return noise_coefficients_of(get("model_sampling") if get else getattr(model_patcher.model, "model_sampling", None))
 
 
 def apply_duca(model, config, listeners=()):

@@ -14,9 +14,13 @@ fraction of calls is the fraction of block compute.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
+
+import torch
 
 from ..adapters.registry import DEEPCACHE, STEP
 from ..cache_core.estimators import ESTIMATORS
@@ -91,6 +95,28 @@ class ForecastConfig:
 
 FORECAST_PRESETS = {name: ForecastConfig(budget=budget, first_full_steps=FIRST_FULL_STEPS[name], preset=name)
                     for name, budget in BUDGETS.items()}
+
+
+def noise_coefficients_of(sampling):
+    """sigma -> (a, b) with the sampler's sample x = a x0 + b noise, read from a model sampling's
+    `noise_scaling(sigma, noise, latent)` (ComfyUI's and Forge's contract); None if it has none."""
+    scaling = getattr(sampling, "noise_scaling", None)
+    if scaling is None:
+        return None
+    one, zero = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+
+    @functools.lru_cache(maxsize=1024)  # asked at every model call, for the run's few sigmas
+    def at(sigma: float) -> tuple:
+        s = torch.tensor([sigma], dtype=torch.float64)
+        return float(scaling(s, zero.clone(), one.clone())), float(scaling(s, one.clone(), zero.clone()))
+    try:
+        at(0.5)
+    except Exception:  # a sampling with another contract: forecast the denoised output instead
+        logging.getLogger("comfyui-duca").warning(
+            "DuCa: %s.noise_scaling did not take (sigma, noise, latent); forecasting the denoised output",
+            type(sampling).__name__)
+        return None
+    return at
 
 
 def adds_noise(sampler) -> Optional[str]:

@@ -14,7 +14,7 @@ PACK_MODULE = "comfyui_duca"
 def comfy_path() -> Path:
     path = os.environ.get("DUCA_COMFYUI_PATH")
     if not path:
-        raise RuntimeError("DUCA_COMFYUI_PATH is not set: run through `python3 scripts/host.py ...`")
+        raise RuntimeError("DUCA_COMFYUI_PATH is not set: run through `python3 tools/host.py ...`")
     return Path(path)
 
 

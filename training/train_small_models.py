@@ -1,7 +1,7 @@
 """Train the small models the benchmarks use for fidelity, on the CPU, from photographs.
 
-    python3 scripts/host.py python training/train_small_models.py --model flux --minutes 20
-    python3 scripts/host.py python training/train_small_models.py --model sd --minutes 20 --lr 1e-3
+    python3 tools/host.py python training/train_small_models.py --model flux --minutes 20
+    python3 tools/host.py python training/train_small_models.py --model sd --minutes 20 --lr 1e-3
 
 Models of ComfyUI's own classes (a Flux, flow matching; an SD1.5-class U-Net,
 epsilon prediction), conditioned per class through fixed context tensors

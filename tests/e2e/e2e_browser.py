@@ -22,7 +22,7 @@ def chromium_path() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
         raise RuntimeError("Chromium is missing: install Debian's package (apt-get install -y chromium); "
-                           "`python3 scripts/host.py test` does this itself when run as root")
+                           "`python3 tools/host.py test` does this itself when run as root")
     return found
 
 

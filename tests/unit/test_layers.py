@@ -1,19 +1,20 @@
 """The pack's layers, read from its imports: each layer imports only the layers below it, only
 glue/ talks to ComfyUI, only the nodes use its node schema (comfy_api), and cache_core stays pure
-torch. The folders that drive the host on purpose (bench, tests, testbed, training, scripts) are
-exempt."""
+torch; forge/ imports neither ComfyUI nor Forge (only the Forge script in scripts/ talks to Forge).
+The folders that drive the host on purpose (bench, tests, testbed, training, tools) are exempt."""
 import ast
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-EXEMPT = {"bench", "tests", "testbed", "training", "scripts"}
+EXEMPT = {"bench", "tests", "testbed", "training", "tools"}
 HOST = {"comfy", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution", "nodes",
         "node_helpers", "latent_preview"}  # ComfyUI's top-level modules
 SCHEMA = "comfy_api"
 # the pack's layers, lowest first (docs/ARCHITECTURE.md); methods/ and slicer/ sit side by side
-RANK = {"cache_core": 0, "adapters": 1, "methods": 2, "slicer": 2, "glue": 3, "nodes": 4, "web": 4,
-        "__init__.py": 5}
+RANK = {"cache_core": 0, "adapters": 1, "methods": 2, "slicer": 2, "glue": 3, "forge": 3, "nodes": 4, "web": 4,
+        "scripts": 5, "__init__.py": 5, "install.py": 5}
+FORGE = {"modules", "modules_forge", "backend", "gradio"}  # Forge's top-level modules and its UI toolkit
 # What cache_core may import besides its own modules. safetensors: the schedule file format,
 # installed with torch by every ComfyUI.
 CORE_ALLOWED = set(sys.stdlib_module_names) | {"torch", "safetensors"}
@@ -54,6 +55,8 @@ def broken_rule(layer: str, module: str):
         return None
     if top in HOST and layer != "glue":
         return "only glue/ imports ComfyUI"
+    if top in FORGE and layer != "scripts":
+        return "only scripts/ (the Forge script) imports Forge"
     if top == SCHEMA and layer not in ("nodes", "__init__.py"):
         return "only nodes/ and the root __init__.py use comfy_api"
     if layer == "cache_core" and top not in CORE_ALLOWED:
@@ -90,6 +93,8 @@ def test_each_rule_catches_its_import(tmp_path):
         "methods/i.py": "from ..slicer import operators\nfrom ..adapters import registry\n",
         "glue/j.py": "from ..nodes import base\nfrom ..methods import engine\n",
         "__init__.py": "from .nodes import x\nfrom comfy_api.latest import ComfyExtension\n",
+        "forge/k.py": "from ..glue import patch\nimport gradio\nfrom ..methods import engine\n",
+        "scripts/l.py": "import gradio\nfrom modules import scripts\n",    # the Forge script
         "bench/g.py": "import comfy\n",                                   # exempt
     }
     for name, text in files.items():
@@ -101,6 +106,8 @@ def test_each_rule_catches_its_import(tmp_path):
         "adapters/h.py:1: imports methods (adapters may import only the layers below it)",
         "cache_core/d.py:1: imports numpy (cache_core imports nothing but torch and the standard library)",
         "cache_core/d.py:2: imports glue (cache_core imports only its own modules)",
+        "forge/k.py:1: imports glue (forge may import only the layers below it)",
+        "forge/k.py:2: imports gradio (only scripts/ (the Forge script) imports Forge)",
         "glue/e.py:3: imports comfy_api.latest (only nodes/ and the root __init__.py use comfy_api)",
         "glue/j.py:1: imports nodes (glue may import only the layers below it)",
         "methods/i.py:1: imports slicer (methods may import only the layers below it)",

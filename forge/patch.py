@@ -1,0 +1,136 @@
+"""Forge's extension point: a model function wrapper on a clone of the U-Net patcher (and block
+replacements where the host's forward honours `patches_replace["dit"]`, as ComfyUI and Forge
+Neo do). One SamplingPass per sampling pass: Forge asks scripts for a fresh patcher before
+every pass (first pass, hires-fix pass, every batch), so nothing survives into the next one.
+
+Forge passes no sigma schedule to the model, so the script hands it in (from the pass's
+sampler). Without one, the steps are counted from the sigmas the calls carry: right for
+samplers with one model evaluation per step (and Heun's), not for those that also evaluate
+between steps (DPM++ 2S, SDE).
+"""
+from __future__ import annotations
+
+import logging
+import types
+
+from ..adapters import find_adapter
+from ..methods import ForecastConfig, RunState, executor_for
+from ..methods.engine import current_sigma
+from ..methods.forecast import noise_coefficients_of
+
+LOG = logging.getLogger("comfyui-duca")
+UNSCHEDULED = -1.0  # a sigma slot not seen yet (every real sigma is >= 0)
+_warned = set()     # model classes already warned about (once per process)
+
+
+def accelerate(unet, settings, steps: int, sigmas=None, sampler_function=None, listeners=()):
+    """(a clone of `unet` running `settings` for one pass of `steps` steps, the SamplingPass), or
+    (`unet`, None) for a model family the pack does not know: passed through, warned once."""
+    diffusion_model = getattr(getattr(unet, "model", None), "diffusion_model", None)
+    adapter = find_adapter(diffusion_model)
+    if adapter is None:
+        name = type(diffusion_model).__name__
+        if name not in _warned:
+            _warned.add(name)
+            LOG.warning("DuCa: %s is not a model family this pack accelerates yet; generating without it.", name)
+        return unet, None
+    config = settings.config_for(adapter)
+    executor_for(config, adapter, None)  # a method this model can't run is refused now, naming the input
+    model = unet.model
+    coefficients = (noise_coefficients_of(getattr(model, "predictor", None) or getattr(model, "model_sampling", None))
+                    if isinstance(config, ForecastConfig) else None)
+    sampler = types.SimpleNamespace(sampler_function=sampler_function) if sampler_function else None
+    sampling_pass = SamplingPass(config, adapter, steps, sigmas, coefficients, sampler, listeners)
+    patched = unet.clone()
+    patched.set_model_unet_function_wrapper(sampling_pass.wrapper(patched.model_options.get("model_function_wrapper")))
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    for kind, index in adapter.block_ids:
+        patched.set_model_patch_replace(sampling_pass.block_patch(kind, index, existing.get((kind, index))),
+                                        "dit", kind, index)
+    return patched, sampling_pass
+
+
+class SamplingPass:
+    """The runs of one sampling pass (a new one whenever the sigma rises: another sampling)."""
+
+    def __init__(self, config, adapter, steps, sigmas, coefficients, sampler, listeners=()):
+        self.config, self.adapter = config, adapter
+        self.steps = int(steps)
+        self.sigmas = [float(s) for s in sigmas] if sigmas is not None else None
+        self.coefficients, self.sampler = coefficients, sampler
+        self.listeners = list(listeners)
+        self.run = None
+        self.last_sigma = None
+        self.seen = 0             # counted steps (no schedule given)
+        self.blocks_handed = 0    # block calls that reached the run
+        self.last_stats = None
+
+    # --- the host's calls ----------------------------------------------------
+    def wrapper(self, inner=None):
+        """A `model_function_wrapper`: `(apply_model, {"input", "timestep", "c", "cond_or_uncond"})`;
+        chains to a wrapper another extension set before."""
+        def unet_function(apply_model, params):
+            def model(x, t, **c):
+                if inner is None:
+                    return apply_model(x, t, **c)
+                return inner(apply_model, {**params, "input": x, "timestep": t, "c": c})
+            c = dict(params["c"])
+            options = c.get("transformer_options")
+            run = self._run_at(current_sigma(options or {}))
+            if run is None or options is None:
+                return model(params["input"], params["timestep"], **c)
+            return run.model_call(model, (params["input"], params["timestep"]), c, options)
+        return unet_function
+
+    def block_patch(self, kind, index, inner=None):
+        def patch(args, extra):
+            original = extra["original_block"]
+            if inner is not None:
+                original = lambda a: inner(a, extra)  # noqa: E731
+            if self.run is None or self.run.call is None:
+                return original(args)
+            self.blocks_handed += 1
+            return self.run.run_block(kind, index, args, original)
+        return patch
+
+    # --- runs ------------------------------------------------------------------
+    def _run_at(self, sigma):
+        if sigma is None:
+            return self.run
+        if self.run is not None and self.last_sigma is not None and sigma > self.last_sigma * (1 + 1e-5) + 1e-8:
+            self.finish()  # the sigma went up: a new sampling with the same patcher
+        if self.run is None:
+            self._start()
+        if self.sigmas is None and (self.seen == 0 or sigma < self.last_sigma * (1 - 1e-5)) and self.seen < self.steps:
+            self.run.sigmas[self.seen] = sigma  # the next step of a pass whose schedule was not given
+            self.seen += 1
+        self.last_sigma = sigma
+        return self.run
+
+    def _start(self):
+        method = executor_for(self.config, self.adapter, self.coefficients, self.sampler)
+        sigmas = self.sigmas if self.sigmas is not None else [UNSCHEDULED] * (self.steps + 1)
+        self.run = RunState(method, sigmas)
+        self.seen, self.blocks_handed = 0, 0
+        LOG.info("DuCa: %s on %s", self.run.plan, self.adapter.family)
+
+    def finish(self):
+        """End the current run (the script calls this after the pass); its stats, or None."""
+        run, self.run, self.last_sigma = self.run, None, None
+        if run is None:
+            return None
+        stats = run.finish()
+        run.method.finish(run)
+        if self.adapter.block_ids and not self.adapter.step_level and not self.blocks_handed \
+                and not isinstance(self.config, ForecastConfig):
+            note = "this host ran no block hooks for the model: nothing was cached (choose method forecast)"
+            stats.notes.append(note)
+            LOG.warning("DuCa: %s", note)
+        self.last_stats = stats
+        LOG.info("DuCa: %s", stats.summary())
+        for listener in self.listeners:
+            try:
+                listener(stats)
+            except Exception:  # a reporting failure must never fail a generation
+                LOG.exception("DuCa: stats listener failed")
+        return stats
