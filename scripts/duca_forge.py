@@ -15,6 +15,10 @@ from modules.ui_components import InputAccordion
 
 PACKAGE = "comfyui_duca"  # the repository imported as a package (its ComfyUI __init__ is not run here)
 LOG = logging.getLogger("comfyui-duca")
+if LOG.getEffectiveLevel() > logging.INFO and not LOG.handlers:  # Forge's console shows the run lines
+    LOG.addHandler(logging.StreamHandler())
+    LOG.setLevel(logging.INFO)
+COMPUTE_KEY = "DuCa compute"  # what the passes computed, written with the picture (not restored)
 
 
 def _pack_forge():
@@ -55,6 +59,7 @@ class AccelerateDuCa(scripts.Script):
     def __init__(self):
         super().__init__()
         self.sampling_pass = None
+        self.computed = []  # compute fraction of each pass of the current batch
 
     def title(self):
         return "Accelerate (DuCa)"
@@ -88,6 +93,9 @@ class AccelerateDuCa(scripts.Script):
         self.paste_field_names = list(keys.values())
         return [enabled, method, preset, budget, first, start, end]
 
+    def process(self, p, *args):
+        self.computed = []
+
     def process_before_every_sampling(self, p, *args, **kwargs):
         self._finish()
         enabled, *values = args
@@ -101,11 +109,16 @@ class AccelerateDuCa(scripts.Script):
 
     def postprocess_batch(self, p, *args, **kwargs):
         self._finish()
+        if self.computed:  # before Forge writes the batch's infotexts
+            p.extra_generation_params[COMPUTE_KEY] = ", ".join(f"{c:.1%}" for c in self.computed)
+        self.computed = []
 
     def postprocess(self, p, processed, *args):
         self._finish()
 
     def _finish(self):
         if self.sampling_pass is not None:
-            self.sampling_pass.finish()
+            stats = self.sampling_pass.finish()
+            if stats is not None:
+                self.computed.append(stats.compute_fraction)
             self.sampling_pass = None

@@ -203,6 +203,39 @@ def save_unet_checkpoint(path, seed: int = 0) -> None:
     comfy.utils.save_torch_file(model.model.diffusion_model.state_dict(), str(path))
 
 
+# SD1.5's layout (4 levels, attention on the first 3, context 768, 320 channels: what loaders match
+# SD1.5 on) with one ResBlock per level instead of two: about a third of the U-Net's compute
+SD15_LAYOUT_SMALL = dict(model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=[1, 1, 1, 1],
+                         transformer_depth=[1, 1, 1, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 0, 0],
+                         transformer_depth_middle=1, num_heads=8, num_head_channels=-1, context_dim=768)
+
+
+def save_sd15_checkpoint(path, seed: int = 0) -> None:
+    """A single-file SD1.5-style checkpoint with random weights, in the original key layout a WebUI
+    loads: a U-Net of SD15_LAYOUT_SMALL, a full-size CLIP-L text encoder and SD's VAE."""
+    import comfy.ldm.models.autoencoder
+    import comfy.sd1_clip
+    import comfy.supported_models
+    import comfy.utils
+    unet_config = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+                   "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None,
+                   "use_linear_in_transformer": False, **SD15_LAYOUT_SMALL}
+    model_config = comfy.supported_models.SD15(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    unet = model_config.get_model({}).diffusion_model
+    vae = comfy.ldm.models.autoencoder.AutoencoderKL(
+        ddconfig=dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128,
+                      ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0), embed_dim=4)
+    clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+    state = {}
+    for prefix, module, part_seed in (("model.diffusion_model.", unet, seed), ("first_stage_model.", vae, seed + 1),
+                                      ("cond_stage_model.", clip, seed + 2)):
+        init_weights(module, part_seed, std=0.02)
+        state.update({prefix + k: v.contiguous() for k, v in module.state_dict().items()
+                      if not k.endswith("position_ids")})
+    comfy.utils.save_torch_file(state, str(path))
+
+
 def sample(model, positive, negative=None, *, steps=8, cfg=1.0, sampler="euler", scheduler="simple",
            seed=0, batch=1, height=32, width=32, channels=16, latent=None, denoise=1.0, callback=None):
     """Sample with ComfyUI's own KSampler path; returns the final latent."""
