@@ -8,6 +8,7 @@ work only), over the blocks of the stack.
 
     python3 tools/host.py python bench/step_times.py --model flux_bench
     python3 tools/host.py python bench/step_times.py --model tiny --ops
+    python3 tools/host.py python bench/step_times.py --model flux_bench --reference-refresh
     python bench/step_times.py --comfyui ~/ComfyUI --model flux_dev --profile
 """
 from __future__ import annotations
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="also list the heaviest operators per preset")
     p.add_argument("--ops", action="store_true", help="also count operator calls per step and block")
+    p.add_argument("--reference-refresh", action="store_true",
+                   help="also time DuCa balanced with the reference (gather / scatter) token refresh")
     args = p.parse_args(argv)
     workloads.boot(args.comfyui, cpu=not (args.comfyui or args.model in workloads.GPU_MODELS))
     from comfyui_duca.methods import FORECAST_PRESETS, PRESETS
@@ -103,6 +106,9 @@ def main(argv=None) -> int:
     full = statistics.median(s for _ in range(args.repeats) for s in step_times(work, work.model, case)) * 1000
     print(f"{work.description}\nno cache: {full:.1f} ms per step")
     patched = {f"duca {name}": apply_duca(work.model, PRESETS[name]) for name in ("quality", "balanced", "fast")}
+    if args.reference_refresh:  # the same cycle with the picked tokens moved by gather / scatter
+        patched["duca balanced, reference refresh"] = apply_duca(
+            work.model, PRESETS["balanced"].with_changes(fused_refresh=False))
     patched.update({name: apply_duca(work.model, FORECAST_PRESETS[name]) for name in ("balanced", "turbo")})
     for name, model in patched.items():
         runs = [step_times(work, model, case) for _ in range(args.repeats + 1)][1:]

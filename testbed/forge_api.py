@@ -70,8 +70,8 @@ class Forge:
         """(the first picture as an RGB array, its infotext, seconds the request took)."""
         import numpy
         from PIL import Image
-        body = dict(prompt="a lighthouse at dusk", negative_prompt="", seed=1, steps=10, width=64, height=64,
-                    cfg_scale=5.0, sampler_name="Euler", scheduler="Simple", **payload)
+        body = {"prompt": "a lighthouse at dusk", "negative_prompt": "", "seed": 1, "steps": 10, "width": 64,
+                "height": 64, "cfg_scale": 5.0, "sampler_name": "Euler", "scheduler": "Simple", **payload}
         if duca_args is not None:
             body["alwayson_scripts"] = {SCRIPT: {"args": duca_args}}
         start = time.perf_counter()

@@ -4,7 +4,7 @@ The CI layer, the same glue through ComfyUI's ModelPatcher, is tests/host/test_f
 import numpy
 import pytest
 
-from testbed import forge_api, models
+from testbed import forge_api, host, models
 
 FOLDER = forge_api.forge_folder()
 pytestmark = pytest.mark.skipif(
@@ -17,6 +17,11 @@ STEPS = 20
 
 def args(method="auto", preset="balanced"):
     return [True, method, preset, 0.0, -1, 0.0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return host.load_pack()  # ComfyUI's classes write the checkpoint; the pack's settings read the pictures
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +72,8 @@ def test_settings_come_back_from_the_picture(pack, forge):
 
 def test_hires_fix_and_batches_get_a_plan_per_pass(forge):
     out, info, _, _ = forge.txt2img(args("auto", "fast"), steps=STEPS, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
-                                    hr_second_pass_steps=10, denoising_strength=0.5, batch_size=2, n_iter=2)
+                                    hr_second_pass_steps=10, denoising_strength=0.5, batch_size=2, n_iter=2,
+                                    hr_additional_modules=["Use same choices"])  # the API leaves it None otherwise
     assert out.shape == (128, 128, 3)
     first, second = compute_of(info)  # the first pass and the hires pass, each its own run
     assert first < 0.8 and second < 1.0
