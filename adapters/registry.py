@@ -85,6 +85,8 @@ FAMILIES = (
     Family("auraflow", TOKEN_WISE, ("MMDiT",), AuraFlowAdapter.for_model,
            defaults=measured((4, 0.1, 4), (3, 0.05, 1), (4, 0.1, 1)), how_chosen=RANDOM),
     # no block hook in the host's forward: whole model calls are reused
+    # Forge's own Flux class (its forward has no block replacements; Forge Neo's ComfyUI-style one is "flux")
+    Family("flux-forge", STEP, ("IntegratedFluxTransformer2DModel",), step("flux-forge")),
     Family("lumina2", STEP, ("NextDiT",), step("lumina2"),
            defaults=measured((4, 0.1, 3), (4, 0.1, 3), (6, 0.1, 1)),
            how_chosen=f"{RANDOM} (Lumina 2 and Z-Image); step level; balanced: papers'"),
