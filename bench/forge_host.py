@@ -18,7 +18,8 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:
 from testbed import forge_api, host, models  # noqa: E402
 
 CASES = {"auto quality": ("auto", "quality"), "auto balanced": ("auto", "balanced"), "auto fast": ("auto", "fast"),
-         "turbo (forecast)": ("auto", "turbo"), "forecast balanced": ("forecast", "balanced")}
+         "turbo (forecast)": ("auto", "turbo"), "forecast balanced": ("forecast", "balanced"),
+         "fora balanced": ("fora", "balanced")}
 
 
 def main(argv=None) -> int:
@@ -43,11 +44,11 @@ def main(argv=None) -> int:
                 forge.txt2img(**kw)  # warm-up
                 stock_runs = [forge.txt2img(**kw) for _ in range(args.repeats)]
                 stock = statistics.median(r[2] for r in stock_runs)
-                full = forge.txt2img([True, "forecast", "balanced", 1.0, -1, 0.0, 1.0], **kw)
+                full = forge.txt2img([True, "forecast", "balanced", 1.0, -1, 0.0, 1.0, ""], **kw)
                 same = numpy.array_equal(full[0], stock_runs[0][0])
                 print(f"{size}x{size}: stock {stock:.2f} s; all-full plan bit-identical to stock: {same}")
                 for name, (method, preset) in CASES.items():
-                    runs = [forge.txt2img([True, method, preset, 0.0, -1, 0.0, 1.0], **kw) for _ in range(args.repeats)]
+                    runs = [forge.txt2img([True, method, preset, 0.0, -1, 0.0, 1.0, ""], **kw) for _ in range(args.repeats)]
                     seconds = statistics.median(r[2] for r in runs)
                     computed = runs[0][1].split("DuCa compute: ")[1].split(",")[0]
                     print(f"  {name}: compute {computed}, {seconds:.2f} s, {stock / seconds:.2f}x")

@@ -34,7 +34,7 @@ def accelerate(unet, settings, steps: int, sigmas=None, sampler_function=None, l
             _warned.add(name)
             LOG.warning("DuCa: %s is not a model family this pack accelerates yet; generating without it.", name)
         return unet, None
-    config = settings.config_for(adapter)
+    config = settings.config_for(adapter, steps)
     executor_for(config, adapter, None)  # a method this model can't run is refused now, naming the input
     model = unet.model
     coefficients = (noise_coefficients_of(getattr(model, "predictor", None) or getattr(model, "model_sampling", None))

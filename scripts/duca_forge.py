@@ -72,7 +72,8 @@ class AccelerateDuCa(scripts.Script):
         with InputAccordion(False, label=self.title()) as enabled:
             with gr.Row():
                 method = gr.Dropdown(label="Method", choices=list(forge.METHODS), value=defaults.method,
-                                     info="auto: DeepCache on SD1.5 / SDXL, a forecast of skipped steps on others")
+                                     info="auto: DeepCache on SD1.5 / SDXL, a forecast of skipped steps on others; "
+                                          "fora: every block every 2 / 3 / 4 steps")
                 preset = gr.Dropdown(label="Preset", choices=list(forge.PRESET_NAMES), value=defaults.preset,
                                      info="quality / balanced / fast / turbo: about 45 / 35 / 27 / 20% of the compute")
             with gr.Accordion("Advanced", open=False):
@@ -86,12 +87,16 @@ class AccelerateDuCa(scripts.Script):
                                       value=defaults.start)
                     end = gr.Slider(label="End (fraction of steps)", minimum=0.0, maximum=1.0, step=0.01,
                                     value=defaults.end)
+                schedule = gr.Textbox(label="Cache schedule file (optional: a schedule saved by the ComfyUI "
+                                            "pack's Save Cache Schedule; used instead of the method)",
+                                      value=defaults.schedule_file)
         keys = forge.INFOTEXT_KEYS
         self.infotext_fields = [(enabled, lambda d: keys["method"] in d), (method, keys["method"]),
                                 (preset, keys["preset"]), (budget, keys["budget"]),
-                                (first, keys["first_full_steps"]), (start, keys["start"]), (end, keys["end"])]
+                                (first, keys["first_full_steps"]), (start, keys["start"]), (end, keys["end"]),
+                                (schedule, keys["schedule_file"])]
         self.paste_field_names = list(keys.values())
-        return [enabled, method, preset, budget, first, start, end]
+        return [enabled, method, preset, budget, first, start, end, schedule]
 
     def process(self, p, *args):
         self.computed = []

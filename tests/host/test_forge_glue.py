@@ -43,7 +43,7 @@ class Fixed:
     def __init__(self, config):
         self.config = config
 
-    def config_for(self, adapter):
+    def config_for(self, adapter, steps):
         return self.config
 
 
@@ -130,6 +130,39 @@ def test_flux_forecasts_whole_steps_at_the_budget(forge, flux, flux_conds):
     out, stats = one_pass(forge, flux, settings, flux_conds, steps=20, cfg=3.5, channels=16, height=64, width=64)
     assert stats.method != "deepcache" and torch.isfinite(out).all()
     assert stats.timeline.count("F") == round(0.2 * 20) and abs(stats.compute_fraction - 0.2) < 0.03
+
+
+def test_fora_computes_every_unit_every_nth_step(forge, unet, conds):
+    """A U-Net's schedule units are its transformer layers: count the middle one's real runs."""
+    counts = [0]
+    layer = next(m for m in unet.model.diffusion_model.middle_block if type(m).__name__ == "SpatialTransformer")
+    handle = layer.proj_in.register_forward_hook(lambda *_: counts.__setitem__(0, counts[0] + 1))
+    try:
+        out, stats = one_pass(forge, unet, forge.ForgeSettings(method="fora", preset="balanced"), conds, cfg=3.0)
+    finally:
+        handle.remove()
+    computed = [i for i in range(STEPS) if i == 0 or i % 3 == 0]  # FORA's N = 3, first step computed
+    # the ResBlocks around the transformer layers still run on every step
+    assert counts[0] == len(computed) and 0.5 < stats.compute_fraction < 0.9 and torch.isfinite(out).all()
+
+
+def test_a_saved_schedule_replaces_the_method(forge, duca, unet, conds, tmp_path):
+    from comfyui_duca.adapters import find_adapter
+    from comfyui_duca.cache_core.schedule_rules import fora
+    adapter = find_adapter(unet.model.diffusion_model)
+    path = tmp_path / "every_other.json"
+    fora(STEPS, adapter.schedule_units(), adapter.family, interval=2).save(path)
+    settings = forge.ForgeSettings(method="deepcache", schedule_file=str(path))
+    with_file, file_stats = one_pass(forge, unet, settings, conds, cfg=3.0)
+    as_fora, fora_stats = one_pass(forge, unet, forge.ForgeSettings(method="fora", preset="quality"), conds, cfg=3.0)
+    assert torch.equal(with_file, as_fora) and file_stats.timeline == fora_stats.timeline
+    assert forge.ForgeSettings.from_infotext(
+        {k: str(v) for k, v in settings.infotext().items()}) == settings
+    wrong = tmp_path / "flux.json"
+    fora(STEPS, ["double.0"], "flux").save(wrong)
+    for bad in (wrong, tmp_path / "missing.json"):
+        with pytest.raises(ValueError, match="schedule_file"):
+            forge.accelerate(unet, forge.ForgeSettings(schedule_file=str(bad)), STEPS)
 
 
 def test_an_earlier_model_function_wrapper_still_runs(forge, unet, conds):
