@@ -133,7 +133,10 @@ class TokenRows:
 
     def flat(self, tokens: int) -> torch.Tensor:
         if tokens not in self._flat:
-            self._flat[tokens] = (self.idx + row_offsets(self.batch, tokens, self.idx.device)).reshape(-1)
+            if self.batch == 1:  # one picture (cfg 1, as Flux-dev runs): the picks are the rows already
+                self._flat[tokens] = self.idx.reshape(-1)
+            else:
+                self._flat[tokens] = (self.idx + row_offsets(self.batch, tokens, self.idx.device)).reshape(-1)
         return self._flat[tokens]
 
     def _as_rows(self, x: torch.Tensor) -> bool:

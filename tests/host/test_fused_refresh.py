@@ -1,7 +1,7 @@
 """The fused token refresh (picked tokens moved as rows of a flat view, one index per pick)
 gives the same output as the reference refresh (torch.gather / scatter_ with an index
 expanded over the features). Both only copy values, so the outputs are equal bit for bit, in
-float32 and bf16, at batch 1 and with cond and uncond batched together."""
+float32 and bf16, one picture per call and with cond and uncond batched together."""
 import pytest
 import torch
 
@@ -25,19 +25,20 @@ def run(patch, model, config, conds, cfg, **size):
     return out, patch.last_stats(accelerated)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype, cfg", [(torch.float32, 1.0), (torch.float32, 3.5), (torch.bfloat16, 3.5)])
 @pytest.mark.parametrize("selector", ["value_norm", "random"])
-def test_flux_fused_refresh_equals_the_reference(duca, dtype, selector):
+def test_flux_fused_refresh_equals_the_reference(duca, dtype, cfg, selector):
+    """cfg 1 runs one picture per call (its picks are the flat rows), cfg 3.5 cond and uncond together."""
     patch, core = duca
     model = models.flux(seed=0, dtype=dtype)
     conds = (models.flux_conditioning(model=model, seed=1), models.flux_conditioning(model=model, seed=2))
-    fused, fused_stats = run(patch, model, refresh_config(core, True, selector), conds, 3.5, height=128, width=128)
-    reference, reference_stats = run(patch, model, refresh_config(core, False, selector), conds, 3.5,
+    fused, fused_stats = run(patch, model, refresh_config(core, True, selector), conds, cfg, height=128, width=128)
+    reference, reference_stats = run(patch, model, refresh_config(core, False, selector), conds, cfg,
                                      height=128, width=128)
     assert "C" in fused_stats.timeline and fused_stats.timeline == reference_stats.timeline
     assert tokens_recomputed(fused_stats) == tokens_recomputed(reference_stats)
     assert torch.isfinite(fused).all() and torch.equal(fused, reference)
-    uncached = models.sample(model, *conds, steps=STEPS, cfg=3.5, height=128, width=128)
+    uncached = models.sample(model, *conds, steps=STEPS, cfg=cfg, height=128, width=128)
     assert not torch.equal(fused, uncached)  # the refresh ran: the comparison is not between two full runs
 
 

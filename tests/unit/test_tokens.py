@@ -102,6 +102,7 @@ def test_token_rows_share_one_flat_index_and_fall_back_on_strided_tensors():
     idx = torch.tensor([[0, 3], [1, 2]])
     rows = TokenRows(idx)
     assert rows.flat(4).tolist() == [0, 3, 5, 6] and rows.flat(4) is rows.flat(4)
+    assert TokenRows(idx[1:]).flat(4).tolist() == [1, 2]  # one picture: no offsets
     x = torch.arange(2 * 5 * 4.0).reshape(2, 4, 5).transpose(1, 2)  # [2, 5, 4], not contiguous
     assert torch.equal(rows.take(x), gather_tokens(x, idx))
     empty = TokenRows(torch.empty(2, 0, dtype=torch.long))
