@@ -110,7 +110,8 @@ class AccelerateDuCa(scripts.Script):
         steps, sigmas, function = pass_schedule(p)
         unet, self.sampling_pass = forge.accelerate(p.sd_model.forge_objects.unet, settings, steps, sigmas, function)
         p.sd_model.forge_objects.unet = unet
-        p.extra_generation_params.update(settings.infotext())
+        if self.sampling_pass is not None:  # an unknown model ran without it: the picture says nothing
+            p.extra_generation_params.update(settings.infotext())
 
     def postprocess_batch(self, p, *args, **kwargs):
         self._finish()
