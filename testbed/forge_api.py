@@ -67,7 +67,14 @@ class Forge:
             return json.load(response)
 
     def txt2img(self, duca_args=None, **payload):
-        """(the first picture as an RGB array, its infotext, seconds the request took)."""
+        """(the first picture as an RGB array, its infotext, seconds the request took, its PNG)."""
+        return self.generate("txt2img", duca_args, **payload)
+
+    def img2img(self, init_png: bytes, duca_args=None, **payload):
+        image = "data:image/png;base64," + base64.b64encode(init_png).decode()
+        return self.generate("img2img", duca_args, init_images=[image], **payload)
+
+    def generate(self, kind: str, duca_args=None, **payload):
         import numpy
         from PIL import Image
         body = {"prompt": "a lighthouse at dusk", "negative_prompt": "", "seed": 1, "steps": 10, "width": 64,
@@ -75,7 +82,7 @@ class Forge:
         if duca_args is not None:
             body["alwayson_scripts"] = {SCRIPT: {"args": duca_args}}
         start = time.perf_counter()
-        answer = self.post("/sdapi/v1/txt2img", body)
+        answer = self.post(f"/sdapi/v1/{kind}", body)
         seconds = time.perf_counter() - start
         png = base64.b64decode(answer["images"][0])
         pixels = numpy.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

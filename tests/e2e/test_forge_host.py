@@ -73,6 +73,16 @@ def test_settings_come_back_from_the_picture(pack, forge):
     assert ForgeSettings.from_infotext(parameters) == settings
 
 
+def test_img2img_plans_the_steps_its_strength_leaves(forge):
+    _, _, _, init = forge.txt2img(steps=STEPS)
+    stock, _, _, _ = forge.img2img(init, steps=STEPS, denoising_strength=0.5)
+    full, full_info, _, _ = forge.img2img(init, ALL_FULL, steps=STEPS, denoising_strength=0.5)
+    assert numpy.array_equal(stock, full) and compute_of(full_info) == [1.0]
+    out, info, _, _ = forge.img2img(init, args("auto", "fast"), steps=STEPS, denoising_strength=0.5)
+    (computed,) = compute_of(info)
+    assert computed < 0.8 and not numpy.array_equal(out, stock)
+
+
 def test_hires_fix_and_batches_get_a_plan_per_pass(forge):
     out, info, _, _ = forge.txt2img(args("auto", "fast"), steps=STEPS, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
                                     hr_second_pass_steps=10, denoising_strength=0.5, batch_size=2, n_iter=2,
