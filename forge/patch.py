@@ -15,7 +15,7 @@ import types
 
 from ..adapters import find_adapter
 from ..methods import ForecastConfig, RunState, executor_for
-from ..methods.engine import current_sigma
+from ..methods.engine import current_sigma, end_run
 from ..methods.forecast import noise_coefficients_of
 
 LOG = logging.getLogger("comfyui-duca")
@@ -63,7 +63,6 @@ class SamplingPass:
         self.last_sigma = None
         self.seen = 0             # counted steps (no schedule given)
         self.blocks_handed = 0    # block calls that reached the run
-        self.last_stats = None
 
     # --- the host's calls ----------------------------------------------------
     def wrapper(self, inner=None):
@@ -119,18 +118,9 @@ class SamplingPass:
         run, self.run, self.last_sigma = self.run, None, None
         if run is None:
             return None
-        stats = run.finish()
-        run.method.finish(run)
         if self.adapter.block_ids and not self.adapter.step_level and not self.blocks_handed \
                 and not isinstance(self.config, ForecastConfig):
             note = "this host ran no block hooks for the model: nothing was cached (choose method forecast)"
-            stats.notes.append(note)
+            run.stats.notes.append(note)
             LOG.warning("DuCa: %s", note)
-        self.last_stats = stats
-        LOG.info("DuCa: %s", stats.summary())
-        for listener in self.listeners:
-            try:
-                listener(stats)
-            except Exception:  # a reporting failure must never fail a generation
-                LOG.exception("DuCa: stats listener failed")
-        return stats
+        return end_run(run, self.listeners)[0]

@@ -16,6 +16,7 @@ import comfy.patcher_extension as ext
 
 from ..adapters import find_adapter
 from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for
+from ..methods.engine import end_run
 from ..methods.forecast import APPLY_MODEL, noise_coefficients_of
 from .attach import Holder, attach, diffusion_model_of, find_transformer_options, holder_of
 from .compile import compile_hooked_blocks, outside_compile
@@ -72,16 +73,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     try:
         return executor(*args, **kwargs)
     finally:
-        stats = run.finish()
-        holder.last_stats = stats
-        holder.last_result = method.finish(run)
         guider.model_options = original_options
-        LOG.info("DuCa: %s", stats.summary())
-        for listener in holder.listeners:
-            try:
-                listener(stats)
-            except Exception:  # a reporting failure must never fail the sampling run
-                LOG.exception("DuCa: stats listener failed")
+        holder.last_stats, holder.last_result = end_run(run, holder.listeners)
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):

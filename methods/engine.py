@@ -188,6 +188,20 @@ class RunState:
         return self.stats
 
 
+def end_run(run: RunState, listeners=()) -> tuple:
+    """End a run as every host's glue does: (its stats, what its method left); the run line is
+    logged and each listener is called with the stats (a failing listener never fails the run)."""
+    stats = run.finish()
+    result = run.method.finish(run)
+    LOG.info("DuCa: %s", stats.summary())
+    for listener in listeners:
+        try:
+            listener(stats)
+        except Exception:
+            LOG.exception("DuCa: stats listener failed")
+    return stats, result
+
+
 def _fresh_containers(value):
     """The same tensors in new dicts and lists (so a consumed list can be replayed)."""
     if type(value) is dict:
