@@ -117,13 +117,14 @@ def duca_plan(num_steps: int, interval: int, refresh_ratio: float, first_full_st
 
 
 def budget_plan(num_steps: int, budget: float, first_full_steps: int = 3, max_skipped: int = 0,
-                ends: float = 0.0) -> Plan:
+                ends: float = 0.0, last_step_full: bool = False) -> Plan:
     """Full on round(budget x steps) steps: the first `first_full_steps`, the rest over the steps after
     them (the last skipped run ends the run); forecast (AGGRESSIVE) in between. `ends` = 0 spreads
     them evenly; towards 1 they move to cosine (Chebyshev-like) spacing, denser near the start and
     the end of sampling, where the model's output bends most. At least the first steps and one step
-    compute. `max_skipped` > 0 caps the longest run of skipped steps (computing more than the budget
-    if it must). A budget of 1 computes everything."""
+    compute. `last_step_full`: the last step is one of them (a gap that ends the run has no computed
+    step after it to be corrected at). `max_skipped` > 0 caps the longest run of skipped steps
+    (computing more than the budget if it must). A budget of 1 computes everything."""
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     if not 0.0 < budget <= 1.0:
@@ -132,20 +133,23 @@ def budget_plan(num_steps: int, budget: float, first_full_steps: int = 3, max_sk
         raise ValueError(f"ends must be in [0, 1], got {ends}")
     computes = min(max(int(round(budget * num_steps)), min(first_full_steps, num_steps), 1), num_steps)
     first = min(first_full_steps, computes)
-    rest, span = computes - first, num_steps - first
+    final = [num_steps - 1] if last_step_full and computes > first else []
+    rest, span = computes - first - len(final), num_steps - first - len(final)
     full, last = list(range(first)), first - 1
     for i in range(rest):
         u = (i + 1) / (rest + 1)
         where = (1 - ends) * u + ends * (1 - math.cos(math.pi * u)) / 2
         # distinct steps, leaving room for the ones still to place
-        last = min(max(first - 1 + round(where * (span + 1)), last + 1), num_steps - (rest - i))
+        last = min(max(first - 1 + round(where * (span + 1)), last + 1), first + span - (rest - i))
         full.append(last)
+    full += final
     if max_skipped > 0:
         full = sorted(_capped(full, num_steps, max_skipped))
     full = set(full)
     steps = tuple(StepPlan(Action.FULL if i in full else Action.AGGRESSIVE) for i in range(num_steps))
     return Plan(steps, "forecast", {"budget": budget, "first_full_steps": first_full_steps,
-                                    "max_skipped": max_skipped, "ends": ends})
+                                    "max_skipped": max_skipped, "ends": ends,
+                                    "last_step_full": last_step_full})
 
 
 def _capped(full: list, num_steps: int, max_skipped: int) -> set:

@@ -2,8 +2,13 @@
 sampler's post-cfg hook records cond's and uncond's denoised outputs per step, and on each skipped
 step each must be the linear forecast, in sigma, of the noise that same conditioning implied on
 its own last two computed steps, or held from the one computed so far (points shared between
-conditionings would show)."""
+conditionings would show).
+
+Sample such runs with SAMPLER: under Euler's method a computed step after a gap hands on the
+gap's correction too (methods.forecast), which this view cannot take apart from the model's output."""
 import torch
+
+SAMPLER = "dpmpp_2m"  # one model call per step, as Euler's method, and left uncorrected
 
 
 def recording(model):

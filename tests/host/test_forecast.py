@@ -91,7 +91,7 @@ def test_skipped_steps_forecast_each_conditioning_from_its_own_computed_steps(fl
     noise each implied on its own last two computed steps: recomputed here from what the
     sampler saw (its post-cfg hook), so points shared across conditionings would show."""
     recorded, seen = forecast_checks.recording(accelerate(flux, "balanced"))
-    sample(recorded, flux_conds, cfg=3.5, batch=2)
+    sample(recorded, flux_conds, cfg=3.5, batch=2, sampler=forecast_checks.SAMPLER)
     from comfyui_duca.glue.patch import last_stats
     forecast_checks.assert_forecast_from_own_points(seen, last_stats(recorded).timeline)
 

@@ -133,7 +133,7 @@ def test_separately_called_cond_and_uncond_are_forecast_from_their_own_points(fl
     calls would show here."""
     patch, _ = duca
     recorded, seen = forecast_checks.recording(accelerate(flux, "balanced"))
-    sample(recorded, prompt(flux, 8, 1), prompt(flux, 13, 2), batch=2)
+    sample(recorded, prompt(flux, 8, 1), prompt(flux, 13, 2), batch=2, sampler=forecast_checks.SAMPLER)
     forecast_checks.assert_forecast_from_own_points(seen, patch.last_stats(recorded).timeline)
 
 

@@ -44,7 +44,7 @@ def assert_forecast_from_the_runs_own_outputs(duca, preset, model, conds, sample
     """Each skipped step extrapolates what this run's computed steps gave with this reference."""
     patch, _ = duca
     recorded, seen = forecast_checks.recording(accelerate(model, preset))
-    sample(recorded, conds)
+    sample(recorded, conds, sampler=forecast_checks.SAMPLER)
     forecast_checks.assert_forecast_from_own_points(seen, patch.last_stats(recorded).timeline)
 
 
@@ -176,8 +176,8 @@ def qwen_conds(reference):
     return with_reference(QWEN.conditioning(1), reference), with_reference(QWEN.negative(2), reference)
 
 
-def sample_qwen(model, conds):
-    return models.sample(model, *conds, steps=STEPS, cfg=CFG, latent=QWEN.latent(1))
+def sample_qwen(model, conds, **kwargs):
+    return models.sample(model, *conds, steps=STEPS, cfg=CFG, latent=QWEN.latent(1), **kwargs)
 
 
 @pytest.mark.parametrize("preset", CYCLES)

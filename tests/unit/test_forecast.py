@@ -8,7 +8,7 @@ import torch
 from cache_core.noise_space import from_noise, recoverable, to_noise
 from cache_core.placement import AdaptiveBudget
 from cache_core.plan import budget_plan
-from duca_layers.methods.forecast import BUDGETS, FORECAST_PRESETS, ForecastConfig
+from duca_layers.methods.forecast import BUDGETS, DIT, FORECAST_PRESETS, UNET, ForecastConfig
 
 
 @pytest.mark.parametrize("steps", [10, 20, 28, 50])
@@ -49,6 +49,16 @@ def test_ends_zero_is_even_and_one_is_cosine_spacing():
     assert cosine == [0, 1, 2] + [2 + round((1 - math.cos(math.pi * k / 8)) / 2 * 26) for k in range(1, 8)]
     with pytest.raises(ValueError, match="ends"):
         budget_plan(28, 0.35, ends=1.5)
+
+
+@pytest.mark.parametrize("steps", [10, 20, 28, 50])
+@pytest.mark.parametrize("budget", sorted(BUDGETS.values()))
+def test_a_plan_can_end_on_a_computed_step_within_its_budget(steps, budget):
+    plan = budget_plan(steps, budget, first_full_steps=1, ends=0.25, last_step_full=True)
+    plain = budget_plan(steps, budget, first_full_steps=1, ends=0.25)
+    assert plan.timeline.endswith("F") and plan.timeline.startswith("F")
+    assert plan.timeline.count("F") == plain.timeline.count("F") == max(round(budget * steps), 1)
+    assert budget_plan(steps, budget, 1, ends=0.25, last_step_full=False).timeline == plain.timeline
 
 
 def test_a_cap_on_skipped_steps_adds_full_steps_only_where_needed():
@@ -137,3 +147,18 @@ def test_forecast_presets_are_the_budgets_and_bad_settings_name_the_input():
                          (dict(start=0.8, end=0.2), "start"), (dict(preset="ludicrous"), "preset")):
         with pytest.raises(ValueError, match=name):
             ForecastConfig(**kwargs)
+    with pytest.raises(ValueError, match="ends"):
+        ForecastConfig(ends=1.2)
+
+
+def test_a_preset_takes_its_kind_of_models_settings_and_nothing_else_changes():
+    fast = FORECAST_PRESETS["fast"]
+    on_unets, on_dits = fast.for_model(UNET), fast.for_model(DIT)
+    assert (on_unets.last_step_full, on_unets.ends, on_unets.gap_correction) == (True, 0.25, True)
+    assert (on_dits.last_step_full, on_dits.gap_correction) == (False, False)
+    assert on_unets.with_changes(last_step_full=False, ends=fast.ends) == fast
+    for name in ("quality", "balanced", "turbo"):
+        preset = FORECAST_PRESETS[name]
+        assert preset.for_model(UNET) == preset.for_model(DIT) == preset
+    custom = ForecastConfig(budget=0.27)  # no preset: the settings as given
+    assert custom.for_model(UNET) == custom
