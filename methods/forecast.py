@@ -228,8 +228,9 @@ class OutputForecast(Executor):
             return denoised
         stats.action = Action.AGGRESSIVE.value
         value = run.estimated(call, OUTPUT, device=call.device, t=t)
-        if self.corrects:
-            weight = gap_correction.skip_weight(call.sigma, self._following(run, call), a, b)
+        if self.corrects:  # None: where the sampler steps to is not known yet (a schedule being counted)
+            following = self._following(run, call)
+            weight = None if following is None else gap_correction.skip_weight(call.sigma, following, a, b)
             run.keep(call, SKIPPED, (run.store.get(call.group, SKIPPED) or []) + [(t, weight)])
         return from_noise(call.sample, value, a, b) if in_noise else value
 
@@ -239,8 +240,8 @@ class OutputForecast(Executor):
         skipped, before = run.store.get(call.group, SKIPPED), run.store.get(call.group, OUTPUT, device=noise.device)
         run.keep(call, SKIPPED, [])
         sigma, following = call.sigma, self._following(run, call)
-        if following == sigma:  # no step to hand the drift back through
-            return denoised, noise
+        if following is None or following == sigma or any(weight is None for _, weight in skipped):
+            return denoised, noise  # no step to hand the drift back through, or a gap not measured
         drift, noise = gap_correction.gap_drift(before, (t, noise), skipped, run.estimate,
                                                 gap_correction.noise_sensitivity(a, b))
         corrected = call.sample + drift.to(call.sample.dtype)
@@ -248,9 +249,10 @@ class OutputForecast(Executor):
         return gap_correction.handed_on(call.sample, landing, sigma, following).to(denoised.dtype), noise
 
     @staticmethod
-    def _following(run, call) -> float:
-        """The sigma the sampler steps to from this call's step."""
-        return run.sigmas[call.step + 1] if call.step + 1 < len(run.sigmas) else 0.0
+    def _following(run, call) -> Optional[float]:
+        """The sigma the sampler steps to from this call's step; None if the run doesn't know it yet."""
+        following = run.sigmas[call.step + 1] if call.step + 1 < len(run.sigmas) else 0.0
+        return following if following >= 0 else None
 
     def _time(self, sigma: Optional[float]) -> Optional[float]:
         """The time the forecast runs in at `sigma`; None where it has none (log-SNR at pure noise)."""

@@ -117,6 +117,25 @@ def test_counting_steps_gives_the_plan_of_the_given_schedule(forge, unet, conds)
     assert given_stats.timeline == counted_stats.timeline and torch.equal(given, counted)
 
 
+def test_forecast_gaps_are_corrected_only_under_euler_with_the_schedule(forge, unet, conds):
+    """The gap correction needs where each step goes: the pass's schedule and Euler's method."""
+    from comfy.k_diffusion.sampling import sample_euler
+    from comfyui_duca.methods import FORECAST_PRESETS
+    balanced, steps = FORECAST_PRESETS["balanced"], 20  # computed steps after gaps (not at 9 steps)
+
+    def run(config, given_schedule, function):
+        sigmas = schedule(unet, steps, 1.0) if given_schedule else None
+        patched, sampling_pass = forge.accelerate(unet, Fixed(config), steps, sigmas, function)
+        return models.sample(patched, *conds, steps=steps, cfg=3.0, **KW), sampling_pass.finish()
+    corrected, stats = run(balanced, True, sample_euler)
+    plain, plain_stats = run(balanced.with_changes(gap_correction=False), True, sample_euler)
+    counted, counted_stats = run(balanced, False, sample_euler)
+    unknown_sampler, _ = run(balanced, True, None)
+    assert stats.timeline == plain_stats.timeline == counted_stats.timeline and "A" in stats.timeline
+    assert not torch.allclose(corrected, plain, atol=1e-6)
+    assert torch.equal(counted, plain) and torch.equal(unknown_sampler, plain)
+
+
 def test_a_multi_evaluation_sampler_keeps_the_plan_with_the_schedule(forge, unet, conds):
     settings = forge.ForgeSettings(preset="balanced")
     _, euler = one_pass(forge, unet, settings, conds, cfg=3.0)
