@@ -24,7 +24,7 @@ from .estimators import taylor
 INTERPOLANT_ORDER = 2   # the re-estimate: the polynomial through the new point and the two before it
 # The data spread of the sensitivity model. Measured on the trained small Flux and U-Net (28 steps
 # euler, 3 classes x 4 held-out seeds, median picture PSNR to no cache), 0.3 / 0.5 / 1.0: U-Net
-# balanced 42.4 / 42.4 / 42.1 dB, turbo 36.8 / 36.3 / 33.8; Flux balanced (2 seeds) 43.8 at 0.5 and
+# balanced 42.4 / 42.4 / 42.1 dB, turbo 36.8 / 36.3 / 35.0; Flux balanced (2 seeds) 43.8 at 0.5 and
 # 43.7 at 1.0. The latent formats scale latents to about unit spread; x0 estimates spread less.
 DATA_STD = 0.5
 
