@@ -110,8 +110,13 @@ class ForecastConfig:
         return replace(self, **changes)
 
     def for_model(self, kind: str) -> "ForecastConfig":
-        """A preset's settings on this kind of model (MODEL_PRESETS); other settings as they are."""
-        return self.with_changes(**MODEL_PRESETS[kind].get(self.preset, {})) if self.preset else self
+        """A preset's settings on this kind of model (MODEL_PRESETS), where they are still the
+        preset's own: a setting changed from the preset's wins (as DuCaConfig.for_family)."""
+        if self.preset is None:
+            return self
+        preset = FORECAST_PRESETS[self.preset]
+        return self.with_changes(**{name: value for name, value in MODEL_PRESETS[kind].get(self.preset, {}).items()
+                                    if getattr(self, name) == getattr(preset, name)})
 
 
 FORECAST_PRESETS = {name: ForecastConfig(budget=budget, first_full_steps=FIRST_FULL_STEPS[name], preset=name)

@@ -338,6 +338,14 @@ def sd_unet_trained():
     return _load_trained(sd_unet_small(**SD_TRAINED), "sd_unet_small")
 
 
+def class_picture(model, label: int, seed: int, side: int, channels: int, steps: int):
+    """A trained model's decoded picture of class `label` (against the empty prompt, TRAINED_CFG)."""
+    from . import pixel_latents
+    latent = sample(model, class_conditioning(model, label), class_conditioning(model, -1), steps=steps,
+                    cfg=TRAINED_CFG, seed=seed, channels=channels, height=side * 4, width=side * 4)
+    return pixel_latents.decode(model.model.process_latent_in(latent))[0]
+
+
 def wan(seed: int = 0, dtype=torch.float32, device=None, config_class: str = "WAN21_T2V", **size):
     """A Wan 2.1 text-to-video model of ComfyUI's real class (small unless sized)."""
     import comfy.supported_models

@@ -65,10 +65,7 @@ def test_the_u_nets_fast_preset_ends_on_a_computed_step_and_dits_keep_theirs(pac
 
 
 def picture(model, label, seed, side, channels):
-    latent = models.sample(model, models.class_conditioning(model, label), models.class_conditioning(model, -1),
-                           steps=28, cfg=models.TRAINED_CFG, seed=seed, channels=channels,
-                           height=side * 4, width=side * 4)
-    return pixel_latents.decode(model.model.process_latent_in(latent))[0]
+    return models.class_picture(model, label, seed, side, channels, steps=28)
 
 
 CASES = [(label, seed) for label in ("astronaut", "rocket", "coffee") for seed in (10, 11)]  # not the bench's

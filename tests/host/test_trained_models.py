@@ -7,10 +7,7 @@ STEPS = 16
 
 
 def pictures(model, label, seed, side, channels):
-    latent = models.sample(model, models.class_conditioning(model, label), models.class_conditioning(model, -1),
-                           steps=STEPS, cfg=models.TRAINED_CFG, seed=seed, channels=channels,
-                           height=side * 4, width=side * 4)
-    return pixel_latents.decode(model.model.process_latent_in(latent))[0]
+    return models.class_picture(model, label, seed, side, channels, STEPS)
 
 
 def neighbour_correlation(picture):

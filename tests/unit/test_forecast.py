@@ -162,3 +162,6 @@ def test_a_preset_takes_its_kind_of_models_settings_and_nothing_else_changes():
         assert preset.for_model(UNET) == preset.for_model(DIT) == preset
     custom = ForecastConfig(budget=0.27)  # no preset: the settings as given
     assert custom.for_model(UNET) == custom
+    changed = fast.with_changes(gap_correction=False, ends=0.5)  # changed from the preset's: kept
+    assert (changed.for_model(UNET).ends, changed.for_model(UNET).last_step_full) == (0.5, True)
+    assert changed.for_model(DIT) == changed
