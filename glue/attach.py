@@ -6,7 +6,9 @@ from __future__ import annotations
 import comfy.patcher_extension as ext
 
 # every wrapper type the pack's nodes use (removed by key when a node is applied again)
-WRAPPER_TYPES = (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL, ext.WrappersMP.APPLY_MODEL)
+WRAPPER_TYPES = tuple(kind for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL,
+                                         ext.WrappersMP.APPLY_MODEL, getattr(ext.WrappersMP, "CALC_COND_BATCH", None))
+                      if kind is not None)
 
 
 class Holder:

@@ -2,8 +2,10 @@
 
 - OUTER_SAMPLE wrapper: creates the run (methods.engine.RunState) for one sampling run and
   drops it in `finally` (EasyCache's idiom).
-- DIFFUSION_MODEL wrapper: hands each model call to the run; or the APPLY_MODEL wrapper, for
-  methods that work on the denoised output (methods.forecast).
+- DIFFUSION_MODEL wrapper: hands each model call to the run.
+- CALC_COND_BATCH wrapper: hands each step's whole cond batch to the run, for methods that work
+  on the denoised outputs (methods.forecast): a skipped step then skips the host's batching and
+  ControlNets too. On a host without that wrapper type, the APPLY_MODEL wrapper does it per call.
 - `patches_replace["dit"]` entries: hand each hooked block to the run.
 Wrappers take `(executor, *args, **kwargs)` and pass everything through.
 """
@@ -17,7 +19,7 @@ import comfy.patcher_extension as ext
 from ..adapters import find_adapter
 from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for
 from ..methods.engine import end_run
-from ..methods.forecast import APPLY_MODEL, noise_coefficients_of
+from ..methods.forecast import STEP_OUTPUTS, noise_coefficients_of
 from .attach import Holder, attach, diffusion_model_of, find_transformer_options, holder_of
 from .compile import compile_hooked_blocks, outside_compile
 
@@ -53,6 +55,11 @@ def _model_call(run, executor, args, kwargs, options):
     return run.model_call(executor, args, kwargs, options)
 
 
+# The host's cond-batch wrapper type where it has one (ComfyUI 0.3.4x and newer), else None.
+CALC_COND_BATCH = getattr(ext.WrappersMP, "CALC_COND_BATCH", None)
+COND_BATCH_ARGUMENTS = ("model", "conds", "x_in", "timestep", "model_options")
+
+
 def outer_sample_wrapper(executor, *args, **kwargs):
     guider = executor.class_obj
     sigmas = kwargs["sigmas"] if "sigmas" in kwargs else args[3]
@@ -82,14 +89,26 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
 
 
 def apply_model_wrapper(executor, *args, **kwargs):
-    return _hand_to_run(executor, args, kwargs, wraps=APPLY_MODEL)
+    return _hand_to_run(executor, args, kwargs, wraps=STEP_OUTPUTS)
+
+
+def cond_batch_wrapper(executor, *args, **kwargs):
+    """A step's cond batch to the live run, if its method works on whole-step outputs."""
+    named = dict(zip(COND_BATCH_ARGUMENTS, args), **kwargs)
+    options = (named.get("model_options") or {}).get("transformer_options", {})
+    run = options.get(RUN_KEY)
+    if (run is None or getattr(run.method, "wraps", None) != STEP_OUTPUTS or run.call is not None
+            or any(named.get(name) is None for name in ("x_in", "timestep")) or not isinstance(named.get("conds"), list)):
+        return executor(*args, **kwargs)
+    return run.cond_batch_call(executor, named["conds"], named["x_in"], named["timestep"], options, args, kwargs)
 
 
 def _hand_to_run(executor, args, kwargs, wraps):
-    """The model call to the live run, if its method works at this wrapper's level."""
+    """The model call to the live run, if its method works at this wrapper's level (and no cond
+    batch around it has been handed to the run already)."""
     options = find_transformer_options(args, kwargs)
     run = options.get(RUN_KEY)
-    if run is None or not args or getattr(run.method, "wraps", None) != wraps:
+    if run is None or not args or getattr(run.method, "wraps", None) != wraps or run.call is not None:
         return executor(*args, **kwargs)
     return _model_call(run, executor, args, kwargs, options)
 
@@ -113,10 +132,12 @@ def apply_duca(model, config, listeners=()):
         config.schedule.check_fits(adapter.family, adapter.schedule_units())
     executor_for(config, adapter, None)  # a method this model can't run is refused now, naming the input
     label = f"{adapter.family} ({adapter.variant})" if getattr(adapter, "variant", "") else adapter.family
-    patched = attach(model, KEY, Holder(config, label, listeners),
-                     {ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
-                      ext.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper,
-                      ext.WrappersMP.APPLY_MODEL: apply_model_wrapper})
+    wrappers = {ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
+                ext.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper,
+                ext.WrappersMP.APPLY_MODEL: apply_model_wrapper}
+    if CALC_COND_BATCH is not None:
+        wrappers[CALC_COND_BATCH] = cond_batch_wrapper
+    patched = attach(model, KEY, Holder(config, label, listeners), wrappers)
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for kind, index in adapter.block_ids:
         inner = existing.get((kind, index))

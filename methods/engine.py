@@ -28,7 +28,23 @@ def conditioning_group(x: torch.Tensor, transformer_options: dict) -> tuple:
     """Which conditionings a model call carries (and at which shape): one cache entry each."""
     uuids = tuple(str(u) for u in transformer_options.get("uuids", ()) or ())
     chunks = tuple(transformer_options.get("cond_or_uncond", ()) or ())
-    return (uuids, chunks, tuple(x.shape))
+    return (uuids, chunks, tuple(x.shape), context_window(transformer_options))
+
+
+def context_window(transformer_options: dict) -> tuple:
+    """The frames of the host's context window this call samples (long videos): () if none."""
+    window = transformer_options.get("context_window")
+    return tuple(int(i) for i in getattr(window, "index_list", ()) or ())
+
+
+def cond_batch_group(conds: list, x: torch.Tensor, sigma: float, transformer_options: dict) -> tuple:
+    """Which conditionings a step's whole cond batch carries: each slot's entries (by the uuid the
+    host gives each), those outside their timestep range at `sigma` left out, as the host does."""
+    def active(entry) -> bool:
+        return entry.get("timestep_start", math.inf) >= sigma >= entry.get("timestep_end", -math.inf)
+    slots = tuple(None if cond is None else tuple(str(entry.get("uuid")) for entry in cond if active(entry))
+                  for cond in conds)
+    return (slots, tuple(x.shape), context_window(transformer_options))
 
 
 def current_sigma(transformer_options: dict) -> Optional[float]:
@@ -79,12 +95,13 @@ class RunState:
         self.disabled = False  # set if reusing ever fails: the rest of the run computes everything
 
     # --- model calls -------------------------------------------------------
-    def begin_call(self, x: torch.Tensor, transformer_options: dict) -> Call:
-        sigma = current_sigma(transformer_options)
+    def begin_call(self, x: torch.Tensor, transformer_options: dict, sigma: Optional[float] = None,
+                   group: Optional[tuple] = None) -> Call:
+        sigma = current_sigma(transformer_options) if sigma is None else sigma
         step = step_index(self.sigmas, sigma) if sigma is not None else 0
         planned = self.plan[min(step, len(self.plan) - 1)] if len(self.plan) else None
         action = planned.action if planned else Action.FULL
-        group = conditioning_group(x, transformer_options)
+        group = conditioning_group(x, transformer_options) if group is None else group
         if action is not Action.FULL and group not in self.completed_groups:
             self.stats.notes.append(f"step {step}: no cache yet for this conditioning, computed fully")
             action = Action.FULL
@@ -119,6 +136,35 @@ class RunState:
                     raise
                 self.switch_off(call, error)
                 return executor(*retry[0], **retry[1])
+        finally:
+            self.end_call(call)
+
+    def cond_batch_call(self, executor, conds: list, x: torch.Tensor, timestep: torch.Tensor,
+                        transformer_options: dict, args: tuple, kwargs: dict) -> list:
+        """What the host's cond-batch wrapper runs, for a method of whole-step outputs: every
+        conditioning's denoised output of a step at once (stacked), so a skipped step skips the
+        host's batching of the conditionings and their ControlNets too. Empty slots (no negative
+        at cfg 1) stay the host's zeros."""
+        sigma = float(timestep.flatten()[0])
+        call = self.begin_call(x, transformer_options, sigma, cond_batch_group(conds, x, sigma, transformer_options))
+        filled = [i for i, cond in enumerate(conds) if cond is not None]
+        outputs = [torch.zeros_like(x) for _ in conds]
+        may_retry = call.action is not Action.FULL  # the host's arguments are untouched until it computes
+
+        def compute() -> torch.Tensor:
+            outputs[:] = executor(*args, **kwargs)
+            return torch.stack([outputs[i] for i in filled])
+        try:
+            try:
+                stacked = self.method.on_call(self, call, compute)
+            except Exception as error:
+                if not may_retry or self.disabled or is_interrupt(error):
+                    raise
+                self.switch_off(call, error)
+                return executor(*args, **kwargs)
+            for i, value in zip(filled, stacked.unbind(0)):
+                outputs[i] = value
+            return outputs
         finally:
             self.end_call(call)
 

@@ -1,8 +1,8 @@
 """Whole-step forecast under a compute budget: the pack's presets on every family.
 
-The unit is the model's denoised output, per conditioning group, wrapped at the host's apply-model
-level (after the sampler's input scaling, before cfg), so it works on every family, with or without
-block hooks. Full steps: the model runs; the noise its output implies (cache_core.noise_space) is
+The unit is the model's denoised output of each conditioning, before cfg, so it works on every
+family, with or without block hooks: all of a step's conditionings at once where the host wraps its
+cond batch (ComfyUI), else per model call (Forge's model function wrapper). Full steps: the model runs; the noise its output implies (cache_core.noise_space) is
 kept with its sigma. Skipped steps: the model is not called; the noise is forecast from the kept
 points (cache_core.estimators) and turned back into a denoised output with this step's sample.
 
@@ -37,7 +37,7 @@ from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.validate import check_choice, check_float, check_int
 from .protocol import Executor
 
-APPLY_MODEL = "apply_model"  # the host level this method's model calls are wrapped at
+STEP_OUTPUTS = "step_outputs"  # what this method's calls are: the denoised outputs of a step
 PLACEMENTS = ("ends", "even", "adaptive")
 # `ends`: how far the full steps move from even towards cosine spacing (plan.budget_plan). Measured
 # on the trained small Flux, 28 steps, median picture PSNR to no cache at 0.46 / 0.36 / 0.29 / 0.21
@@ -160,7 +160,7 @@ def adds_noise(sampler) -> Optional[str]:
 
 
 class OutputForecast(Executor):
-    wraps = APPLY_MODEL
+    wraps = STEP_OUTPUTS
     compute_unit = MODEL_CALLS
 
     def __init__(self, config: ForecastConfig, adapter, noise_coefficients: Optional[Callable] = None,

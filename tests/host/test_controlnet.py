@@ -128,6 +128,24 @@ def test_a_new_control_image_changes_the_output_of_reused_steps_as_uncached(flux
         assert relative_l2(out, own) < 0.5 * relative_l2(out, other), (seed, relative_l2(out, own))
 
 
+def test_the_forecasts_skipped_steps_run_no_controlnet(flux, controlnet):
+    """The budget presets skip a step's whole cond batch: its ControlNet is not run either."""
+    conds = controlled(flux, controlnet, 0)
+    runs = []
+    handle = controlnet.control_model.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        sample(flux, conds)
+        uncached_runs = len(runs)
+        model = accelerate(flux, "balanced")
+        runs.clear()
+        sample(model, conds)
+    finally:
+        handle.remove()
+    timeline = skipped_steps(model)
+    assert uncached_runs == STEPS  # cond and negative in one batch: one ControlNet run per step
+    assert len(runs) == timeline.count("F") < STEPS
+
+
 def test_control_ending_halfway_is_followed_on_reused_steps(flux, controlnet):
     """Control for the first half only: DuCa's reused steps after it ends must carry none."""
     conds = controlled(flux, controlnet, 0, end=0.5)

@@ -111,6 +111,34 @@ def test_forecast_state_never_crosses_runs_resolutions_or_batch_sizes(flux, flux
     assert not patch.last_stats(accelerated).notes
 
 
+def test_a_conditioning_that_starts_mid_run_is_computed_before_it_is_forecast(flux, flux_conds, duca):
+    """Prompt A for the first part of the run, prompt B for the rest (ConditioningSetTimestepRange):
+    B's first step is a planned skip, and computes, since nothing was kept for B yet."""
+    import comfy.samplers
+    import nodes
+    patch, _ = duca
+    from comfyui_duca.cache_core.plan import budget_plan
+    from comfyui_duca.methods.forecast import ENDS
+    planned = budget_plan(STEPS, 0.35, ends=ENDS).timeline
+    sampling = flux.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", STEPS).tolist()
+    percent, switch = next((p, i) for p in (x / 20 for x in range(4, 17))
+                           for i, sigma in enumerate(sigmas[:-1])
+                           if sigma <= sampling.percent_to_sigma(p) and planned[i] == "A"
+                           and all(s > sampling.percent_to_sigma(p) for s in sigmas[:i]))
+    positive, negative = flux_conds
+    (early,) = nodes.ConditioningSetTimestepRange().set_range(positive, 0.0, percent)
+    (late,) = nodes.ConditioningSetTimestepRange().set_range(models.flux_conditioning(model=flux, seed=3),
+                                                             percent, 1.0)
+    (both,) = nodes.ConditioningCombine().combine(early, late)
+    accelerated = accelerate(flux, "balanced")
+    out = sample(accelerated, (both, negative), cfg=3.5)
+    stats = patch.last_stats(accelerated)
+    assert stats.notes == [f"step {switch}: no cache yet for this conditioning, computed fully"]
+    assert stats.timeline[switch] == "F" and stats.timeline[:switch] == planned[:switch]
+    assert torch.isfinite(out).all()
+
+
 def test_batch_elements_are_forecast_independently(flux, flux_conds):
     """A batch of two latents: each element's output is the one it gets sampled alone."""
     import comfy.sample
