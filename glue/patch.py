@@ -69,7 +69,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     options = guider.model_options.setdefault("transformer_options", {})
     holder: Holder = options[KEY]
     adapter = find_adapter(diffusion_model_of(guider.model_patcher))
-    coefficients = noise_coefficients(guider.model_patcher) if isinstance(holder.config, ForecastConfig) else None
+    coefficients = noise_coefficients(guider.model_patcher, sigmas) if isinstance(holder.config, ForecastConfig) else None
     method = executor_for(holder.config, adapter, coefficients, sampler)
     run = RunState(method, sigmas)
     options[RUN_KEY] = run
@@ -113,10 +113,11 @@ def _hand_to_run(executor, args, kwargs, wraps):
     return _model_call(run, executor, args, kwargs, options)
 
 
-def noise_coefficients(model_patcher):
+def noise_coefficients(model_patcher, sigmas=()):
     """sigma -> (a, b) of the model's sampling (`noise_scaling`, so patched samplings count)."""
     get = getattr(model_patcher, "get_model_object", None)
-    return noise_coefficients_of(get("model_sampling") if get else getattr(model_patcher.model, "model_sampling", None))
+    return noise_coefficients_of(get("model_sampling") if get else getattr(model_patcher.model, "model_sampling", None),
+                                 sigmas)
 
 
 def apply_duca(model, config, listeners=()):

@@ -148,7 +148,7 @@ class RunState:
         sigma = float(timestep.flatten()[0])
         call = self.begin_call(x, transformer_options, sigma, cond_batch_group(conds, x, sigma, transformer_options))
         filled = [i for i, cond in enumerate(conds) if cond is not None]
-        outputs = [torch.zeros_like(x) for _ in conds]
+        outputs = [None if cond is not None else torch.zeros_like(x) for cond in conds]
         may_retry = call.action is not Action.FULL  # the host's arguments are untouched until it computes
 
         def compute() -> torch.Tensor:

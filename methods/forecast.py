@@ -18,7 +18,6 @@ fraction of calls is the fraction of block compute.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -123,26 +122,48 @@ FORECAST_PRESETS = {name: ForecastConfig(budget=budget, first_full_steps=FIRST_F
                     for name, budget in BUDGETS.items()}
 
 
-def noise_coefficients_of(sampling):
+def noise_coefficients_of(sampling, sigmas=()):
     """sigma -> (a, b) with the sampler's sample x = a x0 + b noise, read from a model sampling's
     `noise_scaling(sigma, noise, latent)` (ComfyUI's and Forge's contract); None if it has none."""
     scaling = getattr(sampling, "noise_scaling", None)
     if scaling is None:
         return None
-    one, zero = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
-
-    @functools.lru_cache(maxsize=1024)  # asked at every model call, for the run's few sigmas
-    def at(sigma: float) -> tuple:
-        s = torch.tensor([sigma], dtype=torch.float64)
-        return float(scaling(s, zero.clone(), one.clone())), float(scaling(s, one.clone(), zero.clone()))
     try:
-        at(0.5)
+        return NoiseCoefficients(scaling, sigmas)
     except Exception:  # a sampling with another contract: forecast the denoised output instead
         logging.getLogger("comfyui-duca").warning(
             "DuCa: %s.noise_scaling did not take (sigma, noise, latent); forecasting the denoised output",
             type(sampling).__name__)
         return None
-    return at
+
+
+class NoiseCoefficients:
+    """(a, b) at each sigma asked, read once: a run's schedule in one call up front (every model
+    call asks), any other sigma (a multi-evaluation sampler's) when first asked."""
+
+    def __init__(self, scaling, sigmas=()):
+        self.scaling, self.known = scaling, {}
+        known = [float(s) for s in sigmas] or [0.5]  # a sampling that can't be read fails here
+        self.known.update(zip(known, zip(*self._read(known))))
+
+    def __call__(self, sigma: float) -> tuple:
+        found = self.known.get(sigma)
+        if found is None:
+            (a,), (b,) = self._read([sigma])
+            found = self.known[sigma] = (a, b)
+        return found
+
+    def _read(self, sigmas: list) -> tuple:
+        """([a], [b]) at `sigmas`: as a batch, or one by one for a sampling that reads no batch."""
+        n = len(sigmas)
+        s = torch.tensor(sigmas, dtype=torch.float64)
+        zeros, ones = torch.zeros(n, 1, dtype=torch.float64), torch.ones(n, 1, dtype=torch.float64)
+        a, b = self.scaling(s, zeros.clone(), ones.clone()).flatten(), self.scaling(s, ones.clone(), zeros.clone()).flatten()
+        if a.numel() != n or b.numel() != n:
+            if n == 1:
+                raise ValueError(f"noise_scaling gave {a.numel()} values for one sigma")
+            return tuple(zip(*(self(sigma) for sigma in sigmas)))
+        return a.tolist(), b.tolist()
 
 
 def steps_by_euler(sampler) -> bool:

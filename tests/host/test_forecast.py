@@ -187,3 +187,19 @@ def test_adaptive_placement_is_repeatable_and_spends_the_budget(flux, flux_conds
     assert torch.equal(first, again) and patch.last_stats(accelerated).timeline == timeline
     assert timeline.startswith("FFF")
     assert abs(patch.last_stats(accelerated).compute_fraction - 0.35) <= 0.02
+
+
+@pytest.mark.parametrize("family", ["flux", "unet"])
+def test_noise_coefficients_read_for_a_whole_schedule_are_those_read_one_by_one(family, flux, unet):
+    """The run's schedule is read in one batched call; each value is the host sampling's own."""
+    import comfy.samplers
+    from comfyui_duca.methods.forecast import noise_coefficients_of
+    sampling = (flux if family == "flux" else unet).get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", 9)
+    batched, alone = noise_coefficients_of(sampling, sigmas), noise_coefficients_of(sampling)
+    for sigma in sigmas.tolist():
+        latent, noise = torch.randn(2, 1, 4, 4, dtype=torch.float64).unbind(0)
+        expected = sampling.noise_scaling(torch.tensor([sigma], dtype=torch.float64), noise, latent)
+        for a, b in (batched(sigma), alone(sigma)):
+            torch.testing.assert_close(a * latent + b * noise, expected)
+    assert batched(0.123) == alone(0.123)  # a sigma off the schedule is read when asked
