@@ -75,14 +75,18 @@ def timed(work, model, case):
     return latent, time.perf_counter() - started
 
 
-def measure(work, model, reference, name, group, stats_of=None, adjacent=False) -> dict:
+def measure(work, model, reference, name, group, stats_of=None, adjacent=0) -> dict:
     """One entry over every case: median PSNR, compute, median speedup over no cache. `adjacent`:
-    the uncached time is measured again right before each case (a shared machine's speed drifts
-    over a long bench; the speedup targets are checked on these)."""
+    the uncached time is measured again right before each case, and that pair timed `adjacent`
+    times (a shared machine's speed drifts over a long bench; the speedup targets are checked on
+    these)."""
     counter = CallCounter(work.model)
     px, times, fractions = [], [], []
     try:
         for case, (ref_picture, ref_calls, ref_seconds) in zip(work.cases, reference):
+            for _ in range(adjacent - 1):  # the pairs after the first: timing only
+                ref_again = timed(work, work.model, case)[1]
+                times.append(ref_again / timed(work, model, case)[1])
             if adjacent:
                 ref_seconds = timed(work, work.model, case)[1]
             before = counter.calls
@@ -139,7 +143,7 @@ def peer_entries(model, paths):
                 yield node_id, label, getattr(node, node.FUNCTION)(model=model, **setting)[0]
 
 
-def run(work, samplers=SAMPLERS, peers=()) -> list:
+def run(work, samplers=SAMPLERS, peers=(), timing_pairs=1) -> list:
     from bench.baselines import denoised_forecast, fewer_steps
     from comfyui_duca.glue.patch import last_stats
     reference = []
@@ -153,7 +157,7 @@ def run(work, samplers=SAMPLERS, peers=()) -> list:
         counter.remove()
     rows = []
     for name, model in pack_entries(work.model):
-        rows.append(measure(work, model, reference, name, PACK, last_stats, adjacent=True))
+        rows.append(measure(work, model, reference, name, PACK, last_stats, adjacent=timing_pairs))
     for n in sorted({round(work.steps * c) for c in COMPUTE_LEVELS}):
         for sampler in samplers:
             fewer = fewer_steps(work, n, sampler)
@@ -260,11 +264,14 @@ def main(argv=None):
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help="of the fewer-steps baselines")
     p.add_argument("--peer-pack", action="append", default=[], metavar="PATH",
                    help="an installed community pack to compare (its folder under custom_nodes)")
+    p.add_argument("--timing-pairs", type=int, default=1, metavar="N",
+                   help="uncached and accelerated runs timed N times per case for the presets' speedup "
+                        "(more for a bench of few cases)")
     p.add_argument("--out", help="path prefix: writes PREFIX.json, PREFIX.md and PREFIX.png")
     args = p.parse_args(argv)
     workloads.boot(None, cpu=True)
     work = workloads.testbed_workload(args.model, args.steps, args.classes, args.seeds)
-    rows = run(work, args.samplers, args.peer_pack)
+    rows = run(work, args.samplers, args.peer_pack, max(args.timing_pairs, 1))
     found = checks(rows, work.steps)
     text = markdown(work, rows, found)
     print(text)
