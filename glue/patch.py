@@ -55,7 +55,7 @@ def _model_call(run, executor, args, kwargs, options):
     return run.model_call(executor, args, kwargs, options)
 
 
-# The host's cond-batch wrapper type where it has one (ComfyUI 0.3.4x and newer), else None.
+# The host's cond-batch wrapper type where it has one, else None (feature-detected).
 CALC_COND_BATCH = getattr(ext.WrappersMP, "CALC_COND_BATCH", None)
 COND_BATCH_ARGUMENTS = ("model", "conds", "x_in", "timestep", "model_options")
 

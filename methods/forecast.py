@@ -2,9 +2,10 @@
 
 The unit is the model's denoised output of each conditioning, before cfg, so it works on every
 family, with or without block hooks: all of a step's conditionings at once where the host wraps its
-cond batch (ComfyUI), else per model call (Forge's model function wrapper). Full steps: the model runs; the noise its output implies (cache_core.noise_space) is
-kept with its sigma. Skipped steps: the model is not called; the noise is forecast from the kept
-points (cache_core.estimators) and turned back into a denoised output with this step's sample.
+cond batch (ComfyUI), else per model call (Forge's model function wrapper). Full steps: the model
+runs; the noise its output implies (cache_core.noise_space) is kept with its sigma. Skipped steps:
+the model is not called; the noise is forecast from the kept points (cache_core.estimators) and
+turned back into a denoised output with this step's sample.
 
 With Euler's method, each gap of skipped steps is corrected once the step after it computes
 (cache_core.gap_correction): the gap is estimated again by interpolation and what the forecasts
