@@ -203,3 +203,30 @@ def test_noise_coefficients_read_for_a_whole_schedule_are_those_read_one_by_one(
         for a, b in (batched(sigma), alone(sigma)):
             torch.testing.assert_close(a * latent + b * noise, expected)
     assert batched(0.123) == alone(0.123)  # a sigma off the schedule is read when asked
+
+
+@pytest.mark.parametrize("cfg_negative", [1.0, 2.0], ids=["no negative", "three prompts"])
+def test_a_three_prompt_guider_keeps_every_slot_of_its_cond_batch(flux, flux_conds, duca, cfg_negative):
+    """The host's DualCFGGuider batches three prompts in one cond batch (the negative left out at
+    its cfg 1): an all-full plan is bit-identical, and a budget preset skips steps without a
+    fallback and stays near the uncached output."""
+    import comfy.sample
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import DualCFGGuider
+    patch, _ = duca
+    positive, negative = flux_conds
+    middle = models.flux_conditioning(model=flux, seed=4)
+    latent = torch.zeros(1, 16, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    sigmas = comfy.samplers.calculate_sigmas(flux.get_model_object("model_sampling"), "simple", STEPS)
+
+    def guided(model):
+        guider = DualCFGGuider.execute(model, positive, middle, negative, 3.0, cfg_negative, "regular").result[0]
+        return guider.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, disable_pbar=True, seed=0)
+    reference = guided(flux)
+    assert torch.equal(guided(accelerate(flux, "balanced", budget=1.0)), reference)
+    accelerated = accelerate(flux, "balanced")
+    out = guided(accelerated)
+    stats = patch.last_stats(accelerated)
+    assert set(stats.timeline) == {"F", "A"} and not stats.notes
+    assert 1e-6 < float((out - reference).norm() / reference.norm()) < 0.3
