@@ -37,7 +37,8 @@ def accelerate(unet, settings, steps: int, sigmas=None, sampler_function=None, l
     config = settings.config_for(adapter, steps)
     executor_for(config, adapter, None)  # a method this model can't run is refused now, naming the input
     model = unet.model
-    coefficients = (noise_coefficients_of(getattr(model, "predictor", None) or getattr(model, "model_sampling", None))
+    coefficients = (noise_coefficients_of(getattr(model, "predictor", None) or getattr(model, "model_sampling", None),
+                                          sigmas if sigmas is not None else ())
                     if isinstance(config, ForecastConfig) else None)
     sampler = types.SimpleNamespace(sampler_function=sampler_function) if sampler_function else None
     sampling_pass = SamplingPass(config, adapter, steps, sigmas, coefficients, sampler, listeners)

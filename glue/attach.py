@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import comfy.patcher_extension as ext
 
+# The host's cond-batch wrapper type where it has one, else None (feature-detected).
+CALC_COND_BATCH = getattr(ext.WrappersMP, "CALC_COND_BATCH", None)
 # every wrapper type the pack's nodes use (removed by key when a node is applied again)
 WRAPPER_TYPES = tuple(kind for kind in (ext.WrappersMP.OUTER_SAMPLE, ext.WrappersMP.DIFFUSION_MODEL,
-                                         ext.WrappersMP.APPLY_MODEL, getattr(ext.WrappersMP, "CALC_COND_BATCH", None))
-                      if kind is not None)
+                                         ext.WrappersMP.APPLY_MODEL, CALC_COND_BATCH) if kind is not None)
 
 
 class Holder:

@@ -20,7 +20,7 @@ from ..adapters import find_adapter
 from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for
 from ..methods.engine import end_run
 from ..methods.forecast import STEP_OUTPUTS, noise_coefficients_of
-from .attach import Holder, attach, diffusion_model_of, find_transformer_options, holder_of
+from .attach import CALC_COND_BATCH, Holder, attach, diffusion_model_of, find_transformer_options, holder_of
 from .compile import compile_hooked_blocks, outside_compile
 
 LOG = logging.getLogger("comfyui-duca")
@@ -55,8 +55,6 @@ def _model_call(run, executor, args, kwargs, options):
     return run.model_call(executor, args, kwargs, options)
 
 
-# The host's cond-batch wrapper type where it has one, else None (feature-detected).
-CALC_COND_BATCH = getattr(ext.WrappersMP, "CALC_COND_BATCH", None)
 COND_BATCH_ARGUMENTS = ("model", "conds", "x_in", "timestep", "model_options")
 
 

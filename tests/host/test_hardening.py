@@ -19,15 +19,15 @@ import torch
 from testbed import forecast_checks, host, models
 
 PRESETS = ["balanced", "duca balanced"]  # the whole-step forecast, DuCa's token-wise cycle
+SMALL = dict(height=64, width=64)         # 16 image tokens: fast plumbing checks
+STEPS = 12
+CFG = 3.5                                 # cfg > 1: the host evaluates cond and uncond every step
 
 
 def calls_handed(preset, model_calls):
     """The calls a preset's run counts per step where the host makes `model_calls` model calls:
     the budget presets take a step's whole cond batch at once, DuCa each model call."""
     return 1 if preset == "balanced" else model_calls
-SMALL = dict(height=64, width=64)         # 16 image tokens: fast plumbing checks
-STEPS = 12
-CFG = 3.5                                 # cfg > 1: the host evaluates cond and uncond every step
 
 
 def accelerate(model, preset):
