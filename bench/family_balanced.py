@@ -1,11 +1,16 @@
 """Every small family's balanced preset (0.357 of the model calls at 28 steps) against every-k
-reuse: the relative error to the uncached output (latent space, median over seeds), for the
+reuse: the relative error to the uncached output (latent space, median over the cases), for the
 forecast with and without the gap correction, the denoised output reused every 4th step (0.321:
 the every-k at no more compute) and every 3rd step (0.393: more compute), and forecast every 3rd
-step (order 1), at cfg 1 and 4. Random-weight models: their
-outputs move little with sigma, so this measures the arithmetic on the real classes, not pictures.
+step (order 1), at cfg 1 and 4.
+
+`--weights trained` (the default) samples each family's model trained on photographs
+(training/train_families.py), 3 classes x the seeds, against the empty prompt; `--weights random`
+its random-weight model with one random prompt: random outputs move little and erratically with
+sigma, so that measures the arithmetic on the real classes, not how a trained model behaves.
 
     python3 tools/host.py python bench/family_balanced.py --steps 28 --seeds 0 1
+    python3 tools/host.py python bench/family_balanced.py --weights random
 """
 from __future__ import annotations
 
@@ -42,31 +47,41 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--cfgs", type=float, nargs="+", default=[1.0, 4.0])
+    p.add_argument("--weights", choices=("trained", "random"), default="trained")
+    p.add_argument("--classes", type=int, default=3, help="trained weights: prompts per family")
     args = p.parse_args(argv)
     workloads.boot(None, cpu=True)
     from testbed import models
-    from testbed.families import FAMILIES
+    from testbed.families import EMPTY_PROMPT, FAMILIES
     names = ["balanced", "balanced uncorrected", "reuse every 4", "reuse every 3", "forecast every 3"]
     print("| family | cfg | " + " | ".join(names) + " | closer than reuse every 4 / 3 |")
     print("|---|---:|" + "---:|" * len(names) + "---|")
     wins = {4: 0, 3: 0}
     total = 0
     for family_name, family in FAMILIES.items():
-        model = family.build(3)
+        if args.weights == "trained":
+            model = family.build_trained()
+            prompts = [(family.class_conditioning(c), family.class_conditioning(EMPTY_PROMPT))
+                       for c in range(args.classes)]
+        else:
+            model = family.build(3)
+            prompts = [(family.conditioning(1), family.negative(2))]
+        cases = [(positive, negative, seed) for positive, negative in prompts for seed in args.seeds]
         for cfg in args.cfgs:
-            def sample(m, seed):
-                return models.sample(m, family.conditioning(1), family.negative(2), steps=args.steps, cfg=cfg,
-                                     seed=seed, latent=family.latent(1))
-            references = [sample(model, seed) for seed in args.seeds]
-            errors = {name: statistics.median(relative_error(sample(m, seed), ref)
-                                              for seed, ref in zip(args.seeds, references))
+            def sample(m, case):
+                positive, negative, seed = case
+                return models.sample(m, positive, negative, steps=args.steps, cfg=cfg, seed=seed,
+                                     latent=family.latent(1))
+            references = [sample(model, case) for case in cases]
+            errors = {name: statistics.median(relative_error(sample(m, case), ref)
+                                              for case, ref in zip(cases, references))
                       for name, m in entries(model)}
             closer = {k: errors["balanced"] < errors[f"reuse every {k}"] for k in wins}
             wins = {k: wins[k] + closer[k] for k in wins}
             total += 1
             print(f"| {family_name} | {cfg:g} | " + " | ".join(f"{100 * errors[n]:.3f}%" for n in names)
                   + " | " + " / ".join("yes" if closer[k] else "no" for k in wins) + " |", flush=True)
-    print(f"\nbalanced closer than reusing the denoised output every 4th step on {wins[4]} of {total} "
+    print(f"\n{args.weights} weights: balanced closer than reusing the denoised output every 4th step on {wins[4]} of {total} "
           f"family x cfg runs, every 3rd step on {wins[3]}")
     return 0
 

@@ -2,7 +2,7 @@
 
 Each entry of `FAMILIES` builds a CPU-sized model of the family's real
 `comfy.supported_models` config and `comfy.model_base` class (float32, seeded
-random weights, two to four blocks, hidden 64 (Z-Image 256), 16-32 image tokens,
+random weights, two to four blocks, hidden 64 (LTXV 192, Z-Image and Wan 2.2 5B 256), 16-32 image tokens,
 well under 0.1 s per 6-step sample on one CPU thread), and the conditioning and
 latent it takes, so a test can sample it through ComfyUI's
 KSampler path and put forward hooks on its real blocks:
@@ -90,6 +90,7 @@ Left out, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -100,6 +101,9 @@ HIDDEN = 64
 TEXT_DIM = 32
 TEXT_TOKENS = 8
 NEGATIVE_SEED_OFFSET = 1000  # negative(seed) draws other tensors than conditioning(seed)
+TRAINED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "families"
+CLASS_SEED = 100  # a trained model's class c is prompted by conditioning(CLASS_SEED + c)
+EMPTY_PROMPT = -1  # the class label of the empty prompt (negative(CLASS_SEED))
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,22 @@ class Family:
     negative: Callable                    # seed -> negative CONDITIONING (batch 1)
     latent: Callable                      # batch -> zeros latent of the right shape
     block_hook: bool = True               # the host routes its blocks through patches_replace["dit"]
+
+    def class_conditioning(self, label: int):
+        """A trained model's prompt for class `label` of testbed.models.CLASSES (EMPTY_PROMPT: none)."""
+        return self.negative(CLASS_SEED) if label == EMPTY_PROMPT else self.conditioning(CLASS_SEED + label)
+
+    def trained_weights(self) -> Path:
+        """Where training/train_families.py keeps this family's weights trained on photographs."""
+        return TRAINED_WEIGHTS / f"{self.name}.safetensors"
+
+    def build_trained(self):
+        """The family's small model with its trained weights (a ModelPatcher)."""
+        import comfy.utils
+        model = self.build(0)
+        state = comfy.utils.load_torch_file(str(self.trained_weights()), safe_load=True)
+        model.model.diffusion_model.load_state_dict({k: v.float() for k, v in state.items()})
+        return model
 
     def block_modules(self, model) -> list:
         """The host's block modules of a built model, in run order."""
@@ -151,8 +171,12 @@ def _family(name, config_class, model_class, blocks, unet_config, conditioning, 
 
 
 # --- LTXV: 128 latent channels, patch size 1 (one token per latent voxel) ---
+# Wider than the others (6 heads of 32): a flow model predicts the noise too, which has to pass
+# through its blocks; narrower than a token's 128 values, a trained one could not denoise.
+LTXV_WIDTH = 192
 LTXV_CONFIG = {"image_model": "ltxv", "in_channels": 128, "num_layers": 2, "attention_head_dim": 32,
-               "num_attention_heads": 2, "cross_attention_dim": HIDDEN, "caption_channels": TEXT_DIM}
+               "num_attention_heads": LTXV_WIDTH // 32, "cross_attention_dim": LTXV_WIDTH,
+               "caption_channels": TEXT_DIM}
 
 
 def ltxv_conditioning(seed: int = 1):
@@ -289,7 +313,9 @@ def wan_i2v_conditioning(seed: int = 1):
 
 
 # --- Wan 2.2 5B (TI2V): 48-channel latent of the Wan 2.2 VAE, model_base.WAN22 ---
-WAN22_CONFIG = {**WAN_SMALL, "model_type": "t2v", "in_dim": 48, "out_dim": 48}
+# 256 wide (8 heads of 32): its 1x2x2 patches hold 192 values (see LTXV_WIDTH)
+WAN22_CONFIG = {**WAN_SMALL, "model_type": "t2v", "in_dim": 48, "out_dim": 48, "dim": 256, "ffn_dim": 512,
+                "num_heads": 8}
 
 
 def _plain_text(seed: int = 1):
