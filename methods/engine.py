@@ -22,6 +22,7 @@ from ..cache_core.store import CacheStore
 from .stack_gaps import carries_control
 
 LOG = logging.getLogger("comfyui-duca")
+UNCOND = 1  # how transformer_options["cond_or_uncond"] marks an unconditional batch entry (ComfyUI, Forge)
 
 
 def conditioning_group(x: torch.Tensor, transformer_options: dict) -> tuple:
@@ -93,11 +94,13 @@ class RunState:
         self.call: Optional[Call] = None
         self.completed_groups = set()  # groups whose full step has finished: reuse may follow
         self.disabled = False  # set if reusing ever fails: the rest of the run computes everything
+        self.guided = False    # an unconditional output was asked for: the sampler applies guidance
 
     # --- model calls -------------------------------------------------------
     def begin_call(self, x: torch.Tensor, transformer_options: dict, sigma: Optional[float] = None,
                    group: Optional[tuple] = None) -> Call:
         sigma = current_sigma(transformer_options) if sigma is None else sigma
+        self.guided = self.guided or UNCOND in (transformer_options.get("cond_or_uncond") or ())
         step = step_index(self.sigmas, sigma) if sigma is not None else 0
         planned = self.plan[min(step, len(self.plan) - 1)] if len(self.plan) else None
         action = planned.action if planned else Action.FULL
@@ -148,6 +151,7 @@ class RunState:
         sigma = float(timestep.flatten()[0])
         call = self.begin_call(x, transformer_options, sigma, cond_batch_group(conds, x, sigma, transformer_options))
         filled = [i for i, cond in enumerate(conds) if cond is not None]
+        self.guided = self.guided or len(filled) > 1
         outputs = [None if cond is not None else torch.zeros_like(x) for cond in conds]
         may_retry = call.action is not Action.FULL  # the host's arguments are untouched until it computes
 

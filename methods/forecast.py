@@ -282,8 +282,9 @@ class OutputForecast(Executor):
         sigma, following = call.sigma, self._following(run, call)
         if following is None or following == sigma or any(weight is None for _, weight in skipped):
             return denoised, noise  # no step to hand the drift back through, or a gap not measured
+        spread = gap_correction.GUIDED_DATA_STD if run.guided else gap_correction.DATA_STD
         drift, noise = gap_correction.gap_drift(before, (t, noise), skipped, run.estimate,
-                                                gap_correction.noise_sensitivity(a, b))
+                                                gap_correction.noise_sensitivity(a, b, spread))
         corrected = call.sample + drift.to(call.sample.dtype)
         landing = corrected + (following - sigma) / sigma * (corrected - from_noise(corrected, noise, a, b))
         return gap_correction.handed_on(call.sample, landing, sigma, following).to(denoised.dtype), noise

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:  # once the host is loaded, the checkout must not go first: its nodes/ would
+    sys.path.insert(0, str(REPO))  # shadow ComfyUI's nodes.py
 
 from testbed import families, host, models  # noqa: E402
 from training.train_small_models import load_photographs  # noqa: E402

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:  # once the host is loaded, the checkout must not go first: its nodes/ would
+    sys.path.insert(0, str(REPO))  # shadow ComfyUI's nodes.py
 
 from testbed import host, models, pixel_latents  # noqa: E402
 

@@ -6,8 +6,7 @@
 - the balanced preset (0.357 of the model calls at 28 steps) is closer to the uncached output than
   reusing the denoised output every 4th step (0.321: the every-k at no more compute), at cfg 1 and
   4, median over the bench's cases (bench/family_balanced.py also compares every-3rd-step reuse
-  and forecast, and the uncorrected forecast). Where it is known to be behind, the test says why
-  and fails once it no longer is.
+  and forecast, and the uncorrected forecast).
 """
 import statistics
 
@@ -99,21 +98,11 @@ def test_trained_family_samples_pictures_decided_by_the_prompt(trained, name):
     assert prompt_gap > seed_gap                                 # the prompt matters more than the seed
 
 
-# (family, cfg) where the balanced preset is known to be behind, and why (bench/RESULTS.md)
-KNOWN_BEHIND = {("auraflow", 4.0): "at cfg 4 the gap correction moves this model's samples off: 23.9% against "
-                                   "reuse's 14.8% (uncorrected 9.1%); the correction loses at high guidance"}
 CASES = [(label, seed) for label in range(3) for seed in (0, 1)]
 
 
-def _closer_params():
-    for name in FAMILIES:
-        for cfg in (1.0, CFG):
-            why = KNOWN_BEHIND.get((name, cfg))
-            marks = [pytest.mark.xfail(reason=why, strict=True)] if why else []
-            yield pytest.param(name, cfg, marks=marks, id=f"{name}-cfg{cfg:g}")
-
-
-@pytest.mark.parametrize("name,cfg", list(_closer_params()))
+@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("cfg", [1.0, CFG])
 def test_balanced_is_closer_than_reusing_every_fourth_step_on_the_trained_model(trained, duca, name, cfg):
     """Median relative error over 3 prompts x 2 seeds, as the bench measures it."""
     from bench.baselines import denoised_forecast
