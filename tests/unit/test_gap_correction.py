@@ -68,6 +68,12 @@ def test_noise_sensitivity_follows_the_sample_at_high_noise_and_settles_at_low()
     assert noise_sensitivity(1.0, 0.01, data_std=0.5) == pytest.approx(0.01 / 0.25, rel=1e-3)
 
 
+def test_with_no_data_spread_the_noise_follows_the_sample_at_every_level():
+    """Spread 0 (guided runs): the denoised output does not move with the sample, x = a x0 + b n."""
+    for a, b in ((1.0, 80.0), (1.0, 0.01), (0.3, 0.7)):
+        assert noise_sensitivity(a, b, data_std=0.0) == pytest.approx(1 / b)
+
+
 def test_the_moved_value_and_the_drift_agree():
     """Solved together: the drift re-estimated with the moved value, at no sensitivity, is the same."""
     before = [(0.9, torch.tensor([0.2, 0.1])), (0.7, torch.tensor([0.4, -0.3]))]
