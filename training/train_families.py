@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:  # once the host is loaded, the checkout must not 
     sys.path.insert(0, str(REPO))  # shadow ComfyUI's nodes.py
 
 from testbed import families, host, models  # noqa: E402
-from training.train_small_models import load_photographs  # noqa: E402
+from training.train_small_models import load_photographs, update  # noqa: E402
 
 CELL = 2                # pixels per latent position, each way
 PAN_PIXELS = 2          # a video family's frames: the crop moved this far per frame
@@ -141,14 +141,7 @@ def train(name: str, minutes: float, batch: int, lr: float, seed: int, classes: 
             out = denoised(model, entries[key], x_t, sigma)
         weight = b.clamp_min(MIN_NOISE_SCALE).pow(-2).view(-1, *([1] * (x0.ndim - 1)))
         loss = ((out - x0).pow(2) * weight).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for k, v in dm.state_dict().items():
-                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        update(dm, optimizer, loss, ema, step)
         losses.append(loss.item())
         step += 1
         if step % 100 == 0:

@@ -109,6 +109,19 @@ SETUPS = {
 }
 
 
+def update(dm, optimizer, loss, ema: dict, step: int) -> None:
+    """One optimizer step on `loss` (gradients clipped to norm 1), then the EMA of the weights,
+    whose decay warms up to 0.999."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
+    optimizer.step()
+    with torch.no_grad():
+        decay = min(0.999, (1 + step) / (10 + step))
+        for k, v in dm.state_dict().items():
+            ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+
+
 def train(kind: str, minutes: float, batch: int, lr: float, seed: int, max_iterations: int) -> Path:
     setup = SETUPS[kind]
     torch.manual_seed(seed)
@@ -133,14 +146,7 @@ def train(kind: str, minutes: float, batch: int, lr: float, seed: int, max_itera
         # copies of what autograd saves makes them trainable unchanged.
         with torch.autograd.graph.saved_tensors_hooks(torch.clone, lambda saved: saved):
             loss = setup["loss"](model, x0, context, pooled, gen)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for k, v in dm.state_dict().items():
-                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        update(dm, optimizer, loss, ema, step)
         losses.append(loss.item())
         step += 1
         if step % 50 == 0:

@@ -8,7 +8,7 @@ import torch
 from cache_core.noise_space import from_noise, recoverable, to_noise
 from cache_core.placement import AdaptiveBudget
 from cache_core.plan import budget_plan
-from duca_layers.methods.forecast import BUDGETS, DIT, FORECAST_PRESETS, UNET, ForecastConfig
+from duca_layers.methods.forecast import BUDGETS, DIT, FORECAST_PRESETS, UNET, ForecastConfig, sigma_is_flow_time
 
 
 @pytest.mark.parametrize("steps", [10, 20, 28, 50])
@@ -165,3 +165,12 @@ def test_a_preset_takes_its_kind_of_models_settings_and_nothing_else_changes():
     changed = fast.with_changes(gap_correction=False, ends=0.5)  # changed from the preset's: kept
     assert (changed.for_model(UNET).ends, changed.for_model(UNET).last_step_full) == (0.5, True)
     assert changed.for_model(DIT) == changed
+
+
+def test_the_forecast_runs_in_sigma_only_where_sigma_is_a_flows_time():
+    """auto time: sigma for x = (1 - s) x0 + s n (Flux, SD3, Wan...); log-SNR for an epsilon model's
+    x = x0 + s n and for Cosmos's rectified flow in t = s / (1 + s) (sigma up to 80)."""
+    assert sigma_is_flow_time(lambda s: (1 - s, s))
+    assert not sigma_is_flow_time(lambda s: (1.0, s))
+    assert not sigma_is_flow_time(lambda s: (1 / (1 + s), s / (1 + s)))
+    assert sigma_is_flow_time(None)  # no coefficients: sigma is all there is
