@@ -81,8 +81,8 @@ def main(argv=None):
             total += 1
             print(f"| {family_name} | {cfg:g} | " + " | ".join(f"{100 * errors[n]:.3f}%" for n in names)
                   + " | " + " / ".join("yes" if closer[k] else "no" for k in wins) + " |", flush=True)
-    print(f"\n{args.weights} weights: balanced closer than reusing the denoised output every 4th step on {wins[4]} of {total} "
-          f"family x cfg runs, every 3rd step on {wins[3]}")
+    print(f"\n{args.weights} weights: balanced closer than reusing the denoised output every 4th step on "
+          f"{wins[4]} of {total} family x cfg runs, every 3rd step on {wins[3]}")
     return 0
 
 
