@@ -95,7 +95,7 @@ from typing import Callable
 
 import torch
 
-from .models import init_weights, patcher, text_conditioning
+from .models import init_weights, load_weights, patcher, text_conditioning
 
 HIDDEN = 64
 TEXT_DIM = 32
@@ -128,11 +128,7 @@ class Family:
 
     def build_trained(self):
         """The family's small model with its trained weights (a ModelPatcher)."""
-        import comfy.utils
-        model = self.build(0)
-        state = comfy.utils.load_torch_file(str(self.trained_weights()), safe_load=True)
-        model.model.diffusion_model.load_state_dict({k: v.float() for k, v in state.items()})
-        return model
+        return load_weights(self.build(0), self.trained_weights())
 
     def block_modules(self, model) -> list:
         """The host's block modules of a built model, in run order."""

@@ -320,12 +320,16 @@ def sd_unet_small(seed: int = 0, **size):
     return patcher(model)
 
 
-def _load_trained(model, name: str):
+def load_weights(model, path):
+    """`model` (a ModelPatcher) with its diffusion model's weights read from the safetensors `path`."""
     import comfy.utils
-    path = WEIGHTS / f"{name}.safetensors"
     state = comfy.utils.load_torch_file(str(path), safe_load=True)
     model.model.diffusion_model.load_state_dict({k: v.float() for k, v in state.items()})
     return model
+
+
+def _load_trained(model, name: str):
+    return load_weights(model, WEIGHTS / f"{name}.safetensors")
 
 
 def flux_trained():
@@ -338,11 +342,11 @@ def sd_unet_trained():
     return _load_trained(sd_unet_small(**SD_TRAINED), "sd_unet_small")
 
 
-def class_picture(model, label: int, seed: int, side: int, channels: int, steps: int):
-    """A trained model's decoded picture of class `label` (against the empty prompt, TRAINED_CFG)."""
+def class_picture(model, label: int, seed: int, side: int, channels: int, steps: int, cfg: float = TRAINED_CFG):
+    """A trained model's decoded picture of class `label` (against the empty prompt)."""
     from . import pixel_latents
     latent = sample(model, class_conditioning(model, label), class_conditioning(model, -1), steps=steps,
-                    cfg=TRAINED_CFG, seed=seed, channels=channels, height=side * 4, width=side * 4)
+                    cfg=cfg, seed=seed, channels=channels, height=side * 4, width=side * 4)
     return pixel_latents.decode(model.model.process_latent_in(latent))[0]
 
 

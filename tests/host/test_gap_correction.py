@@ -95,11 +95,8 @@ def test_the_correction_brings_trained_models_closer_to_the_uncached_picture(pac
 
 
 def guided_picture(model, label, seed, cfg):
-    side = models.FLUX_TRAINED_PIXELS
-    latent = models.sample(model, models.class_conditioning(model, label), models.class_conditioning(model, -1),
-                           steps=28, cfg=cfg, seed=seed, channels=pixel_latents.FLUX_CHANNELS, height=side * 4,
-                           width=side * 4)
-    return pixel_latents.decode(model.model.process_latent_in(latent))[0]
+    return models.class_picture(model, label, seed, models.FLUX_TRAINED_PIXELS, pixel_latents.FLUX_CHANNELS,
+                                steps=28, cfg=cfg)
 
 
 def test_under_strong_guidance_the_correction_takes_the_denoised_output_as_settled(pack, monkeypatch):
