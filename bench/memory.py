@@ -27,8 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# Wan 2.1 widths (ComfyUI's WanModel configs): 1.3B and 14B
-SIZES = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12), "14b": dict(dim=5120, ffn_dim=13824, num_heads=40)}
+# Wan 2.1 widths (ComfyUI's WanModel configs): 1.3B and 14B; and a tiny one for smoke tests, its FFN
+# 8x wide so that slicing still lowers the peak
+SIZES = {"1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12), "14b": dict(dim=5120, ffn_dim=13824, num_heads=40),
+         "tiny": dict(dim=128, ffn_dim=1024, num_heads=2)}
 TEXT_DIM, TEXT_TOKENS = 4096, 512  # umT5 features, padded prompt length
 
 

@@ -129,39 +129,53 @@ def testbed_workload(name: str, steps: int, classes: int, seeds: list) -> Worklo
                     decode=decode, notes=["random weights: pictures are noise-like, fidelity still compares"])
 
 
-def gpu_workload(name: str, steps: int, classes: int, seeds: list) -> Workload:
+def gpu_workload(name: str, steps: int, classes: int, seeds: list, blocks: Optional[int] = None,
+                 tiny: bool = False) -> Workload:
     """Full-size architectures with random weights, bf16, built on the GPU: the work of
-    Flux-dev at 1024x1024 (4096 image + 512 text tokens) or Wan 2.1 14B text-to-video."""
+    Flux-dev at 1024x1024 (4096 image + 512 text tokens) or Wan 2.1 14B text-to-video.
+    `blocks`: how many of Wan's 40 blocks to build (fewer fit a time budget). `tiny`: the same
+    set-up at a small width, few blocks, a small picture and few frames, on any device (float32
+    on the CPU): a smoke test of the code that runs the full sizes."""
     import comfy.model_management
     from testbed import models
     device = comfy.model_management.get_torch_device()
-    if device.type != "cuda":
+    if device.type != "cuda" and not tiny:
         raise SystemExit(f"--model {name} needs a CUDA GPU (found {device}); pass --comfyui with a GPU build")
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    kind = str(dtype).removeprefix("torch.")
     notes = ["random weights: they size the work; fidelity figures compare outputs of an untrained model"]
     if name == "flux_dev":
-        model = models.flux(seed=0, dtype=torch.bfloat16, device=device, **models.FLUX_DEV)
+        size, side, text = (models.FLUX_SMALL, 128, 8) if tiny else (models.FLUX_DEV, 1024, 512)
+        model = models.flux(seed=0, dtype=dtype, device=device, **size)
         cases = []
         for c in range(classes):
-            positive = models.flux_conditioning(model=model, seed=1 + c, tokens=512)
+            positive = models.flux_conditioning(model=model, seed=1 + c, tokens=text)
             cases += [Case(f"cond{c}", seed, positive, positive) for seed in seeds]
-        return Workload(name, "ComfyUI Flux at Flux-dev size (hidden 3072, 19 double + 38 single blocks), "
-                        "bf16, 1024x1024: 4096 image + 512 text tokens", model, cases, steps, 1.0,
-                        width=1024, height=1024, notes=notes)
-    size = models.WAN21_14B
-    model = models.wan(seed=0, dtype=torch.bfloat16, device=device, **size)
-    negative = models.text_conditioning(size["text_dim"], tokens=512, seed=0)
+        return Workload(name, f"ComfyUI Flux at {'a tiny' if tiny else 'Flux-dev'} size (hidden "
+                        f"{size['hidden_size']}, {size['depth']} double + {size['depth_single_blocks']} single "
+                        f"blocks), {kind}, {side}x{side}: {(side // 16) ** 2} image + {text} text tokens",
+                        model, cases, steps, 1.0, width=side, height=side, notes=notes)
+    size = dict(TINY_WAN if tiny else models.WAN21_14B)
+    if blocks:
+        size["num_layers"] = blocks
+    model = models.wan(seed=0, dtype=dtype, device=device, **size)
+    text = 8 if tiny else 512
+    negative = models.text_conditioning(size["text_dim"], tokens=text, seed=0)
     cases = []
     for c in range(classes):
-        positive = models.text_conditioning(size["text_dim"], tokens=512, seed=1 + c)
+        positive = models.text_conditioning(size["text_dim"], tokens=text, seed=1 + c)
         cases += [Case(f"cond{c}", seed, positive, negative) for seed in seeds]
-    frames, width, height = WAN_FRAMES, 832, 480
+    frames, width, height = (2, 64, 64) if tiny else (WAN_FRAMES, 832, 480)
     tokens = frames * (height // 16) * (width // 16)
-    return Workload(name, f"ComfyUI Wan 2.1 at 14B size (dim 5120, 40 blocks), bf16, {width}x{height}, "
-                    f"{4 * (frames - 1) + 1} frames: {tokens} video tokens, cfg 5 (batch 2)", model, cases,
-                    steps, 5.0, width=width, height=height, frames=frames, notes=notes)
+    layers = f"{size['num_layers']} blocks" if tiny or size["num_layers"] == models.WAN21_14B["num_layers"] \
+        else f"{size['num_layers']} of its {models.WAN21_14B['num_layers']} blocks"
+    return Workload(name, f"ComfyUI Wan 2.1 at {'a tiny' if tiny else '14B'} size (dim {size['dim']}, {layers}), "
+                    f"{kind}, {width}x{height}, {4 * (frames - 1) + 1} frames: {tokens} video tokens, cfg 5 "
+                    "(batch 2)", model, cases, steps, 5.0, width=width, height=height, frames=frames, notes=notes)
 
 
 WAN_FRAMES = 3  # latent frames: 9 video frames; 81 frames (21 latent) is 7x the tokens, ~25x the time
+TINY_WAN = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32)  # gpu_workload(tiny=True)
 
 
 def user_workload(args) -> Workload:

@@ -1,23 +1,21 @@
-"""Correcting a gap of forecast steps once the step after it has computed (Euler's method).
+"""Correcting a gap of forecast steps once the step after it has computed (Euler, DPM++ 2M).
 
 While steps are skipped, the sampler moves the sample with forecast values: extrapolations past
 the last computed step. When the next step computes, the value is known on both sides of the gap,
 so the skipped steps can be estimated again by interpolation, which is much closer than
-extrapolation. How far the forecasts moved the sample from where those estimates would have taken
-it (the drift) is handed back through the computed step's output: the sampler's step from there
-lands on the corrected sample.
+extrapolation. The gap is replayed with those estimates through the sampler's own step
+(cache_core.sampler_steps), and the computed step hands on the output that lands the sampler
+where it would have stepped from the replayed sample.
 
 The computed value itself was evaluated at the drifted sample. It is moved to the corrected
 sample by the noise sensitivity of the ideal denoiser of data with a Gaussian spread (`data_std`):
 for x = a x0 + b n, dn/dx = b / (a^2 data_std^2 + b^2), which is 1 / b at high noise (the noise
-estimate follows the sample) and 0 at low noise (it has settled). The drift depends on that
-moved value and the moved value on the drift; both are linear, so it is solved in closed form.
+estimate follows the sample) and 0 at low noise (it has settled). The replayed sample depends on
+that moved value and the moved value on the sample; both are linear, so it is solved in closed form.
 
 Values are the implied noise n, kept as (t, value) points by the forecast; all functions are pure.
 """
 from __future__ import annotations
-
-from typing import Callable
 
 from .estimators import taylor
 
@@ -37,35 +35,37 @@ DATA_STD = 0.5
 GUIDED_DATA_STD = 0.0
 
 
-def skip_weight(sigma: float, following: float, a: float, b: float) -> float:
-    """How far Euler's step at `sigma` moves the sample per unit of the noise it is handed:
-    x += (following - sigma) (x - x0) / sigma with x0 = (x - b n) / a."""
-    return (following - sigma) / sigma * b / a
+def replay_gap(start, held, gap: list, before: list, new: tuple, sample, sensitivity: float):
+    """A gap of forecast steps replayed with the interpolated re-estimates instead of the forecasts.
 
+    `start`: the sample at the gap's first step (exact: the step before it computed); `held`: the
+    denoised output the sampler held entering the gap (None for one-step samplers); `gap`: per
+    skipped step, (t, step, to_denoised) with `step` its sampler_steps.LinearStep and
+    `to_denoised(x, value)` the forecast space's map at that step; `before`: the points the
+    forecasts came from; `new`: (t, value) of the computed step that ends the gap, evaluated at
+    `sample`. The value is moved to the replayed sample by `sensitivity` (dvalue/dx).
 
-def noise_sensitivity(a: float, b: float, data_std: float = DATA_STD) -> float:
-    """dn/dx of the ideal denoiser of Gaussian data with spread `data_std` at x = a x0 + b n."""
-    return b / (a * a * data_std * data_std + b * b)
-
-
-def gap_drift(before: list, new: tuple, skipped: list, extrapolate: Callable, sensitivity: float):
-    """(drift of the sample over the gap, the new point's value moved to the corrected sample).
-
-    `before`: the points the gap's forecasts came from; `new`: (t, value) of the step that ends it;
-    `skipped`: (t, skip_weight) of each skipped step; `extrapolate(points, t)`: the estimator that
-    forecast them. The corrected sample is the drifted one plus the drift."""
+    Returns (the corrected sample at the computed step, its value there, the last replayed
+    denoised output: what the sampler would hold)."""
     t_new, value = new
-    through = (list(before) + [new])[-(INTERPOLANT_ORDER + 1):]
-    order = len(through) - 1
-    drift = sum(weight * (taylor(through, t, order) - extrapolate(before, t)) for t, weight in skipped)
-    # the share of the new value in the re-estimates (the interpolation is linear in it)
-    unit = [(t, 0.0) for t, _ in through[:-1]] + [(t_new, 1.0)]
-    share = sum(weight * taylor(unit, t, order) for t, weight in skipped)
-    # value at the corrected sample = value + sensitivity x drift, and drift = drift0 + share x that
-    drift = drift / (1.0 - sensitivity * share)
-    return drift, value + sensitivity * drift
 
+    def replay(start, held, before, value):
+        through = (list(before) + [(t_new, value)])[-(INTERPOLANT_ORDER + 1):]
+        x, previous = start, held
+        for t, step, to_denoised in gap:
+            denoised = to_denoised(x, taylor(through, t, len(through) - 1))
+            x, previous = step(x, denoised, previous), denoised
+        return x, previous
 
-def handed_on(x, wanted_next, sigma: float, following: float):
-    """The output that makes Euler's step from `x` at `sigma` land on `wanted_next`."""
-    return x - sigma * (wanted_next - x) / (following - sigma)
+    # The replay is affine in the new value with a scalar slope (every map in it is), and the value
+    # at the corrected sample is value + sensitivity (corrected - sample): solved in closed form.
+    plain, _ = replay(start, held, before, value)
+    zero = 0.0
+    slope, _ = replay(zero, None if held is None else zero, [(t, zero) for t, _ in before], 1.0)
+    gain = sensitivity * float(slope)
+    if abs(1.0 - gain) < 1e-3:  # the model's answer would be unbounded: leave the value where it was
+        gain, sensitivity = 0.0, 0.0
+    corrected = (plain - gain * sample) / (1.0 - gain)
+    moved = value + sensitivity * (corrected - sample)
+    corrected, last = replay(start, held, before, moved)
+    return corrected, moved, last

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable, Optional
 
 import torch
@@ -29,13 +30,16 @@ import torch
 from ..adapters.registry import DEEPCACHE, STEP
 from ..cache_core import gap_correction
 from ..cache_core.estimators import ESTIMATORS
-from ..cache_core.noise_space import from_noise, recoverable, to_noise
+from ..cache_core.noise_space import SampleSpace, recoverable
 from ..cache_core.placement import AdaptiveBudget
+from ..cache_core.sampler_steps import STEPS, linear_steps
 from ..cache_core.plan import Action, Plan, StepPlan, budget_plan
 from ..cache_core.stats import MODEL_CALLS
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.validate import check_choice, check_float, check_int
 from .protocol import Executor
+
+LOG = logging.getLogger("comfyui-duca")
 
 STEP_OUTPUTS = "step_outputs"  # what this method's calls are: the denoised outputs of a step
 PLACEMENTS = ("ends", "even", "adaptive")
@@ -53,13 +57,21 @@ SPACES = ("noise", "denoised")  # what is extrapolated: the implied noise (measu
 # 3.7% / 8.1% in log-SNR.
 TIMES = ("auto", "sigma", "log_snr")
 OUTPUT = "step_output"          # kept per group: (sigma, noise or denoised) of its computed steps
-SKIPPED = "skipped_steps"       # kept per group: (time, skip weight) of the steps skipped since then
-# Samplers that add fresh noise to the sample each step (by the name of their function): the noise
-# a step's output implies then jumps between steps, so the denoised output itself is forecast.
-# Measured on the trained small Flux at 0.36 compute: euler_ancestral 19.8 -> 25.3 dB,
-# dpmpp_2s_ancestral 21.7 -> 28.3, dpmpp_2m_sde 12.6 -> 20.4 (euler stays 36.5 in noise space).
+GAP = "gap"                     # kept per group: the gap of skipped steps since the last computed one
+HELD = "held"                   # kept per group: (step, output handed on, output meant) of the last call
+# Samplers that add fresh noise to the sample each step (by the name of their function): the noise a
+# step's output implies then jumps between steps. The forecast carries what the sample does not
+# explain and moves with the injected noise as the ideal denoiser of data with this spread does
+# (cache_core.noise_space.SampleSpace; the gap correction's own model). Measured against forecasting
+# the denoised output (spread 0) and the noise (infinite): bench/RESULTS.md, "Samplers that add noise".
+NOISY_SPREAD = gap_correction.DATA_STD
 ADDS_NOISE = ("ancestral", "sde", "lcm", "ddpm", "seeds", "sa_solver")
 
+# Under this many steps, or under a few-step sampler, a preset computes every step: with guidance,
+# skipping any was further from the uncached output than the same sampler at the same number of
+# calls (trained small Flux and U-Net; bench/RESULTS.md, "Few steps").
+FEW_STEPS = 14
+FEW_STEP_SAMPLERS = ("lcm",)
 # Block-compute budgets of the presets (issue targets: the measured frontier in bench/RESULTS.md).
 BUDGETS = {"quality": 0.45, "balanced": 0.35, "fast": 0.27, "turbo": 0.20}
 # First steps always computed, per preset: on small budgets each of them is a call fewer later on.
@@ -135,7 +147,7 @@ def noise_coefficients_of(sampling, sigmas=()):
     try:
         return NoiseCoefficients(scaling, sigmas)
     except Exception:  # a sampling with another contract: forecast the denoised output instead
-        logging.getLogger("comfyui-duca").warning(
+        LOG.warning(
             "DuCa: %s.noise_scaling did not take (sigma, noise, latent); forecasting the denoised output",
             type(sampling).__name__)
         return None
@@ -179,11 +191,6 @@ def sigma_is_flow_time(noise_coefficients: Optional[Callable]) -> bool:
     return math.isclose(a, 0.5, abs_tol=1e-6) and math.isclose(b, 0.5, abs_tol=1e-6)
 
 
-def steps_by_euler(sampler) -> bool:
-    """Whether the host sampler is Euler's method: one model call per step, the step linear in it."""
-    return getattr(getattr(sampler, "sampler_function", None), "__name__", "") == "sample_euler"
-
-
 def adds_noise(sampler) -> Optional[str]:
     """The name of the host sampler's function if it adds noise as it goes, else None."""
     name = getattr(getattr(sampler, "sampler_function", None), "__name__", "") or ""
@@ -213,18 +220,38 @@ class OutputForecast(Executor):
         time = config.time if config.time != "auto" else ("sigma" if sigma_is_flow_time(noise_coefficients)
                                                            else "log_snr")
         self.log_snr = noise_coefficients if time == "log_snr" else None
-        self.coefficients = noise_coefficients if config.space == "noise" and not noisy else None
+        self.coefficients = noise_coefficients if config.space == "noise" else None
+        # injected noise moves the denoiser as a Gaussian-data one moves (NOISY_SPREAD); else the noise
+        self.space = SampleSpace(NOISY_SPREAD if noisy else math.inf)
         self.placement = None
-        self.corrects = config.gap_correction and self.coefficients is not None and steps_by_euler(sampler)
-        if config.space != "noise" or self.coefficients:
+        function = getattr(getattr(sampler, "sampler_function", None), "__name__", "")
+        # how the sampler's step moves the sample: its gaps are corrected (None: not corrected)
+        self.steps = (linear_steps(function) if config.gap_correction and self.coefficients is not None and not noisy
+                      else None)
+        self.sampler_name = function.removeprefix("sample_")
+        if config.space != "noise":
             self.notes = ()
-        elif noisy:
-            self.notes = (f"{noisy} adds noise every step: the denoised output is forecast",)
-        else:
+        elif self.coefficients is None:
             self.notes = ("the host's model sampling gave no noise coefficients: the denoised output is forecast",)
+        elif noisy:
+            self.notes = (f"{noisy} adds noise every step: the forecast moves with it as the denoiser of data "
+                          f"of spread {NOISY_SPREAD} would",)
+        elif config.gap_correction and function and self.steps is None:
+            self.notes = (f"gaps of forecast steps are corrected under {' and '.join(s.removeprefix('sample_') for s in STEPS)}"
+                          f", not under {self.sampler_name}",)
+        else:
+            self.notes = ()
 
     def plan(self, num_steps: int) -> Plan:
         c = self.config
+        few = num_steps < FEW_STEPS or self.sampler_name in FEW_STEP_SAMPLERS
+        if few and c.preset is not None:
+            why = (f"{self.sampler_name} samples in few steps" if self.sampler_name in FEW_STEP_SAMPLERS
+                   else f"{num_steps} steps are too few to skip any (the presets skip from {FEW_STEPS} steps on)")
+            self.notes += (f"every step computed: {why}",)
+            LOG.info("DuCa: %s: every step computed: %s", self.name, why)
+            return Plan(tuple(StepPlan(Action.FULL) for _ in range(num_steps)), self.name,
+                        {"budget": 1.0, "few_steps": True})
         window = range(int(round(c.start * num_steps)), int(round(c.end * num_steps)))  # where it may skip
         if c.placement != "adaptive":
             plan = budget_plan(num_steps, c.budget, c.first_full_steps, c.max_skipped,
@@ -243,6 +270,7 @@ class OutputForecast(Executor):
         stats = run.stats.at(call.step)
         stats.compute_full += 1
         in_noise = self.coefficients is not None
+        space = self.space
         a, b = self.coefficients(call.sigma) if in_noise and call.sigma is not None else (1.0, 0.0)
         t = self._time(call.sigma)
         # the plan computes outside the window; the placement is asked at every step, the first ones
@@ -256,44 +284,78 @@ class OutputForecast(Executor):
             stats.compute_done += 1
             denoised = compute()
             if (in_noise and b <= 0) or t is None:  # no noise left to imply, or no time to keep it at
-                return denoised
+                return self._handed(run, call, denoised, denoised)
             # a flow model's first step (a = 0) still implies its noise exactly: it is the sample
-            value = to_noise(call.sample, denoised, a, b) if in_noise else denoised
+            value = space.to_value(call.sample, denoised, a, b) if in_noise else denoised
             if self.placement is not None and run.has_kept(call, OUTPUT):
                 forecast = run.estimated(call, OUTPUT, device=value.device, t=t)
                 self.placement.observe(call.step, float((forecast - value).norm() / value.norm().clamp_min(1e-12)))
-            if self.corrects and run.store.get(call.group, SKIPPED):
-                denoised, value = self._corrected(run, call, denoised, value, t, a, b)
+            gap = run.store.get(call.group, GAP, device=value.device) if self.steps else None
+            run.keep(call, GAP, None)
+            if gap and gap["steps"]:
+                corrected = self._corrected(run, call, space, gap, value, t, a, b)
+                if corrected is not None:
+                    handed, intended, value = corrected
+                    run.keep_point(call, OUTPUT, value, t=t)
+                    run.keep(call, HELD, (call.step, handed, intended))
+                    return handed.to(denoised.dtype)
             run.keep_point(call, OUTPUT, value, t=t)
-            return denoised
+            return self._handed(run, call, denoised, denoised)
         stats.action = Action.AGGRESSIVE.value
         value = run.estimated(call, OUTPUT, device=call.device, t=t)
-        if self.corrects:  # None: where the sampler steps to is not known yet (a schedule being counted)
-            following = self._following(run, call)
-            weight = None if following is None else gap_correction.skip_weight(call.sigma, following, a, b)
-            run.keep(call, SKIPPED, (run.store.get(call.group, SKIPPED) or []) + [(t, weight)])
-        return from_noise(call.sample, value, a, b) if in_noise else value
+        denoised = space.to_denoised(call.sample, value, a, b) if in_noise else value
+        if self.steps:
+            gap = run.store.get(call.group, GAP, device=call.device)
+            if gap is None:  # the gap's first step: its sample is exact, the step before computed
+                gap = {"start": call.sample, "held": self._held(run, call, intended=True), "steps": []}
+            gap["steps"] = gap["steps"] + [(t, call.step, a, b)]
+            run.keep(call, GAP, gap)
+        return self._handed(run, call, denoised, denoised)
 
-    def _corrected(self, run, call, denoised, noise, t, a, b) -> tuple:
-        """(the output handed on, the noise kept) at the computed step that ends a gap: the sampler's
-        step lands where the gap's interpolated estimates would have taken the sample."""
-        skipped, before = run.store.get(call.group, SKIPPED), run.store.get(call.group, OUTPUT, device=noise.device)
-        run.keep(call, SKIPPED, [])
-        sigma, following = call.sigma, self._following(run, call)
-        if following is None or following == sigma or any(weight is None for _, weight in skipped):
-            return denoised, noise  # no step to hand the drift back through, or a gap not measured
+    def _held(self, run, call, intended: bool):
+        """The previous step's output as handed on (or as meant: a corrected step hands on the
+        landing it needs, not the value), None if this call's step has no previous one here."""
+        held = run.store.get(call.group, HELD, device=call.device)
+        if held is None or held[0] != call.step - 1:
+            return None
+        return held[2] if intended else held[1]
+
+    def _handed(self, run, call, handed, intended):
+        """What a call hands on: under a multistep sampler, with what the sampler holds from a
+        corrected step made up, so its history is the corrected values (sampler_steps)."""
+        if not self.steps or not self._follows_schedule(run, call):
+            return handed
+        step = self.steps(run.sigmas, call.step)
+        held, meant = self._held(run, call, intended=False), self._held(run, call, intended=True)
+        if step.before and held is not None and meant is not None:
+            handed = handed + (step.before / step.now) * (meant - held).to(handed.dtype)
+        run.keep(call, HELD, (call.step, handed, intended))
+        return handed
+
+    def _corrected(self, run, call, space, gap, value, t, a, b):
+        """(the output handed on, the value meant, the point kept) at the computed step that ends a
+        gap: the gap replayed with its interpolated re-estimates gives the corrected sample, and
+        this step hands on what lands the sampler where it would step from there; None where the
+        run's schedule does not say where the sampler steps."""
+        if not self._follows_schedule(run, call) or any(step >= len(run.sigmas) - 1 for _, step, _, _ in gap["steps"]):
+            return None
         spread = gap_correction.GUIDED_DATA_STD if run.guided else gap_correction.DATA_STD
-        drift, noise = gap_correction.gap_drift(before, (t, noise), skipped, run.estimate,
-                                                gap_correction.noise_sensitivity(a, b, spread))
-        corrected = call.sample + drift.to(call.sample.dtype)
-        landing = corrected + (following - sigma) / sigma * (corrected - from_noise(corrected, noise, a, b))
-        return gap_correction.handed_on(call.sample, landing, sigma, following).to(denoised.dtype), noise
+        replayed = [(t_j, self.steps(run.sigmas, j), partial(space.to_denoised, a=a_j, b=b_j))
+                    for t_j, j, a_j, b_j in gap["steps"]]
+        before = run.store.get(call.group, OUTPUT, device=value.device)
+        sample, moved, last = gap_correction.replay_gap(gap["start"], gap["held"], replayed, before, (t, value),
+                                                        call.sample, space.sensitivity(a, b, spread))
+        intended = space.to_denoised(sample, moved, a, b)
+        step = self.steps(run.sigmas, call.step)
+        landing = step(sample, intended, last)
+        return step.handed(call.sample, landing, self._held(run, call, intended=False)), intended, moved
 
     @staticmethod
-    def _following(run, call) -> Optional[float]:
-        """The sigma the sampler steps to from this call's step; None if the run doesn't know it yet."""
-        following = run.sigmas[call.step + 1] if call.step + 1 < len(run.sigmas) else 0.0
-        return following if following >= 0 else None
+    def _follows_schedule(run, call) -> bool:
+        """Whether this call is at a step of the run's schedule with a known step after it."""
+        i = call.step
+        return (call.sigma is not None and i + 1 < len(run.sigmas) and run.sigmas[i + 1] >= 0
+                and math.isclose(run.sigmas[i], call.sigma, rel_tol=1e-5) and run.sigmas[i] > 0)
 
     def _time(self, sigma: Optional[float]) -> Optional[float]:
         """The time the forecast runs in at `sigma`; None where it has none (log-SNR at pure noise)."""

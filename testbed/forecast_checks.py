@@ -4,11 +4,13 @@ step each must be the linear forecast, in sigma, of the noise that same conditio
 its own last two computed steps, or held from the one computed so far (points shared between
 conditionings would show).
 
-Sample such runs with SAMPLER: under Euler's method a computed step after a gap hands on the
-gap's correction too (methods.forecast), which this view cannot take apart from the model's output."""
+Sample such runs with SAMPLER: under the samplers whose gaps are corrected (Euler's method,
+DPM-Solver++(2M): cache_core.sampler_steps) a computed step after a gap hands on the gap's
+correction too and keeps the corrected point (methods.forecast), which this view cannot take apart
+from the model's output."""
 import torch
 
-SAMPLER = "dpmpp_2m"  # one model call per step, as Euler's method, and left uncorrected
+SAMPLER = "lms"  # one model call per step, as Euler's method, and left uncorrected
 
 
 def recording(model):

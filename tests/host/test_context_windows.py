@@ -6,7 +6,10 @@ import torch
 
 from testbed import host, models
 
-STEPS = 12
+host.load_pack()
+from comfyui_duca.methods.forecast import FEW_STEPS  # noqa: E402
+
+STEPS = FEW_STEPS  # the fewest steps the presets skip at
 FRAMES = 6  # latent frames: windows of 4 overlapping by 2, so two windows per step
 
 

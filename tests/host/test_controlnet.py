@@ -16,8 +16,12 @@ import torch
 
 from testbed import families, host, models
 
+host.load_pack()
+from comfyui_duca.methods.forecast import FEW_STEPS  # noqa: E402
+
 SMALL = dict(height=64, width=64)  # 4x4 image tokens; the hint is a 64x64 picture
 STEPS = 12
+FORECAST_STEPS = FEW_STEPS  # the budget presets skip steps from this many on
 CFG = 3.5
 
 
@@ -32,8 +36,8 @@ def scheduled(model, node_id, *args):
     return out
 
 
-def sample(model, conds):
-    return models.sample(model, *conds, steps=STEPS, cfg=CFG, **SMALL)
+def sample(model, conds, steps=STEPS):
+    return models.sample(model, *conds, steps=steps, cfg=CFG, **SMALL)
 
 
 def hint(seed):
@@ -53,6 +57,11 @@ ACCELERATIONS = {
     "EB-Cache 3/2": lambda m: scheduled(m, "DuCaEBCacheSchedule", 3, 2, 1),
 }
 BLOCK_LEVEL = ["duca balanced", "duca fast, first step only", "FORA every 2", "EB-Cache 3/2"]
+
+
+def steps_of(name):
+    """The steps a run reuses under: the budget preset only skips on runs long enough."""
+    return FORECAST_STEPS if name == "balanced (forecast)" else STEPS
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +127,12 @@ def test_every_reused_step_counts_its_own_control_exactly_once(pass_through_flux
 def test_a_new_control_image_changes_the_output_of_reused_steps_as_uncached(flux, controlnet, name):
     """On the random-weight Flux: each control image gives an output near its own uncached one
     and far from the other's (ParaAttention #34: a cache that stopped following the ControlNet)."""
-    references = [sample(flux, controlled(flux, controlnet, seed)) for seed in (0, 1)]
+    steps = steps_of(name)
+    references = [sample(flux, controlled(flux, controlnet, seed), steps) for seed in (0, 1)]
     assert relative_l2(references[0], references[1]) > 0.05
     model = ACCELERATIONS[name](flux)
     for seed, own in ((0, references[0]), (1, references[1])):
-        out = sample(model, controlled(flux, controlnet, seed))
+        out = sample(model, controlled(flux, controlnet, seed), steps)
         skipped_steps(model)
         other = references[1 - seed]
         assert relative_l2(out, own) < 0.5 * relative_l2(out, other), (seed, relative_l2(out, own))
@@ -134,16 +144,16 @@ def test_the_forecasts_skipped_steps_run_no_controlnet(flux, controlnet):
     runs = []
     handle = controlnet.control_model.register_forward_hook(lambda *_: runs.append(1))
     try:
-        sample(flux, conds)
+        sample(flux, conds, FORECAST_STEPS)
         uncached_runs = len(runs)
         model = accelerate(flux, "balanced")
         runs.clear()
-        sample(model, conds)
+        sample(model, conds, FORECAST_STEPS)
     finally:
         handle.remove()
     timeline = skipped_steps(model)
-    assert uncached_runs == STEPS  # cond and negative in one batch: one ControlNet run per step
-    assert len(runs) == timeline.count("F") < STEPS
+    assert uncached_runs == FORECAST_STEPS  # cond and negative in one batch: one ControlNet run per step
+    assert len(runs) == timeline.count("F") < FORECAST_STEPS
 
 
 def test_control_ending_halfway_is_followed_on_reused_steps(flux, controlnet):

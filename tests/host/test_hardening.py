@@ -18,9 +18,12 @@ import torch
 
 from testbed import forecast_checks, host, models
 
+host.load_pack()
+from comfyui_duca.methods.forecast import FEW_STEPS  # noqa: E402
+
 PRESETS = ["balanced", "duca balanced"]  # the whole-step forecast, DuCa's token-wise cycle
 SMALL = dict(height=64, width=64)         # 16 image tokens: fast plumbing checks
-STEPS = 12
+STEPS = FEW_STEPS                         # the fewest steps the budget presets skip at
 CFG = 3.5                                 # cfg > 1: the host evaluates cond and uncond every step
 
 

@@ -106,16 +106,27 @@ def test_every_node_the_workflows_use_is_provided(pack):
     assert pack_nodes <= set(host.node_classes())
 
 
+def planned_on_flux(preset, steps):
+    """The timeline a budget preset plans for Flux (a DiT) at `steps` steps (methods.forecast)."""
+    from comfyui_duca.cache_core.plan import budget_plan
+    from comfyui_duca.methods.forecast import DIT, FORECAST_PRESETS
+    c = FORECAST_PRESETS[preset].for_model(DIT)
+    return budget_plan(steps, c.budget, c.first_full_steps, c.max_skipped, c.ends, c.last_step_full).timeline
+
+
 def test_run_stats_go_to_the_node_that_ran(pack, flux, flux_conds, monkeypatch):
     """The host's hidden unique_id reaches the node (cls.hidden) and the listener its stats go to
     (the browser tests see them drawn on that node)."""
     from comfy_api.latest import io
+    from comfyui_duca.methods.forecast import FEW_STEPS
     from comfyui_duca.nodes import accelerate as node_module
     reported = []
     monkeypatch.setattr(node_module, "node_reporter", lambda node_id: lambda stats: reported.append((node_id, stats)))
     model = host.node("DuCaAccelerate", unique_id="17").execute(flux, "fast")[0]
-    models.sample(model, *flux_conds, steps=4, height=64, width=64)
-    assert [(node_id, stats.timeline) for node_id, stats in reported] == [("17", "FAAA")]
+    models.sample(model, *flux_conds, steps=FEW_STEPS, height=64, width=64)  # the fewest steps it skips at
+    expected = planned_on_flux("fast", FEW_STEPS)
+    assert "A" in expected
+    assert [(node_id, stats.timeline) for node_id, stats in reported] == [("17", expected)]
     for node_id in ("DuCaAccelerate", "DuCaDeepCache", "DuCaApplySchedule"):  # the nodes that show a timeline
         assert host.node_classes()[node_id].GET_SCHEMA().hidden == [io.Hidden.unique_id], node_id
 
@@ -264,11 +275,15 @@ def test_unknown_model_passes_through_with_one_warning(pack, caplog):
 
 def test_applying_twice_keeps_one_accelerator_with_the_last_settings(pack, flux, flux_conds):
     from comfyui_duca.glue.patch import last_stats
+    from comfyui_duca.methods.forecast import FEW_STEPS
     once = accelerate(flux, "fast")
     twice = accelerate(once, "quality")
-    reference = models.sample(accelerate(flux, "quality"), *flux_conds, steps=10, height=64, width=64)
-    out = models.sample(twice, *flux_conds, steps=10, height=64, width=64)
-    assert last_stats(twice).timeline == "FFFAAAFAAA"
+    steps = FEW_STEPS  # the fewest steps the presets skip at
+    reference = models.sample(accelerate(flux, "quality"), *flux_conds, steps=steps, height=64, width=64)
+    out = models.sample(twice, *flux_conds, steps=steps, height=64, width=64)
+    # quality's plan, not fast's (they differ at these steps)
+    assert planned_on_flux("quality", steps) != planned_on_flux("fast", steps)
+    assert last_stats(twice).timeline == planned_on_flux("quality", steps)
     assert torch.equal(out, reference)
 
 

@@ -181,6 +181,13 @@ def with_lora(model, weights, strength):
 
 
 def accelerate(model, preset):
+    """DuCa's cycle through the node; the whole-step forecast by the balanced preset's settings
+    without the preset, which computes every step of sub-runs this short (methods.forecast.FEW_STEPS):
+    these settings still skip."""
+    if preset == "balanced":
+        from comfyui_duca.glue.patch import apply_duca
+        from comfyui_duca.methods import FORECAST_PRESETS
+        return apply_duca(model, FORECAST_PRESETS["balanced"].with_changes(preset=None))
     (out,) = host.node("DuCaAccelerate").execute(model, preset).result
     return out
 
