@@ -52,6 +52,7 @@ def dpmpp_2m(sigmas: Sequence[float], i: int) -> LinearStep:
 
 # by the name of the host sampler's function
 STEPS = {"sample_euler": euler, "sample_dpmpp_2m": dpmpp_2m}
+KEEPS_HISTORY = ("sample_dpmpp_2m",)  # steps that read the previous step's output (before != 0)
 
 
 def linear_steps(sampler_function: str) -> Optional[Callable[[Sequence[float], int], LinearStep]]:

@@ -7,9 +7,11 @@ runs; the noise its output implies (cache_core.noise_space) is kept with its sig
 the model is not called; the noise is forecast from the kept points (cache_core.estimators) and
 turned back into a denoised output with this step's sample.
 
-With Euler's method, each gap of skipped steps is corrected once the step after it computes
-(cache_core.gap_correction): the gap is estimated again by interpolation and what the forecasts
-moved the sample by is handed back through that step's output.
+Under Euler and DPM++ 2M, each gap of skipped steps is corrected once the step after it computes
+(cache_core.gap_correction): the gap is estimated again by interpolation, replayed through the
+sampler's own step (cache_core.sampler_steps), and that step hands on what lands the sampler where
+it would step from the replayed sample. Under a sampler that adds noise, the forecast moves with
+the injected noise (cache_core.noise_space.SampleSpace). Under FEW_STEPS steps, every step computes.
 
 Where the full steps go: round(budget x steps) of them, the first steps always, the rest denser
 near the start and the end of sampling (`ends`, measured best), spread evenly (`even`), or placed
@@ -32,8 +34,8 @@ from ..cache_core import gap_correction
 from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.noise_space import SampleSpace, recoverable
 from ..cache_core.placement import AdaptiveBudget
-from ..cache_core.sampler_steps import STEPS, linear_steps
 from ..cache_core.plan import Action, Plan, StepPlan, budget_plan
+from ..cache_core.sampler_steps import KEEPS_HISTORY, STEPS, linear_steps
 from ..cache_core.stats import MODEL_CALLS
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.validate import check_choice, check_float, check_int
@@ -228,6 +230,7 @@ class OutputForecast(Executor):
         # how the sampler's step moves the sample: its gaps are corrected (None: not corrected)
         self.steps = (linear_steps(function) if config.gap_correction and self.coefficients is not None and not noisy
                       else None)
+        self.keeps_history = self.steps is not None and function in KEEPS_HISTORY
         self.sampler_name = function.removeprefix("sample_")
         if config.space != "noise":
             self.notes = ()
@@ -297,7 +300,8 @@ class OutputForecast(Executor):
                 if corrected is not None:
                     handed, intended, value = corrected
                     run.keep_point(call, OUTPUT, value, t=t)
-                    run.keep(call, HELD, (call.step, handed, intended))
+                    if self.keeps_history:
+                        run.keep(call, HELD, (call.step, handed, intended))
                     return handed.to(denoised.dtype)
             run.keep_point(call, OUTPUT, value, t=t)
             return self._handed(run, call, denoised, denoised)
@@ -323,7 +327,7 @@ class OutputForecast(Executor):
     def _handed(self, run, call, handed, intended):
         """What a call hands on: under a multistep sampler, with what the sampler holds from a
         corrected step made up, so its history is the corrected values (sampler_steps)."""
-        if not self.steps or not self._follows_schedule(run, call):
+        if not self.keeps_history or not self._follows_schedule(run, call):
             return handed
         step = self.steps(run.sigmas, call.step)
         held, meant = self._held(run, call, intended=False), self._held(run, call, intended=True)

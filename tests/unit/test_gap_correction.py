@@ -10,7 +10,7 @@ import torch
 from cache_core.estimators import taylor
 from cache_core.gap_correction import replay_gap
 from cache_core.noise_space import SampleSpace
-from cache_core.sampler_steps import LinearStep, dpmpp_2m, euler, linear_steps
+from cache_core.sampler_steps import dpmpp_2m, euler, linear_steps
 
 SIGMAS = [1.0, 0.86, 0.72, 0.6, 0.47, 0.35, 0.24, 0.14, 0.0]
 NOISE = SampleSpace()  # a = 1, b = sigma below: x = x0 + sigma n
