@@ -36,8 +36,9 @@ class AccelerateDuCa(io.ComfyNode):
                 io.Model.Input("model", tooltip="The diffusion model to accelerate (from your loader)."),
                 io.Combo.Input("preset", options=list(PRESET_CHOICES), default="balanced", tooltip=(
                     "quality / balanced / fast / turbo: the model runs on 45 / 35 / 27 / 20% of the steps (the "
-                    "first steps always) and the others are forecast from the computed ones (with euler, each "
-                    "run of forecast steps is corrected once the step after it computes). duca quality / "
+                    "first steps always) and the others are forecast from the computed ones (with euler and "
+                    "dpmpp_2m, each run of forecast steps is corrected once the step after it computes; under "
+                    "14 steps or with lcm every step computes). duca quality / "
                     "balanced / fast: DuCa's cycles (on Flux a full step every 3rd / 4th / 6th step; other "
                     "families use settings measured for them, README). custom: DuCa with the inputs below.")),
                 io.Int.Input("interval", default=balanced.interval, min=1, max=100, step=1, optional=True,
