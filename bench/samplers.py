@@ -48,7 +48,7 @@ def table(sampler: str, by_cfg: dict, euler: dict) -> str:
             lines.append(f"| {cfg:g} | {preset} | {mine['compute']:.3f} | {mine['psnr']:.2f} | "
                          f"{best['method'] if best else '-'} | {best['psnr'] if best else math.nan:.2f} | "
                          f"{margin:+.2f} | {'yes' if margin >= MARGIN_DB else 'NO'} | "
-                         f"{under_euler if under_euler is None else format(under_euler, '.2f')} |")
+                         f"{'-' if under_euler is None else format(under_euler, '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
