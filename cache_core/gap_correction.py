@@ -59,13 +59,12 @@ def replay_gap(start, held, gap: list, before: list, new: tuple, sample, sensiti
 
     # The replay is affine in the new value with a scalar slope (every map in it is), and the value
     # at the corrected sample is value + sensitivity (corrected - sample): solved in closed form.
-    plain, _ = replay(start, held, before, value)
+    plain, last = replay(start, held, before, value)
     zero = 0.0
-    slope, _ = replay(zero, None if held is None else zero, [(t, zero) for t, _ in before], 1.0)
+    slope, last_slope = replay(zero, None if held is None else zero, [(t, zero) for t, _ in before], 1.0)
     gain = sensitivity * float(slope)
     if abs(1.0 - gain) < 1e-3:  # the model's answer would be unbounded: leave the value where it was
-        gain, sensitivity = 0.0, 0.0
+        return plain, value, last
     corrected = (plain - gain * sample) / (1.0 - gain)
-    moved = value + sensitivity * (corrected - sample)
-    corrected, last = replay(start, held, before, moved)
-    return corrected, moved, last
+    moved_by = sensitivity * (corrected - sample)
+    return corrected, value + moved_by, last + float(last_slope) * moved_by

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,14 @@ def dpmpp_2m(sigmas: Sequence[float], i: int) -> LinearStep:
     return LinearStep(ratio, (1.0 - ratio) * (1 + 1 / (2 * r)), -(1.0 - ratio) / (2 * r))
 
 
+class Sampler(NamedTuple):
+    step: Callable[[Sequence[float], int], LinearStep]  # (sigmas, i) -> the step from sigma_i
+    keeps_history: bool  # whether its steps read the previous step's output (before != 0)
+
+
 # by the name of the host sampler's function
-STEPS = {"sample_euler": euler, "sample_dpmpp_2m": dpmpp_2m}
-KEEPS_HISTORY = ("sample_dpmpp_2m",)  # steps that read the previous step's output (before != 0)
+STEPS = {"sample_euler": Sampler(euler, False), "sample_dpmpp_2m": Sampler(dpmpp_2m, True)}
 
 
-def linear_steps(sampler_function: str) -> Optional[Callable[[Sequence[float], int], LinearStep]]:
+def linear_steps(sampler_function: str) -> Optional[Sampler]:
     return STEPS.get(sampler_function)

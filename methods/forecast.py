@@ -35,7 +35,7 @@ from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.noise_space import SampleSpace, recoverable
 from ..cache_core.placement import AdaptiveBudget
 from ..cache_core.plan import Action, Plan, StepPlan, budget_plan
-from ..cache_core.sampler_steps import KEEPS_HISTORY, STEPS, linear_steps
+from ..cache_core.sampler_steps import STEPS, linear_steps
 from ..cache_core.stats import MODEL_CALLS
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.validate import check_choice, check_float, check_int
@@ -228,9 +228,9 @@ class OutputForecast(Executor):
         self.placement = None
         function = getattr(getattr(sampler, "sampler_function", None), "__name__", "")
         # how the sampler's step moves the sample: its gaps are corrected (None: not corrected)
-        self.steps = (linear_steps(function) if config.gap_correction and self.coefficients is not None and not noisy
-                      else None)
-        self.keeps_history = self.steps is not None and function in KEEPS_HISTORY
+        sampler_steps = linear_steps(function) if config.gap_correction and self.coefficients is not None and not noisy else None
+        self.steps = sampler_steps.step if sampler_steps else None
+        self.keeps_history = bool(sampler_steps and sampler_steps.keeps_history)
         self.sampler_name = function.removeprefix("sample_")
         if config.space != "noise":
             self.notes = ()
@@ -273,7 +273,6 @@ class OutputForecast(Executor):
         stats = run.stats.at(call.step)
         stats.compute_full += 1
         in_noise = self.coefficients is not None
-        space = self.space
         a, b = self.coefficients(call.sigma) if in_noise and call.sigma is not None else (1.0, 0.0)
         t = self._time(call.sigma)
         # the plan computes outside the window; the placement is asked at every step, the first ones
@@ -289,14 +288,14 @@ class OutputForecast(Executor):
             if (in_noise and b <= 0) or t is None:  # no noise left to imply, or no time to keep it at
                 return self._handed(run, call, denoised, denoised)
             # a flow model's first step (a = 0) still implies its noise exactly: it is the sample
-            value = space.to_value(call.sample, denoised, a, b) if in_noise else denoised
+            value = self.space.to_value(call.sample, denoised, a, b) if in_noise else denoised
             if self.placement is not None and run.has_kept(call, OUTPUT):
                 forecast = run.estimated(call, OUTPUT, device=value.device, t=t)
                 self.placement.observe(call.step, float((forecast - value).norm() / value.norm().clamp_min(1e-12)))
             gap = run.store.get(call.group, GAP, device=value.device) if self.steps else None
-            run.keep(call, GAP, None)
-            if gap and gap["steps"]:
-                corrected = self._corrected(run, call, space, gap, value, t, a, b)
+            if gap:
+                run.keep(call, GAP, None)
+                corrected = self._corrected(run, call, gap, value, t, a, b)
                 if corrected is not None:
                     handed, intended, value = corrected
                     run.keep_point(call, OUTPUT, value, t=t)
@@ -307,9 +306,9 @@ class OutputForecast(Executor):
             return self._handed(run, call, denoised, denoised)
         stats.action = Action.AGGRESSIVE.value
         value = run.estimated(call, OUTPUT, device=call.device, t=t)
-        denoised = space.to_denoised(call.sample, value, a, b) if in_noise else value
+        denoised = self.space.to_denoised(call.sample, value, a, b) if in_noise else value
         if self.steps:
-            gap = run.store.get(call.group, GAP, device=call.device)
+            gap = run.store.get(call.group, GAP)  # where it is kept: only added to here
             if gap is None:  # the gap's first step: its sample is exact, the step before computed
                 gap = {"start": call.sample, "held": self._held(run, call, intended=True), "steps": []}
             gap["steps"] = gap["steps"] + [(t, call.step, a, b)]
@@ -336,7 +335,7 @@ class OutputForecast(Executor):
         run.keep(call, HELD, (call.step, handed, intended))
         return handed
 
-    def _corrected(self, run, call, space, gap, value, t, a, b):
+    def _corrected(self, run, call, gap, value, t, a, b):
         """(the output handed on, the value meant, the point kept) at the computed step that ends a
         gap: the gap replayed with its interpolated re-estimates gives the corrected sample, and
         this step hands on what lands the sampler where it would step from there; None where the
@@ -344,12 +343,12 @@ class OutputForecast(Executor):
         if not self._follows_schedule(run, call) or any(step >= len(run.sigmas) - 1 for _, step, _, _ in gap["steps"]):
             return None
         spread = gap_correction.GUIDED_DATA_STD if run.guided else gap_correction.DATA_STD
-        replayed = [(t_j, self.steps(run.sigmas, j), partial(space.to_denoised, a=a_j, b=b_j))
+        replayed = [(t_j, self.steps(run.sigmas, j), partial(self.space.to_denoised, a=a_j, b=b_j))
                     for t_j, j, a_j, b_j in gap["steps"]]
         before = run.store.get(call.group, OUTPUT, device=value.device)
         sample, moved, last = gap_correction.replay_gap(gap["start"], gap["held"], replayed, before, (t, value),
-                                                        call.sample, space.sensitivity(a, b, spread))
-        intended = space.to_denoised(sample, moved, a, b)
+                                                        call.sample, self.space.sensitivity(a, b, spread))
+        intended = self.space.to_denoised(sample, moved, a, b)
         step = self.steps(run.sigmas, call.step)
         landing = step(sample, intended, last)
         return step.handed(call.sample, landing, self._held(run, call, intended=False)), intended, moved

@@ -56,7 +56,7 @@ def test_sampler_steps_are_the_hosts_samplers(pack, name):
     samples = [x for x, _ in seen] + [final]
     for i, (x, denoised) in enumerate(seen):
         previous = seen[i - 1][1] if i else None
-        assert torch.allclose(linear_steps(name)(sigmas.tolist(), i)(x, denoised, previous), samples[i + 1],
+        assert torch.allclose(linear_steps(name).step(sigmas.tolist(), i)(x, denoised, previous), samples[i + 1],
                               atol=1e-12)
 
 

@@ -107,7 +107,7 @@ def test_a_step_hands_on_what_lands_it_where_asked(steps):
 
 
 def test_samplers_are_named_by_the_hosts_functions():
-    assert linear_steps("sample_euler") is euler and linear_steps("sample_dpmpp_2m") is dpmpp_2m
+    assert linear_steps("sample_euler") == (euler, False) and linear_steps("sample_dpmpp_2m") == (dpmpp_2m, True)
     assert linear_steps("sample_uni_pc") is None and linear_steps("sample_euler_ancestral") is None
 
 
