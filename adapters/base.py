@@ -10,9 +10,16 @@ class FamilyAdapter:
     """
     block_ids: list
     family: str = ""
+    model_class: str = ""  # the host's class of the diffusion model (a family spans several)
     level: str = "block"  # token-wise / block / step / deepcache: the finest level it is cached at
     tokenwise = False     # conservative steps can refresh tokens inside its blocks
     step_level = False    # no block hooks: whole model calls are the unit (step_level.py)
+
+    @property
+    def label(self) -> str:
+        """The family and the model's own class, as logs and stats name them: `flux (Flux2)`."""
+        detail = ", ".join(part for part in (self.model_class, getattr(self, "variant", "")) if part)
+        return f"{self.family} ({detail})" if detail else self.family
 
     @property
     def first_block(self):

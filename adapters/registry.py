@@ -3,8 +3,11 @@ cached at, its blocks, the Feature Slicer's rules for it and its measured preset
 
 A family's `name` is the one name it has everywhere: in run stats and logs, in saved
 schedules (a schedule carries it and must match), in the slicer and in the README table.
-Entries are tried in order; the first whose model classes match and whose adapter accepts
-the model wins.
+A model is matched through its class hierarchy, nearest class first: the entries naming its own
+class, then those naming its parent class, and so on (a subclass is its parent's family unless an
+entry names it), then the entries that match by structure; within each, the first whose adapter
+accepts the model wins. A model no entry takes is GENERIC: whole model calls are its unit, which
+is all the whole-step forecast (the budget presets) needs.
 """
 from __future__ import annotations
 
@@ -47,8 +50,8 @@ class Family:
     how_chosen: str = ""        # where `defaults` come from
     estimator: str = "reuse"    # what the flagship's skipped units hand on here, by measurement
 
-    def matches(self, diffusion_model) -> bool:
-        return not self.model_classes or type(diffusion_model).__name__ in self.model_classes
+    def names(self, class_name: str) -> bool:
+        return class_name in self.model_classes
 
 
 def stack(spec: StackSpec) -> Callable:
@@ -105,33 +108,52 @@ FAMILIES = (
     # at the same compute; on the small trained Flux, forecasting the stack residual lost 0.1-3 dB
     Family("unet", DEEPCACHE, UNET_CLASSES, UNetAdapter.for_model, slicing.UNET, estimator="taylor2"),
 )
-BY_NAME = {family.name: family for family in FAMILIES}
+# Any other model: its whole calls (no entry knows its blocks). Not in FAMILIES: no README row.
+GENERIC = Family("generic", STEP, (), step("generic"))
+BY_NAME = {family.name: family for family in (*FAMILIES, GENERIC)}
 
 
-def find_adapter(diffusion_model):
-    """The adapter of a host diffusion model, its `family` set (None: not a family the pack caches)."""
+def class_names(diffusion_model) -> list:
+    """The names of a model's class and its base classes, nearest first."""
+    return [cls.__name__ for cls in type(diffusion_model).__mro__]
+
+
+def candidates(diffusion_model) -> list:
+    """The entries that may take a model, in the order they are tried (see the module doc)."""
+    found = []
+    for family in (f for name in class_names(diffusion_model) for f in FAMILIES if f.names(name)):
+        if family not in found:  # a family naming several classes of the hierarchy: tried once
+            found.append(family)
+    return found + [f for f in FAMILIES if not f.model_classes]
+
+
+def find_adapter(diffusion_model, generic: bool = True):
+    """The adapter of a host diffusion model, its `family` and `model_class` set; GENERIC's where no
+    entry takes it (None where `generic` is False, or there is no diffusion model)."""
     if diffusion_model is None:
         return None
-    for family in FAMILIES:
-        if family.matches(diffusion_model):
-            adapter = family.adapter(diffusion_model)
-            if adapter is not None:
-                adapter.family = family.name
-                return adapter
+    for family in candidates(diffusion_model) + ([GENERIC] if generic else []):
+        adapter = family.adapter(diffusion_model)
+        if adapter is not None:
+            adapter.family, adapter.model_class = family.name, type(diffusion_model).__name__
+            return adapter
     return None
 
 
 def family_of(diffusion_model) -> Optional[Family]:
-    """The family of a host diffusion model, without building an adapter where its class name alone
-    says (the Feature Slicer asks on every model call): the one family naming its class; where
-    several do, or none does, the one whose adapter takes it; else the first naming it (a layout
-    only the slicer handles), else None."""
+    """The family of a host diffusion model, without building an adapter where its class names
+    alone say (the Feature Slicer asks on every model call): the one family naming its nearest named
+    class; where several do, or none does, the one whose adapter takes it; else the first naming it
+    (a layout only the slicer handles), else None (never GENERIC)."""
     if diffusion_model is None:
         return None
-    named = [f for f in FAMILIES if f.model_classes and f.matches(diffusion_model)]
-    if len(named) == 1:
-        return named[0]
-    adapter = find_adapter(diffusion_model)
+    for name in class_names(diffusion_model):
+        named = [f for f in FAMILIES if f.names(name)]
+        if len(named) == 1:
+            return named[0]
+        if named:
+            break
+    adapter = find_adapter(diffusion_model, generic=False)
     if adapter is not None:
         return BY_NAME[adapter.family]
     return named[0] if named else None

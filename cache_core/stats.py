@@ -12,7 +12,8 @@ class StepStats:
     action: str = ""
     model_calls: int = 0
     compute_done: float = 0.0   # block compute run at this step (RunStats.compute_unit)
-    compute_full: float = 0.0   # ... and what computing everything would have cost
+    compute_full: float = 0.0   # ... and what computing every block would have cost
+    outside: float = 0.0        # FLOPs that ran outside the hooked blocks (never skipped by block caching)
     tokens_recomputed: int = 0
     tokens_total: int = 0
     cache_bytes: int = 0
@@ -20,9 +21,10 @@ class StepStats:
 
     @property
     def compute_fraction(self) -> float:
-        if self.compute_full == 0:
+        """Of the whole model's compute at this step."""
+        if self.compute_full + self.outside == 0:
             return 1.0
-        return self.compute_done / self.compute_full
+        return (self.compute_done + self.outside) / (self.compute_full + self.outside)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -35,6 +37,7 @@ class RunStats:
     method: str
     num_steps: int
     family: str = ""      # the registry's name of the model's family
+    model_class: str = ""  # the host's class of the model (a family spans several)
     level: str = "block"  # token-wise / block / step / deepcache: the finest level that ran
     compute_unit: str = FLOPS  # FLOPs of the blocks, or model calls (families without block hooks)
     steps: dict = field(default_factory=dict)
@@ -52,6 +55,15 @@ class RunStats:
 
     @property
     def compute_fraction(self) -> float:
+        """Of the whole model's compute: what the run claims its speedup from."""
+        outside = sum(s.outside for s in self.steps.values())
+        full = sum(s.compute_full for s in self.steps.values()) + outside
+        done = sum(s.compute_done for s in self.steps.values()) + outside
+        return done / full if full else 1.0
+
+    @property
+    def block_fraction(self) -> float:
+        """Of the hooked blocks' compute only (what a schedule's budget is a fraction of)."""
         full = sum(s.compute_full for s in self.steps.values())
         done = sum(s.compute_done for s in self.steps.values())
         return done / full if full else 1.0
@@ -66,13 +78,15 @@ class RunStats:
 
     def summary(self) -> str:
         expected = 1.0 / self.compute_fraction if self.compute_fraction > 0 else float("inf")
-        return (f"{self.method}: {self.timeline} | block compute {self.compute_fraction:.1%} "
+        return (f"{self.method}: {self.timeline} | compute {self.compute_fraction:.1%} "
                 f"(up to {expected:.2f}x) | model time {self.wall_seconds:.2f}s | "
                 f"cache {self.peak_cache_bytes / 2**20:.1f} MiB | level {self.level}")
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "num_steps": self.num_steps, "family": self.family, "level": self.level,
+        return {"method": self.method, "num_steps": self.num_steps, "family": self.family,
+                "model_class": self.model_class, "level": self.level,
                 "compute_unit": self.compute_unit, "timeline": self.timeline,
-                "compute_fraction": self.compute_fraction, "peak_cache_bytes": self.peak_cache_bytes,
+                "compute_fraction": self.compute_fraction, "block_fraction": self.block_fraction,
+                "peak_cache_bytes": self.peak_cache_bytes,
                 "wall_seconds": self.wall_seconds, "notes": list(self.notes),
                 "steps": [self.steps[i].to_dict() for i in sorted(self.steps)]}

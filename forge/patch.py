@@ -14,31 +14,31 @@ import logging
 import types
 
 from ..adapters import find_adapter
-from ..methods import ForecastConfig, RunState, executor_for
+from ..methods import ForecastConfig, RunState, executor_for, why_no_method
 from ..methods.engine import current_sigma, end_run
 from ..methods.forecast import noise_coefficients_of
 
 LOG = logging.getLogger("comfyui-duca")
 UNSCHEDULED = -1.0  # a sigma slot not seen yet (every real sigma is >= 0)
-_warned = set()     # model classes already warned about (once per process)
+_warned = set()     # pass-through reasons already warned about (once per process)
 
 
 def accelerate(unet, settings, steps: int, sigmas=None, sampler_function=None, listeners=()):
     """(a clone of `unet` running `settings` for one pass of `steps` steps, the SamplingPass), or
-    (`unet`, None) for a model family the pack does not know: passed through, warned once."""
-    diffusion_model = getattr(getattr(unet, "model", None), "diffusion_model", None)
+    (`unet`, None) where no method can run on it: passed through, warned once per model class."""
+    model = getattr(unet, "model", None)
+    diffusion_model = getattr(model, "diffusion_model", None)
     adapter = find_adapter(diffusion_model)
-    if adapter is None:
-        name = type(diffusion_model).__name__
-        if name not in _warned:
-            _warned.add(name)
-            LOG.warning("DuCa: %s is not a model family this pack accelerates yet; generating without it.", name)
+    sampling = getattr(model, "predictor", None) or getattr(model, "model_sampling", None)
+    why_not = why_no_method(adapter, sampling)
+    if why_not:
+        if why_not not in _warned:
+            _warned.add(why_not)
+            LOG.warning("DuCa: %s; generating without it.", why_not)
         return unet, None
     config = settings.config_for(adapter, steps)
     executor_for(config, adapter, None)  # a method this model can't run is refused now, naming the input
-    model = unet.model
-    coefficients = (noise_coefficients_of(getattr(model, "predictor", None) or getattr(model, "model_sampling", None),
-                                          sigmas if sigmas is not None else ())
+    coefficients = (noise_coefficients_of(sampling, sigmas if sigmas is not None else ())
                     if isinstance(config, ForecastConfig) else None)
     sampler = types.SimpleNamespace(sampler_function=sampler_function) if sampler_function else None
     sampling_pass = SamplingPass(config, adapter, steps, sigmas, coefficients, sampler, listeners)
@@ -112,7 +112,7 @@ class SamplingPass:
         sigmas = self.sigmas if self.sigmas is not None else [UNSCHEDULED] * (self.steps + 1)
         self.run = RunState(method, sigmas)
         self.seen, self.blocks_handed = 0, 0
-        LOG.info("DuCa: %s on %s", self.run.plan, self.adapter.family)
+        LOG.info("DuCa: %s on %s", self.run.plan, self.adapter.label)
 
     def finish(self):
         """End the current run (the script calls this after the pass); its stats, or None."""

@@ -11,13 +11,15 @@ Wrappers take `(executor, *args, **kwargs)` and pass everything through.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 
 import comfy.model_patcher
 import comfy.patcher_extension as ext
 
 from ..adapters import find_adapter
-from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for
+from ..adapters.registry import GENERIC
+from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for, why_no_method
 from ..methods.engine import end_run
 from ..methods.forecast import STEP_OUTPUTS, noise_coefficients_of
 from .attach import CALC_COND_BATCH, Holder, attach, diffusion_model_of, find_transformer_options, holder_of
@@ -26,6 +28,9 @@ from .compile import compile_hooked_blocks, outside_compile
 LOG = logging.getLogger("comfyui-duca")
 KEY = "duca_accelerate"          # wrappers and transformer_options: the holder
 RUN_KEY = "duca_accelerate_run"  # transformer_options: the live run, only while sampling
+# The run of the model call in progress, for block patches whose arguments carry no transformer
+# options (Wan 2.2 S2V's forward leaves them out). Per thread: the host's threads never mix runs.
+CALLING_RUN = contextvars.ContextVar("duca_calling_run", default=None)
 
 
 class BlockPatch:
@@ -39,7 +44,7 @@ class BlockPatch:
         if self.inner is not None:
             inner = self.inner
             original = lambda a: inner(a, extra)  # noqa: E731
-        run = (args.get("transformer_options") or {}).get(RUN_KEY)
+        run = (args.get("transformer_options") or {}).get(RUN_KEY) or CALLING_RUN.get()
         if run is None:
             return original(args)
         return _run_block(run, self.kind, self.index, args, original)
@@ -52,7 +57,11 @@ def _run_block(run, kind, index, args, original):
 
 @outside_compile
 def _model_call(run, executor, args, kwargs, options):
-    return run.model_call(executor, args, kwargs, options)
+    token = CALLING_RUN.set(run)
+    try:
+        return run.model_call(executor, args, kwargs, options)
+    finally:
+        CALLING_RUN.reset(token)
 
 
 COND_BATCH_ARGUMENTS = ("model", "conds", "x_in", "timestep", "model_options")
@@ -73,6 +82,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     options[RUN_KEY] = run
     blocks = [adapter.block(kind, index) for kind, index in adapter.block_ids]
     if compile_hooked_blocks(guider.model_options, guider.model_patcher.model, blocks, holder.compiled_blocks):
+        run.outside.enabled = False  # a FLOP counter around compiled blocks would recompile them
         LOG.info("DuCa: TorchCompileModel compiles the %d hooked blocks one by one", len(blocks))
     LOG.info("DuCa: %s on %s", run.plan, holder.family)
     try:
@@ -119,24 +129,27 @@ def noise_coefficients(model_patcher, sigmas=()):
 
 
 def apply_duca(model, config, listeners=()):
-    """A clone of `model` running `config`'s method (methods.CONFIGS), or `model` itself if its
-    family is unknown. `listeners` are called with the RunStats at the end of every run."""
+    """A clone of `model` running `config`'s method (methods.CONFIGS), or `model` itself where no
+    method can run on it. `listeners` are called with the RunStats at the end of every run."""
     diffusion_model = diffusion_model_of(model)
     adapter = find_adapter(diffusion_model)
-    if adapter is None:
-        LOG.warning("DuCa: %s is not a model family this pack accelerates yet; "
-                    "passing it through unchanged.", type(diffusion_model).__name__)
+    get = getattr(model, "get_model_object", None)
+    why_not = why_no_method(adapter, get("model_sampling") if adapter is not None and get else None)
+    if why_not:
+        LOG.warning("DuCa: %s; passing it through unchanged.", why_not)
         return model
+    if adapter.family == GENERIC.name:
+        LOG.info("DuCa: %s has no entry in this pack's registry: whole model calls are its unit (the budget "
+                 "presets forecast them; caching inside it needs an entry)", adapter.model_class)
     if isinstance(config, ScheduleConfig):  # made for another model: say so now, not mid-run
         config.schedule.check_fits(adapter.family, adapter.schedule_units())
     executor_for(config, adapter, None)  # a method this model can't run is refused now, naming the input
-    label = f"{adapter.family} ({adapter.variant})" if getattr(adapter, "variant", "") else adapter.family
     wrappers = {ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
                 ext.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper,
                 ext.WrappersMP.APPLY_MODEL: apply_model_wrapper}
     if CALC_COND_BATCH is not None:
         wrappers[CALC_COND_BATCH] = cond_batch_wrapper
-    patched = attach(model, KEY, Holder(config, label, listeners), wrappers)
+    patched = attach(model, KEY, Holder(config, adapter.label, listeners), wrappers)
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for kind, index in adapter.block_ids:
         inner = existing.get((kind, index))

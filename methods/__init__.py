@@ -5,17 +5,31 @@ the host offers no block hook.
 """
 from __future__ import annotations
 
-from ..adapters.registry import DEEPCACHE
+from typing import Optional
+
+from ..adapters.registry import DEEPCACHE, GENERIC
 from .calibration import Calibration, CalibrationConfig
 from .deepcache import DeepCache, DeepCacheConfig
 from .duca import PRESETS, DuCa, DuCaConfig
 from .engine import RunState
-from .forecast import BUDGETS, FORECAST_PRESETS, ForecastConfig, OutputForecast
+from .forecast import BUDGETS, FORECAST_PRESETS, ForecastConfig, OutputForecast, noise_coefficients_of
 from .protocol import Method
 from .schedules import ScheduleConfig, ScheduleExecutor
 from .step_reuse import StepReuse
 
 CONFIGS = (ForecastConfig, DuCaConfig, DeepCacheConfig, ScheduleConfig, CalibrationConfig)
+
+
+def why_no_method(adapter, sampling) -> Optional[str]:
+    """Why no method can run on a model (None: one can), given its adapter (None: no diffusion model)
+    and its model sampling. A family the pack knows runs at its level; any other model runs
+    whole-step forecasts, which need the noise coefficients of its sampling."""
+    if adapter is None:
+        return "the model has no diffusion model to accelerate"
+    if adapter.family == GENERIC.name and noise_coefficients_of(sampling) is None:
+        return (f"{adapter.model_class} is not a model family this pack knows, and its sampling gives no "
+                f"noise coefficients to forecast with")
+    return None
 
 
 def executor_for(config, adapter, noise_coefficients=None, sampler=None) -> Method:
@@ -46,4 +60,4 @@ def executor_for(config, adapter, noise_coefficients=None, sampler=None) -> Meth
 
 
 __all__ = ["BUDGETS", "FORECAST_PRESETS", "ForecastConfig", "OutputForecast", "CONFIGS", "Calibration", "CalibrationConfig", "DeepCache", "DeepCacheConfig", "DuCa", "DuCaConfig",
-           "Method", "PRESETS", "RunState", "ScheduleConfig", "ScheduleExecutor", "StepReuse", "executor_for"]
+           "Method", "PRESETS", "RunState", "ScheduleConfig", "ScheduleExecutor", "StepReuse", "executor_for", "why_no_method"]

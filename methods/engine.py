@@ -19,6 +19,7 @@ from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, step_index
 from ..cache_core.stats import FLOPS, MODEL_CALLS, RunStats
 from ..cache_core.store import CacheStore
+from .outside import OutsideCompute
 from .stack_gaps import carries_control
 
 LOG = logging.getLogger("comfyui-duca")
@@ -75,6 +76,7 @@ class Call:
     txt_len: Optional[int] = None   # text tokens, once the first block has seen them
     framed_by_blocks: bool = False  # begun at the first block, ended at the last
     carries_control: bool = False   # ControlNet residuals: the host adds them between blocks
+    blocks_before: float = 0.0      # the step's full block compute when the call began
     scratch: dict = field(default_factory=dict)  # the method's values for this call only
 
 
@@ -86,10 +88,13 @@ class RunState:
         self.num_steps = max(len(self.sigmas) - 1, 0)
         self.plan = method.plan(self.num_steps)
         self.store = CacheStore.on(method.cache_device)
-        self.stats = RunStats(self.plan.method, self.num_steps, family=self.adapter.family, level=method.level,
+        self.stats = RunStats(self.plan.method, self.num_steps, family=self.adapter.family,
+                              model_class=self.adapter.model_class, level=method.level,
                               compute_unit=getattr(method, "compute_unit", None)
                               or (MODEL_CALLS if self.adapter.step_level else FLOPS))
         self.stats.notes.extend(method.notes)  # e.g. a schedule resampled to this run's step count
+        # counted in block FLOPs: what runs outside the hooked blocks is added to every call
+        self.outside = OutsideCompute(self.stats.compute_unit == FLOPS and bool(self.adapter.block_ids))
         self.estimate, self.history = ESTIMATORS[method.estimator]
         self.call: Optional[Call] = None
         self.completed_groups = set()  # groups whose full step has finished: reuse may follow
@@ -112,11 +117,12 @@ class RunState:
         if not stats.action:
             stats.action = action.value
         self.call = Call(step, action, planned.refresh_ratio if planned else 0.0, group, self.adapter.grid(x),
-                         x.device, sigma, x)
+                         x.device, sigma, x, blocks_before=stats.compute_full)
         return self.call
 
     def end_call(self, call: Call) -> None:
         stats = self.stats.at(call.step)
+        stats.outside += self.outside.of(stats.compute_full - call.blocks_before)
         stats.model_calls += 1
         stats.wall_seconds += time.perf_counter() - call.started
         if call.action is Action.FULL:
@@ -133,7 +139,8 @@ class RunState:
             # the host consumes some arguments (ControlNet residual lists are popped): keep copies
             retry = (_fresh_containers(args), _fresh_containers(kwargs)) if call.action is not Action.FULL else None
             try:
-                return self.method.on_call(self, call, lambda: executor(*args, **kwargs))
+                with self.outside.measuring(call.action is Action.FULL):
+                    return self.method.on_call(self, call, lambda: executor(*args, **kwargs))
             except Exception as error:
                 if retry is None or self.disabled or is_interrupt(error):
                     raise
@@ -188,7 +195,7 @@ class RunState:
                 call.txt_len = args["txt"].shape[1]
             else:  # no double blocks: the text is what the image grid is not
                 call.txt_len = max(args["img"].shape[1] - math.prod(call.grid), 0)
-        out = self.method.on_block(self, call, block_id, args, original)
+        out = self.outside.block(lambda: self.method.on_block(self, call, block_id, args, original))
         if call.framed_by_blocks and block_id == self.adapter.last_block:
             self.end_call(call)
         return out

@@ -19,8 +19,10 @@ import torch
 
 
 # Model inputs whose residuals the host adds between blocks: a ControlNet's (Flux, Chroma,
-# HunyuanVideo, Qwen-Image) and Wan VACE's control-video hints (its VACE blocks, every few blocks).
-BETWEEN_BLOCK_INPUTS = ("control", "vace_context")
+# HunyuanVideo, Qwen-Image), Wan VACE's control-video hints (its VACE blocks, every few blocks),
+# Wan 2.2 S2V's audio (its audio injector, after chosen blocks) and Wan Animate's face motion (its
+# face adapter, after every fifth block).
+BETWEEN_BLOCK_INPUTS = ("control", "vace_context", "audio_embed", "face_pixel_values")
 
 
 def carries_control(executor, args: tuple, kwargs: dict) -> bool:

@@ -239,40 +239,6 @@ def test_node_leaves_the_input_model_untouched(pack, flux):
     assert flux.model_options.get("transformer_options", {}) == before
 
 
-def stable_cascade_prior(seed: int = 3):
-    """A tiny Stable Cascade stage C (ComfyUI's StageC): no block hooks, not reused step-wise
-    by the pack, so a family the pack does not know."""
-    import comfy.supported_models
-    unet_config = {"stable_cascade_stage": "c", "c_in": 4, "c_out": 4, "c_r": 16, "c_cond": 32, "c_hidden": [32, 32],
-                   "nhead": [2, 2], "blocks": [[1, 1], [1, 1]], "block_repeat": [[1, 1], [1, 1]],
-                   "level_config": ["CTA", "CTA"], "c_clip_text": 32, "c_clip_text_pooled": 32, "c_clip_img": 768,
-                   "c_clip_seq": 2}
-    model_config = comfy.supported_models.Stable_Cascade_C(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    models.init_weights(model.diffusion_model, seed)
-    return models.patcher(model)
-
-
-def test_unknown_model_passes_through_with_one_warning(pack, caplog):
-    """A Stable Cascade prior: no adapter covers it (U-Nets get DeepCache, see test_deepcache.py)."""
-    from comfyui_duca.adapters import find_adapter
-    prior = stable_cascade_prior()
-    assert type(prior.model.diffusion_model).__name__ == "StageC"
-    assert find_adapter(prior.model.diffusion_model) is None
-    gen = torch.Generator().manual_seed(1)
-    cond = [[torch.randn(1, 8, 32, generator=gen), {"pooled_output": torch.randn(1, 1, 32, generator=gen)}]]
-    kw = dict(steps=4, cfg=2.0, channels=4, height=64, width=64)
-    reference = models.sample(prior, cond, **kw)
-    with caplog.at_level(logging.WARNING, logger="comfyui-duca"):
-        same = accelerate(prior, "balanced")
-        out = models.sample(same, cond, **kw)
-    warnings = [r for r in caplog.records if r.name == "comfyui-duca" and r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "unchanged" in warnings[0].getMessage() and "StageC" in warnings[0].getMessage()
-    assert same is prior
-    assert torch.equal(out, reference)
-
-
 def test_applying_twice_keeps_one_accelerator_with_the_last_settings(pack, flux, flux_conds):
     from comfyui_duca.glue.patch import last_stats
     from comfyui_duca.methods.forecast import FEW_STEPS
