@@ -2,7 +2,6 @@
 inputs, errors, unsupported models."""
 import asyncio
 import json
-import logging
 from pathlib import Path
 
 import pytest
