@@ -19,7 +19,7 @@ import comfy.patcher_extension as ext
 
 from ..adapters import find_adapter
 from ..adapters.registry import GENERIC
-from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for, why_no_method
+from ..methods import BUDGETS, FORECAST_PRESETS, ForecastConfig, RunState, ScheduleConfig, executor_for, why_no_method
 from ..methods.engine import end_run
 from ..methods.forecast import STEP_OUTPUTS, noise_coefficients_of
 from .attach import CALC_COND_BATCH, Holder, attach, diffusion_model_of, find_transformer_options, holder_of
@@ -65,6 +65,8 @@ def _model_call(run, executor, args, kwargs, options):
 
 
 COND_BATCH_ARGUMENTS = ("model", "conds", "x_in", "timestep", "model_options")
+# Where a newer host's multi-GPU CFG split keeps its per-device model copies (model_options).
+MULTIGPU_CLONES = "multigpu_clones"
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
@@ -76,8 +78,14 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     options = guider.model_options.setdefault("transformer_options", {})
     holder: Holder = options[KEY]
     adapter = find_adapter(diffusion_model_of(guider.model_patcher))
-    coefficients = noise_coefficients(guider.model_patcher, sigmas) if isinstance(holder.config, ForecastConfig) else None
-    method = executor_for(holder.config, adapter, coefficients, sampler)
+    config = holder.config
+    if MULTIGPU_CLONES in guider.model_options and not (isinstance(config, ForecastConfig) or adapter.step_level):
+        config = FORECAST_PRESETS[getattr(config, "preset", None) if getattr(config, "preset", None) in BUDGETS
+                                  else "balanced"]
+        LOG.info("DuCa: under ComfyUI's multi-GPU split each device runs its own copy of the model's blocks; "
+                 "this run forecasts whole steps instead (%s preset), which skips every device at once", config.preset)
+    coefficients = noise_coefficients(guider.model_patcher, sigmas) if isinstance(config, ForecastConfig) else None
+    method = executor_for(config, adapter, coefficients, sampler)
     run = RunState(method, sigmas)
     options[RUN_KEY] = run
     blocks = [adapter.block(kind, index) for kind, index in adapter.block_ids]

@@ -113,7 +113,7 @@ class DuCa(Executor):
         self.cache_device = config.cache_device
         self.estimator = config.estimator_for(adapter.family)
         self.selector = TokenSelector(config.token_selector, config.interval)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generators = {}  # per conditioning group: its random picks never depend on another's calls
 
     def plan(self, num_steps: int) -> Plan:
         plan = self.config.for_family(BY_NAME[self.adapter.family].defaults).plan_for(num_steps)
@@ -172,7 +172,7 @@ class DuCa(Executor):
 
     def _conservative(self, run, call, work, args, original) -> dict:
         units = run.store.get(call.group, work.block_id, device=args["img"].device)
-        picks = self._pick_tokens(work, units, call.refresh_ratio)
+        picks = self._pick_tokens(work, units, call.refresh_ratio, self._generator(call.group))
         out = self.adapter.conservative(work.kind, work.block, args, units, picks, original)
         refreshed(run, work, picks)
         run.keep(call, work.block_id, units)
@@ -195,14 +195,20 @@ class DuCa(Executor):
         change = state - stack_in
         run.keep_point(call, RESIDUAL, gaps.without_gaps(change) if gaps is not None else change)
 
-    def _pick_tokens(self, work, units, base_ratio) -> dict:
+    def _generator(self, group) -> torch.Generator:
+        """The group's own random source (the host's multi-GPU split runs groups at once on threads)."""
+        if group not in self.generators:
+            self.generators[group] = torch.Generator().manual_seed(self.config.seed)
+        return self.generators[group]
+
+    def _pick_tokens(self, work, units, base_ratio, generator) -> dict:
         position, depth = self.adapter.layer_position(work.kind, work.index)
         factor = self.adapter.stream_factor(work.kind, self.config)
         ratio = layer_refresh_ratio(base_ratio, position, depth, factor, self.config.layer_weight)
         picks = {}
         for stream, layout in work.streams.items():
             age = units[f"{stream}_age"]
-            idx = self.selector.select(ratio, units.get(f"{stream}_score"), age, layout, self.generator)
+            idx = self.selector.select(ratio, units.get(f"{stream}_score"), age, layout, generator)
             age += 1
             age.scatter_(1, idx, 0)
             picks[stream] = TokenRows(idx, fused=self.config.fused_refresh)

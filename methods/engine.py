@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -27,10 +28,11 @@ UNCOND = 1  # how transformer_options["cond_or_uncond"] marks an unconditional b
 
 
 def conditioning_group(x: torch.Tensor, transformer_options: dict) -> tuple:
-    """Which conditionings a model call carries (and at which shape): one cache entry each."""
+    """Which conditionings a model call carries (and at which shape, on which device): one cache
+    entry each. Under the host's multi-GPU split each device keeps its own."""
     uuids = tuple(str(u) for u in transformer_options.get("uuids", ()) or ())
     chunks = tuple(transformer_options.get("cond_or_uncond", ()) or ())
-    return (uuids, chunks, tuple(x.shape), context_window(transformer_options))
+    return (uuids, chunks, tuple(x.shape), str(x.device), context_window(transformer_options))
 
 
 def context_window(transformer_options: dict) -> tuple:
@@ -96,12 +98,24 @@ class RunState:
         # counted in block FLOPs: what runs outside the hooked blocks is added to every call
         self.outside = OutsideCompute(self.stats.compute_unit == FLOPS and bool(self.adapter.block_ids))
         self.estimate, self.history = ESTIMATORS[method.estimator]
-        self.call: Optional[Call] = None
+        self._calls = threading.local()  # the model call in progress, per thread (see `call`)
+        self._cond_batch = None          # the cond batch in progress: its model calls may run on other threads
         self.completed_groups = set()  # groups whose full step has finished: reuse may follow
         self.disabled = False  # set if reusing ever fails: the rest of the run computes everything
         self.guided = False    # an unconditional output was asked for: the sampler applies guidance
 
     # --- model calls -------------------------------------------------------
+    @property
+    def call(self) -> Optional[Call]:
+        """The model call in progress on this thread, else the cond batch in progress (None between
+        calls). Per thread: the host's multi-GPU split runs a step's conditionings at once on worker
+        threads, one per device, under the one cond batch the forecast decides on."""
+        return getattr(self._calls, "call", None) or self._cond_batch
+
+    @call.setter
+    def call(self, value: Optional[Call]) -> None:
+        self._calls.call = value
+
     def begin_call(self, x: torch.Tensor, transformer_options: dict, sigma: Optional[float] = None,
                    group: Optional[tuple] = None) -> Call:
         sigma = current_sigma(transformer_options) if sigma is None else sigma
@@ -129,6 +143,8 @@ class RunState:
             self.completed_groups.add(call.group)
         stats.cache_bytes = max(stats.cache_bytes, self.store.nbytes())
         self.call = None
+        if self._cond_batch is call:
+            self._cond_batch = None
 
     def model_call(self, executor, args: tuple, kwargs: dict, transformer_options: dict):
         """What the DIFFUSION_MODEL wrapper runs: the method decides; if reusing fails partway,
@@ -157,6 +173,7 @@ class RunState:
         at cfg 1) stay the host's zeros."""
         sigma = float(timestep.flatten()[0])
         call = self.begin_call(x, transformer_options, sigma, cond_batch_group(conds, x, sigma, transformer_options))
+        self._cond_batch = call
         filled = [i for i, cond in enumerate(conds) if cond is not None]
         self.guided = self.guided or len(filled) > 1
         outputs = [None if cond is not None else torch.zeros_like(x) for cond in conds]

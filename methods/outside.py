@@ -11,10 +11,8 @@ it has no formula for) leaves the ratio nearly unchanged.
 from __future__ import annotations
 
 import contextlib
-import logging
+import threading
 from typing import Optional
-
-LOG = logging.getLogger("comfyui-duca")
 
 try:  # feature-detected: a torch without the counter keeps the blocks' compute only
     from torch.utils.flop_counter import FlopCounterMode
@@ -29,6 +27,7 @@ class OutsideCompute:
         self.enabled = enabled and FlopCounterMode is not None
         self.ratio: Optional[float] = None  # None until measured (or where it cannot be)
         self._counter = None
+        self._thread = None  # the counting thread: other threads' blocks (the host's multi-GPU split) are not in its count
         self._in_blocks = 0
 
     @contextlib.contextmanager
@@ -38,7 +37,7 @@ class OutsideCompute:
             yield
             return
         counter = FlopCounterMode(display=False)
-        self._counter, self._in_blocks = counter, 0
+        self._counter, self._thread, self._in_blocks = counter, threading.get_ident(), 0
         try:
             with counter:
                 yield
@@ -52,7 +51,7 @@ class OutsideCompute:
     def block(self, run_block):
         """Runs one hooked block (`run_block()`), its share counted while a call is measured."""
         counter = self._counter
-        if counter is None:
+        if counter is None or self._thread != threading.get_ident():
             return run_block()
         before = counter.get_total_flops()
         out = run_block()

@@ -1,9 +1,9 @@
-"""The README's family table says what the family registry says: one row per family, its name,
-level and preset settings."""
+"""The README's family table says what the family registry says: one row per family (and one for
+the models no entry names), its name, level and preset settings."""
 import re
 from pathlib import Path
 
-from duca_layers.adapters.registry import DEEPCACHE, FAMILIES
+from duca_layers.adapters.registry import DEEPCACHE, FAMILIES, GENERIC
 from duca_layers.methods import PRESETS, DeepCacheConfig
 from duca_layers.methods.duca import PRESET_NAMES
 
@@ -19,8 +19,7 @@ def family_rows() -> dict:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if not cells[0].startswith("("):  # "(other models ...)" is not a family
-            rows[cells[0]] = (cells[2], cells[3])
+        rows[cells[0]] = (cells[2], cells[3])
     return rows
 
 
@@ -30,14 +29,14 @@ def triples(cell: str) -> list:
 
 def test_every_family_has_one_row_with_its_level():
     rows = family_rows()
-    assert sorted(rows) == sorted(f.name for f in FAMILIES)
-    for family in FAMILIES:
+    assert sorted(rows) == sorted(f.name for f in (*FAMILIES, GENERIC))
+    for family in (*FAMILIES, GENERIC):
         assert rows[family.name][0] == family.level, family.name
 
 
 def test_the_preset_settings_shown_are_the_registrys():
     rows = family_rows()
-    for family in FAMILIES:
+    for family in (*FAMILIES, GENERIC):
         cell = rows[family.name][1]
         if family.estimator != "reuse":  # a forecast the presets use is said
             assert f"({family.estimator})" in cell, family.name

@@ -2,7 +2,7 @@
 import pytest
 
 from cache_core import all_full_plan
-from duca_layers.adapters.registry import BY_NAME, FAMILIES, LEVELS
+from duca_layers.adapters.registry import BY_NAME, FAMILIES, GENERIC, LEVELS
 from duca_layers.methods.duca import PRESET_NAMES, PRESETS, DuCaConfig
 
 KEYS = {"interval", "refresh_ratio", "first_full_steps"}
@@ -41,7 +41,7 @@ def test_a_preset_name_is_checked():
 
 def test_one_entry_and_one_name_per_family():
     names = [f.name for f in FAMILIES]
-    assert len(names) == len(set(names)) and set(BY_NAME) == set(names)
+    assert len(names) == len(set(names)) and set(BY_NAME) == set(names) | {GENERIC.name}
     assert all(f.level in LEVELS for f in FAMILIES)
     assert all(f.slicing is None or f.slicing.family == f.name for f in FAMILIES)  # the slicer says the same name
 
