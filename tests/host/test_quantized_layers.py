@@ -1,8 +1,11 @@
 """The pack's weight shortcut (a single block's MLP input computed from the weight's rows alone)
 on layers whose weight is not what a plain Linear would multiply by: the host's fp8 and scaled-fp8
-ops, and other packs' layers (GGUF-style) that dequantize or rescale their weight in their own
-forward. Each gives the same output through the shortcut as through its own forward, and a Flux
+ops, its quantized layouts (`comfy.quant_ops`: each format its CPU backend runs), and other packs'
+layers (GGUF-style) that dequantize or rescale their weight in their own forward. Each gives the same output through the shortcut as through its own forward, and a Flux
 on fp8 weights runs DuCa's token-wise steps as the same Flux on those weights in float32 does."""
+import inspect
+import json
+
 import pytest
 import torch
 
@@ -54,31 +57,76 @@ def host_linear(operations, weight, bias, weight_dtype=torch.float32):
     return layer
 
 
+# The host's quantized formats whose weight a CPU can hold and multiply by (the others need a GPU
+# kernel): storage dtype and the largest value it keeps.
+CPU_FORMATS = {"float8_e4m3fn": (torch.float8_e4m3fn, 448.0), "int8_tensorwise": (torch.int8, 127.0)}
+
+
+def host_quantized_linear(fmt: str, weight, bias):
+    """A Linear of the host's mixed-precision ops holding `weight` in one of its quantized formats,
+    loaded as the host loads a quantized checkpoint: the format by layer name in the ops' config
+    (ComfyUI 0.3.75), or in the layer's own `comfy_quant` entry (newer)."""
+    import comfy.ops
+    storage, largest = CPU_FORMATS[fmt]
+    scale = weight.abs().amax() / largest
+    values = weight / scale
+    state = {"layer.weight": (values.round() if storage == torch.int8 else values).to(storage),
+             "layer.bias": bias, "layer.weight_scale": scale.reshape(())}
+    if "layer_quant_config" in inspect.signature(comfy.ops.mixed_precision_ops).parameters:
+        ops = comfy.ops.mixed_precision_ops({"layer": {"format": fmt}}, compute_dtype=torch.float32)
+    else:
+        ops = comfy.ops.mixed_precision_ops({}, compute_dtype=torch.float32)
+        state["layer.comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+    holder = torch.nn.Module()
+    holder.layer = ops.Linear(IN, OUT, bias=True)
+    holder.load_state_dict(state, strict=False)
+    return holder.layer
+
+
+def host_formats() -> list:
+    """The host's quantized formats a CPU runs (feature-detected: each host version has its own)."""
+    try:
+        from comfy.quant_ops import QUANT_ALGOS
+    except ImportError:
+        return []
+    return [fmt for fmt in CPU_FORMATS if fmt in QUANT_ALGOS]
+
+
 def layers():
     import comfy.ops
     gen = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(OUT, IN, generator=gen) * 0.1, torch.randn(OUT, generator=gen) * 0.1
-    scaled = host_linear(comfy.ops.scaled_fp8_ops(), weight / 2, bias, torch.float8_e4m3fn)
-    scaled.scale_weight = torch.nn.Parameter(torch.tensor(2.0), requires_grad=False)
-    return {
+    found = {
         "host plain": (host_linear(comfy.ops.disable_weight_init, weight, bias), True),
         "host fp8 (manual cast)": (host_linear(comfy.ops.manual_cast, weight, bias, torch.float8_e4m3fn), False),
-        "host scaled fp8": (scaled, False),
         "GGUF-style dequantizing": (DequantizingLinear(weight, bias), False),
         "rescaling in its forward": (RescalingLinear(weight, bias), False),
     }
+    if hasattr(comfy.ops, "scaled_fp8_ops"):  # ComfyUI 0.3.75's scaled fp8 (newer hosts: quant_ops layouts)
+        scaled = host_linear(comfy.ops.scaled_fp8_ops(), weight / 2, bias, torch.float8_e4m3fn)
+        scaled.scale_weight = torch.nn.Parameter(torch.tensor(2.0), requires_grad=False)
+        found["host scaled fp8"] = (scaled, False)
+    for fmt in host_formats():
+        found[f"host quantized {fmt}"] = (host_quantized_linear(fmt, weight, bias), False)
+    return found
 
 
-@pytest.mark.parametrize("name", ["host plain", "host fp8 (manual cast)", "host scaled fp8",
-                                  "GGUF-style dequantizing", "rescaling in its forward"])
+LAYERS = ["host plain", "host fp8 (manual cast)", "host scaled fp8", "GGUF-style dequantizing",
+          "rescaling in its forward", *(f"host quantized {fmt}" for fmt in CPU_FORMATS)]
+
+
+@pytest.mark.parametrize("name", LAYERS)
 def test_the_shortcut_gives_what_the_layers_own_forward_gives(pack, name):
     from comfyui_duca.adapters.flux import mlp_input, plain_weights
-    layer, plain = layers()[name]
+    built = layers()
+    if name not in built:
+        pytest.skip(f"{name}: this ComfyUI has no such layer (a layout or op of another host version)")
+    layer, plain = built[name]
     x = torch.randn(2, 5, IN, generator=torch.Generator().manual_seed(1))
     assert plain_weights(layer) == plain
     expected = layer(x)[..., START:]
     assert torch.allclose(mlp_input(layer, x, START), expected, rtol=1e-5, atol=1e-6)
-    if name not in ("host plain", "host fp8 (manual cast)"):  # read as plain, the weight means something else
+    if name in ("host scaled fp8", "GGUF-style dequantizing", "rescaling in its forward"):  # read as plain, it means something else
         as_plain = torch.nn.functional.linear(x, layer.weight.as_subclass(torch.Tensor).float()[START:],
                                               layer.bias[START:].float())
         assert not torch.allclose(as_plain, expected, atol=1e-3)

@@ -1,8 +1,9 @@
 """A step's conditionings evaluated concurrently on worker threads against the same run, as the host's
-multi-GPU CFG split does (newer ComfyUI: one thread per device under the cond-batch level). This
-host has no multi-GPU path, so a cond-batch wrapper inside the pack's splits each step's
-conditionings over two threads, the way the host's split hands them out; the same split run one
-after the other is the reference. What a method keeps per call must stay with its thread."""
+multi-GPU CFG split does (newer ComfyUI: one thread per device under the cond-batch level). A CPU
+has one device, so a cond-batch wrapper inside the pack's splits each step's conditionings over
+two threads, the way the host's split hands them out; the same split run one after the other is the
+reference. What a method keeps per call must stay with its thread. On a host with the split, the
+fallback test also runs the host's own multi-GPU path (with the one CPU device as its only device)."""
 import dataclasses
 import logging
 import threading
@@ -73,7 +74,11 @@ def test_under_the_hosts_multigpu_split_block_caching_forecasts_whole_steps(pack
     patch, core = duca
     duca_fast = dataclasses.replace(core.PRESETS["fast"], preset="fast")  # as the node's "duca fast" makes it
     accelerated = with_split(patch.apply_duca(flux, duca_fast), concurrently=True)
-    accelerated.model_options[patch.MULTIGPU_CLONES] = {}  # what the host's MultiGPU node sets (no clone here)
+    import comfy.samplers
+    if hasattr(comfy.samplers, "_calc_cond_batch_multigpu"):  # a host with the split: its own path, one device
+        accelerated.model_options[patch.MULTIGPU_CLONES] = {accelerated.load_device: accelerated}
+    else:  # what the host's MultiGPU node sets, on a host that cannot run it (nothing else reads it)
+        accelerated.model_options[patch.MULTIGPU_CLONES] = {}
     with caplog.at_level(logging.INFO, logger="comfyui-duca"):
         out = models.sample(accelerated, *flux_conds, **KW)
     stats = patch.last_stats(accelerated)
