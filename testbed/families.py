@@ -95,7 +95,7 @@ from typing import Callable
 
 import torch
 
-from .models import init_weights, load_weights, patcher, text_conditioning
+from .models import build, load_weights, text_conditioning
 
 HIDDEN = 64
 TEXT_DIM = 32
@@ -138,12 +138,7 @@ class Family:
 
 def _build(config_class: str, unet_config: dict, seed: int):
     import comfy.supported_models
-    model_config = getattr(comfy.supported_models, config_class)(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    init_weights(model.diffusion_model, seed)
-    model.diffusion_model.eval()
-    return patcher(model)
+    return build(getattr(comfy.supported_models, config_class), unet_config, seed)
 
 
 def _gen(seed: int) -> torch.Generator:

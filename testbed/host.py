@@ -55,4 +55,8 @@ def node(node_id: str, unique_id: str | None = None):
     """A node to call `execute` on as ComfyUI runs it: a clone of the class that holds the
     hidden inputs (`cls.hidden.unique_id`)."""
     from comfy_api.latest import io
-    return node_classes()[node_id].PREPARE_CLASS_CLONE({io.Hidden.unique_id: unique_id})
+    hidden = {io.Hidden.unique_id: unique_id}
+    # Newer hosts pass the executor's V3 data, which holds the hidden inputs; older ones pass them alone.
+    if hasattr(io.HiddenHolder, "from_v3_data"):
+        return node_classes()[node_id].PREPARE_CLASS_CLONE({"hidden_inputs": hidden})
+    return node_classes()[node_id].PREPARE_CLASS_CLONE(hidden)

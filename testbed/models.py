@@ -5,7 +5,22 @@ behave like trained models (see bench/ for fidelity figures on trained ones).
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
+
 import torch
+
+# The params dataclasses of the classes built here from a hand-made unet_config.
+PARAMS = {"flux": ("comfy.ldm.flux.model", "FluxParams"), "chroma": ("comfy.ldm.chroma.model", "ChromaParams"),
+          "hunyuan_video": ("comfy.ldm.hunyuan_video.model", "HunyuanVideoParams")}
+# Newer hosts made these params fields required. Their values here are what the host's checkpoint
+# detection (comfy.model_detection.detect_unet_config) gives a checkpoint of the testbed's layout,
+# which lacks the feature they switch on; `host_config` checks that against detection.
+DETECTED = {
+    "meanflow_sum": False,  # HunyuanVideo: True only with vision_in (HunyuanVideo 1.5 image-to-video)
+    "txt_ids_dims": [],     # Flux, Chroma: set only for Flux 2, Ovis and LongCat-Image
+    "vec_in_dim": None,     # Chroma: no vector_in
+}
 
 
 def init_weights(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
@@ -33,6 +48,46 @@ def init_weights(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
             else:
                 fan_in = p[0].numel() if p.ndim > 1 else p.numel()
                 p.copy_(randn(p.shape) * min(std, fan_in ** -0.5))
+
+
+def host_config(unet_config: dict) -> dict:
+    """`unet_config` plus the fields this host's params dataclass requires and it leaves out (feature
+    detection: an older host has no such field and gets the config unchanged)."""
+    where = PARAMS.get(unet_config.get("image_model"))
+    if where is None:
+        return unet_config
+    params = getattr(importlib.import_module(where[0]), where[1])
+    required = {f.name for f in dataclasses.fields(params)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = required - set(unet_config)
+    unknown = missing - set(DETECTED)
+    if unknown:
+        raise RuntimeError(f"this host's {params.__name__} requires {sorted(unknown)}: add to testbed.models.DETECTED "
+                           "what comfy.model_detection gives a checkpoint without that feature")
+    return {**unet_config, **{name: DETECTED[name] for name in missing}}
+
+
+def check_detected(model, unet_config: dict) -> None:
+    """The fields `host_config` added are what the host's detection reads from the built model's weights."""
+    added = {name: value for name, value in model.model_config.unet_config.items()
+             if name in DETECTED and name not in unet_config}
+    if added:
+        import comfy.model_detection
+        detected = comfy.model_detection.detect_unet_config(model.diffusion_model.state_dict(), "")
+        wrong = {name: (value, detected.get(name)) for name, value in added.items() if detected.get(name) != value}
+        assert not wrong, f"testbed.models.DETECTED disagrees with the host's detection (ours, the host's): {wrong}"
+
+
+def build(config_class, unet_config: dict, seed: int, dtype=torch.float32, device=None):
+    """A model of the host's `config_class` (a comfy.supported_models class) with seeded random weights,
+    built in `dtype` directly on `device` (default: the CPU)."""
+    model_config = config_class(host_config(unet_config))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, device=device)
+    check_detected(model, unet_config)
+    init_weights(model.diffusion_model, seed)
+    model.diffusion_model.eval()
+    return patcher(model)
 
 
 def patcher(model):
@@ -63,12 +118,7 @@ def flux(seed: int = 0, family: str = "flux", dtype=torch.float32, device=None, 
     unet_config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2,
                    "mlp_ratio": 4.0, "theta": 10000, "qkv_bias": True, "guidance_embed": guidance, **cfg}
     config_class = comfy.supported_models.Flux if guidance else comfy.supported_models.FluxSchnell
-    model_config = config_class(unet_config)
-    model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model({}, device=device)
-    init_weights(model.diffusion_model, seed)
-    model.diffusion_model.eval()
-    return patcher(model)
+    return build(config_class, unet_config, seed, dtype, device)
 
 
 def flux_controlnet(model, seed: int = 0):
@@ -146,11 +196,7 @@ def sd_unet(seed: int = 0):
     unet_config = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
                    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None,
                    "use_linear_in_transformer": False, "num_heads": -1, **SD15_SMALL}
-    model_config = comfy.supported_models.SD15(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    init_weights(model.diffusion_model, seed)
-    return patcher(model)
+    return build(comfy.supported_models.SD15, unet_config, seed)
 
 
 def sd_conditioning(batch: int = 1, tokens: int = 77, seed: int = 1, dim: int = 768):
@@ -174,11 +220,7 @@ def svd_unet(seed: int = 0, **size):
     import comfy.supported_models
     unet_config = {"use_checkpoint": False, "image_size": 32, "in_channels": 8, "out_channels": 4,
                    "use_spatial_transformer": True, "legacy": False, **SVD_LAYOUT, **SVD_SMALL, **size}
-    model_config = comfy.supported_models.SVD_img2vid(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    init_weights(model.diffusion_model, seed)
-    return patcher(model)
+    return build(comfy.supported_models.SVD_img2vid, unet_config, seed)
 
 
 def svd_conditioning(seed: int = 1, dim: int = 64, height: int = 8, width: int = 8, empty: bool = False):
@@ -258,11 +300,7 @@ def chroma(seed: int = 0, **size):
     unet_config = {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "patch_size": 2,
                    "mlp_ratio": 4.0, "theta": 10000, "qkv_bias": True, "in_dim": 64,
                    "out_dim": cfg["hidden_size"], "hidden_dim": 128, "n_layers": 2, **cfg}
-    model_config = comfy.supported_models.Chroma(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    init_weights(model.diffusion_model, seed)
-    return patcher(model)
+    return build(comfy.supported_models.Chroma, unet_config, seed)
 
 
 def chroma_conditioning(batch: int = 1, tokens: int = 8, seed: int = 1, model=None):
@@ -313,18 +351,20 @@ def sd_unet_small(seed: int = 0, **size):
     unet_config = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
                    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None,
                    "use_linear_in_transformer": False, "num_heads": -1, **SD_SMALL, **size}
-    model_config = comfy.supported_models.SD15(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    init_weights(model.diffusion_model, seed)
-    return patcher(model)
+    return build(comfy.supported_models.SD15, unet_config, seed)
 
 
 def load_weights(model, path):
-    """`model` (a ModelPatcher) with its diffusion model's weights read from the safetensors `path`."""
+    """`model` (a ModelPatcher) with its diffusion model's weights read from the safetensors `path`, as the
+    host's loader reads a checkpoint: through its config's key conversions (newer hosts renamed norms' `scale`
+    to `weight`), dropping keys its class no longer has (newer hosts' NextDiT lost an unused `norm_final`).
+    Every weight the model has must be in the file."""
     import comfy.utils
     state = comfy.utils.load_torch_file(str(path), safe_load=True)
-    model.model.diffusion_model.load_state_dict({k: v.float() for k, v in state.items()})
+    state = model.model.model_config.process_unet_state_dict({k: v.float() for k, v in state.items()})
+    missing, _ = model.model.diffusion_model.load_state_dict(state, strict=False)
+    if missing:
+        raise RuntimeError(f"{path} lacks weights of this host's {type(model.model.diffusion_model).__name__}: {missing}")
     return model
 
 
@@ -356,11 +396,7 @@ def wan(seed: int = 0, dtype=torch.float32, device=None, config_class: str = "WA
     unet_config = {"image_model": "wan2.1", "model_type": "t2v", "dim": 64, "ffn_dim": 128, "num_heads": 2,
                    "num_layers": 4, "in_dim": 16, "out_dim": 16, "text_dim": 32, "freq_dim": 256,
                    "patch_size": (1, 2, 2), **size}
-    model_config = getattr(comfy.supported_models, config_class)(unet_config)
-    model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model({}, device=device)
-    init_weights(model.diffusion_model, seed)
-    return patcher(model)
+    return build(getattr(comfy.supported_models, config_class), unet_config, seed, dtype, device)
 
 
 VACE_CHANNELS = 32  # VACE's control video: two 16-channel latents (kept and edited parts)
@@ -398,8 +434,4 @@ def sd3(seed: int = 0, depth: int = 2, **extra):
                    "context_embedder_config": {"target": "torch.nn.Linear",
                                                "params": {"in_features": 32, "out_features": 64 * depth}},
                    "out_channels": 16, **extra}
-    model_config = comfy.supported_models.SD3(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    init_weights(model.diffusion_model, seed)
-    return patcher(model)
+    return build(comfy.supported_models.SD3, unet_config, seed)

@@ -127,7 +127,8 @@ def pinned(names: tuple) -> list:
 
 
 def folder_requirements(comfyui: Path) -> list:
-    """The folder's own requirements, less the torch builds (pinned apart so pip keeps one build)."""
+    """The folder's own requirements, less the torch builds (pinned apart so pip keeps one build) and
+    pip's options (the file is read from elsewhere, offline)."""
     lines = (comfyui / "requirements.txt").read_text().splitlines()
     return [line.strip() for line in lines
             if requirement_name(line) and requirement_name(line) not in (*TORCH_BUILDS, "torchaudio")]
