@@ -22,7 +22,7 @@ class SliceRule:
     children: tuple = ()     # SELF_ATTENTION: paths of its query, key, value and output projections;
                              # CROSS_ATTENTION: its projections of the context (computed once per call)
     norms: tuple = ()        # SELF_ATTENTION: paths of its query and key norms
-    token_args: tuple = ()   # SELF_ATTENTION: per-token args (rotary frequencies) as (position, name, axis)
+    token_args: tuple = ()   # SELF_ATTENTION: per-token args (rotary frequencies) as (position, name, axis or candidate axes)
     sliced_kwargs: tuple = ()  # kwargs cut along with the first input when they span the axis
     inner: str = ""          # a method the module's own forward calls: it is sliced instead, during that forward
 
@@ -31,7 +31,7 @@ class SliceRule:
 class BlockRule:
     block_classes: tuple     # class names of the blocks (exact: subclasses add arguments of their own)
     attention: SliceRule     # its self-attention (path from the block)
-    token_args: tuple = ()   # (name, axis): per-token arguments (rotary frequencies)
+    token_args: tuple = ()   # (name, axis or candidate axes): per-token arguments (rotary frequencies)
     row_args: tuple = ()     # (name, axis, ndim): per-row modulation, cut when it has `ndim` dims and rows
     context_projections: tuple = ()  # paths of projections of the context: computed once for all slices
     path: str = ""           # the rule applies to the block itself
@@ -54,15 +54,18 @@ UNET_BLOCKS = ("BasicTransformerBlock",)
 WAN_SELF_ATTENTION = SliceRule(WAN_BLOCKS, "self_attn", SELF_ATTENTION, children=("q", "k", "v", "o"),
                                norms=("norm_q", "norm_k"), token_args=((0, "freqs", 1),))
 WAN_CROSS_ATTENTION = SliceRule(WAN_BLOCKS, "cross_attn", CROSS_ATTENTION, children=("k", "v", "k_img", "v_img"))
+# LTXV's rotary frequencies hold the tokens on axis 2 (ComfyUI 0.3.75: one tensor) or axis 1 (newer
+# hosts: a (rotation matrix, split flag) tuple)
+LTXV_PE_AXES = (2, 1)
 LTXV_SELF_ATTENTION = SliceRule(("BasicTransformerBlock",), "attn1", SELF_ATTENTION,
                                 children=("to_q", "to_k", "to_v", "to_out"), norms=("q_norm", "k_norm"),
-                                token_args=((2, "pe", 2),))
+                                token_args=((2, "pe", LTXV_PE_AXES),))
 CONTEXT_PROJECTIONS = ("to_k", "to_v")
 # exact class names: subclasses (VACE, audio) take arguments of their own
 WAN_BLOCK = BlockRule(("WanAttentionBlock",), WAN_SELF_ATTENTION, token_args=(("freqs", 1),),
                       row_args=(("e", 1, 4),),
                       context_projections=("cross_attn.k", "cross_attn.v", "cross_attn.k_img", "cross_attn.v_img"))
-LTXV_BLOCK = BlockRule(("BasicTransformerBlock",), LTXV_SELF_ATTENTION, token_args=(("pe", 2),),
+LTXV_BLOCK = BlockRule(("BasicTransformerBlock",), LTXV_SELF_ATTENTION, token_args=(("pe", LTXV_PE_AXES),),
                        row_args=(("timestep", 1, 3),), context_projections=("attn2.to_k", "attn2.to_v"))
 
 # SVD (UNetModel with temporal layers). A VideoResBlock's time_stack is a ResBlock with a 3D conv over

@@ -48,13 +48,33 @@ def token_argument(args: tuple, kwargs: dict, position: int, name: str):
     return args[position] if position < len(args) else kwargs.get(name)
 
 
-def with_token_slice(args: tuple, kwargs: dict, token_args: tuple, start: int, stop: int):
+def token_axis(value, axes, length: int):
+    """The axis along which a per-token argument holds its `length` tokens (None: it holds none).
+    The argument is a tensor, or a tuple holding one (newer hosts pass LTXV's rotary frequencies as
+    (matrix, flag), tokens on another axis): the first of `axes` (one axis or several) that fits."""
+    if isinstance(value, (tuple, list)):
+        value = next((v for v in value if isinstance(v, torch.Tensor)), None)
+    if not isinstance(value, torch.Tensor):
+        return None
+    return next((axis for axis in (axes if isinstance(axes, tuple) else (axes,))
+                 if value.ndim > axis and value.shape[axis] == length), None)
+
+
+def narrow_tokens(value, axes, start: int, stop: int, length: int):
+    """Tokens start:stop of a per-token argument (its tensors cut, anything else kept)."""
+    axis = token_axis(value, axes, length)
+    if isinstance(value, (tuple, list)):
+        return type(value)(v.narrow(axis, start, stop - start) if isinstance(v, torch.Tensor) else v for v in value)
+    return value.narrow(axis, start, stop - start)
+
+
+def with_token_slice(args: tuple, kwargs: dict, token_args: tuple, start: int, stop: int, length: int):
     args, kwargs = list(args), dict(kwargs)
-    for position, name, axis in token_args:
+    for position, name, axes in token_args:
         if position < len(args):
-            args[position] = args[position].narrow(axis, start, stop - start)
+            args[position] = narrow_tokens(args[position], axes, start, stop, length)
         elif name in kwargs:
-            kwargs[name] = kwargs[name].narrow(axis, start, stop - start)
+            kwargs[name] = narrow_tokens(kwargs[name], axes, start, stop, length)
     return tuple(args), kwargs
 
 
@@ -80,9 +100,8 @@ class SelfAttentionParts:
         """Whether a call with these arguments can run in slices (else: call it plainly)."""
         if not isinstance(x, torch.Tensor) or x.ndim != 3 or kwargs.get("context") is not None:
             return False
-        for position, name, axis in self.rule.token_args:
-            value = token_argument(args, kwargs, position, name)
-            if not isinstance(value, torch.Tensor) or value.ndim <= axis or value.shape[axis] != x.shape[1]:
+        for position, name, axes in self.rule.token_args:
+            if token_axis(token_argument(args, kwargs, position, name), axes, x.shape[1]) is None:
                 return False
         if not isinstance(kwargs.get("transformer_options"), dict):
             return False
@@ -180,13 +199,13 @@ def grouped_self_attention(module, rule, settings):
         try:
             keys = values = None
             for start, stop in bounds:
-                a, kw = with_token_slice(args, kwargs, rule.token_args, start, stop)
+                a, kw = with_token_slice(args, kwargs, rule.token_args, start, stop, length)
                 k, v = parts.keys(x.narrow(1, start, stop - start), a, kw)
                 keys, values = into(keys, k, start, length), into(values, v, start, length)
                 del k, v
             out = None
             for start, stop in bounds:
-                a, kw = with_token_slice(args, kwargs, rule.token_args, start, stop)
+                a, kw = with_token_slice(args, kwargs, rule.token_args, start, stop, length)
                 out = into(out, parts.attend(x.narrow(1, start, stop - start), a, kw, keys, values), start, length)
         except Unexpected:
             return plain(x, *args, **kwargs)

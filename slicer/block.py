@@ -12,7 +12,8 @@ import torch
 from ..adapters.slicing import BLOCK, BlockRule
 from ..adapters.units import optional_submodule, own_forward, standing_in, submodule
 from ..cache_core.chunking import slice_bounds
-from .attention import QUERY_BLOCK, SelfAttentionParts, Unexpected, context_memos, into, watched
+from .attention import (QUERY_BLOCK, SelfAttentionParts, Unexpected, context_memos, into, narrow_tokens, token_axis,
+                        watched)
 
 # A slice runs every matrix product of the block: below about a thousand rows they lose efficiency
 # (weight packing on CPUs, weight reads on GPUs), which costs more time than the memory is worth.
@@ -57,8 +58,8 @@ def slices_of(bound: dict, x_name: str, rule: BlockRule, length: int):
     def cut(start, stop):
         part = dict(bound)
         part[x_name] = bound[x_name].narrow(1, start, stop - start)
-        for name, axis in rule.token_args:
-            part[name] = bound[name].narrow(axis, start, stop - start)
+        for name, axes in rule.token_args:
+            part[name] = narrow_tokens(bound[name], axes, start, stop, length)
         for name, axis, ndim in rule.row_args:
             value = bound.get(name)
             if isinstance(value, torch.Tensor) and value.ndim == ndim and value.shape[axis] > 1:
@@ -126,8 +127,7 @@ def grouped_block(block, rule: BlockRule, settings):
             return forward(*args, **kwargs)
         length = x.shape[1]
         known = {x_name} | {name for name, _ in rule.token_args} | {name for name, _, _ in rule.row_args}
-        tokens_ok = all(isinstance(arguments.get(name), torch.Tensor) and arguments[name].ndim > axis
-                        and arguments[name].shape[axis] == length for name, axis in rule.token_args)
+        tokens_ok = all(token_axis(arguments.get(name), axes, length) is not None for name, axes in rule.token_args)
         unit = row_tokens(arguments, rule, length)
         if not tokens_ok or unit is None or uncut_token_tensor(arguments, known, length):
             return forward(*args, **kwargs)
