@@ -12,7 +12,8 @@ import torch
 
 # The params dataclasses of the classes built here from a hand-made unet_config.
 PARAMS = {"flux": ("comfy.ldm.flux.model", "FluxParams"), "chroma": ("comfy.ldm.chroma.model", "ChromaParams"),
-          "hunyuan_video": ("comfy.ldm.hunyuan_video.model", "HunyuanVideoParams")}
+          "hunyuan_video": ("comfy.ldm.hunyuan_video.model", "HunyuanVideoParams"),
+          "chroma_radiance": ("comfy.ldm.chroma_radiance.model", "ChromaRadianceParams")}
 # Newer hosts made these params fields required. Their values here are what the host's checkpoint
 # detection (comfy.model_detection.detect_unet_config) gives a checkpoint of the testbed's layout,
 # which lacks the feature they switch on; `host_config` checks that against detection.
@@ -20,6 +21,8 @@ DETECTED = {
     "meanflow_sum": False,  # HunyuanVideo: True only with vision_in (HunyuanVideo 1.5 image-to-video)
     "txt_ids_dims": [],     # Flux, Chroma: set only for Flux 2, Ovis and LongCat-Image
     "vec_in_dim": None,     # Chroma: no vector_in
+    "use_x0": False,        # Chroma Radiance: True only for its x0-predicting checkpoints
+    "use_sequential_txt_ids": False,  # Chroma Radiance: True only for checkpoints with that marker
 }
 
 

@@ -187,11 +187,7 @@ def chroma_radiance(seed: int = 0):
                    "out_dim": config["hidden_size"], "hidden_dim": 128, "n_layers": 2,
                    "nerf_hidden_size": 32, "nerf_mlp_ratio": 4, "nerf_depth": 2, "nerf_max_freqs": 8,
                    "nerf_tile_size": 0, "nerf_final_head_type": "conv", "nerf_embedder_dtype": torch.float32, **config}
-    model_config = comfy.supported_models.ChromaRadiance(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    models.init_weights(model.diffusion_model, seed)
-    return models.patcher(model)
+    return models.build(comfy.supported_models.ChromaRadiance, unet_config, seed)
 
 
 def counted_flops(run) -> float:
