@@ -30,7 +30,7 @@ def prior_conditioning(seed: int = 1):
     return [[torch.randn(1, 8, 32, generator=gen), {"pooled_output": torch.randn(1, 1, 32, generator=gen)}]]
 
 
-PRIOR_KW = dict(steps=STEPS, cfg=2.0, channels=4, height=64, width=64)
+PRIOR_KW = dict(steps=STEPS, cfg=2.0, channels=4, height=32, width=32)
 
 
 def accelerate(model, preset: str):
