@@ -37,7 +37,8 @@ how each family calls `patches_replace["dit"]` in ComfyUI 0.3.75 (keys of the
 
 - ltxv: transformer_blocks / BasicTransformerBlock; ("double_block", i) with
   img, txt, attention_mask, vec (per-token timestep, [B, 1 or N, 6D]), pe, transformer_options;
-  returns {"img"}.
+  returns {"img"}. ComfyUI 0.33 also passes self_attention_mask (per-guide attention
+  attenuation) and prompt_timestep (a prompt modulation); both None on this model.
 - qwen-image: transformer_blocks / QwenImageTransformerBlock; ("double_block", i) with
   img, txt, vec, pe, transformer_options; returns {"img", "txt"}. The text mask is
   not in args (the original block reads it from the enclosing call). Reference
