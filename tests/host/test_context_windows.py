@@ -1,6 +1,8 @@
 """The budget presets under the host's context windows (ContextWindowsManual: a long video
 sampled window by window, each window a cond batch of its own): every window is forecast from
 its own computed steps, and a plan that computes everything changes nothing."""
+import inspect
+
 import pytest
 import torch
 
@@ -16,8 +18,10 @@ FRAMES = 6  # latent frames: windows of 4 overlapping by 2, so two windows per s
 def windowed(model):
     import comfy.context_windows as windows
     from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+    # newer hosts added required inputs (freenoise): passed where the node's signature has them
+    newer = {"freenoise": False} if "freenoise" in inspect.signature(ContextWindowsManualNode.execute).parameters else {}
     out = ContextWindowsManualNode.execute(model, 4, 2, windows.ContextSchedules.STATIC_STANDARD, 1, False,
-                                           windows.ContextFuseMethods.PYRAMID, 2)
+                                           windows.ContextFuseMethods.PYRAMID, 2, **newer)
     return out.result[0]
 
 

@@ -73,10 +73,11 @@ class CallBatches:
 def one_conditioning_per_call(monkeypatch, model, latent_shape):
     """Make the host think memory is short: calc_cond_batch batches conditionings while
     memory_required(batch) * 1.5 < free memory, so free memory of twice one conditioning's
-    need lets exactly one fit per call (its fallback when none fits is one per call too)."""
-    import comfy.samplers
+    need lets exactly one fit per call (its fallback when none fits is one per call too). The host
+    reads it from comfy.model_management (newer hosts through the patcher, which asks it too)."""
+    import comfy.model_management
     one = model.model.memory_required(list(latent_shape))
-    monkeypatch.setattr(comfy.samplers.model_management, "get_free_memory", lambda *_a, **_k: 2 * one)
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", lambda *_a, **_k: 2 * one)
 
 
 def live_tensors():
