@@ -2,6 +2,7 @@
 records every model call, then methods.l2c trains the router on replays of them."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -68,5 +69,22 @@ def learn_router(model, sampling: Sampling, full_every: int = 2, first_full_step
     check_learnable(adapter, full_every)
     trajectory = record_trajectory(model, sampling)
     comfy.model_management.load_models_gpu([model])
-    return train_router(model.model.diffusion_model, adapter, trajectory, full_every, first_full_steps, iterations,
-                        seconds, reuse_pressure, learning_rate, seed, progress, interrupted)
+    with host_training():
+        return train_router(model.model.diffusion_model, adapter, trajectory, full_every, first_full_steps,
+                            iterations, seconds, reuse_pressure, learning_rate, seed, progress, interrupted)
+
+
+@contextlib.contextmanager
+def host_training():
+    """Tell the host a training runs, as its own training node does: newer hosts run some fused
+    kernels (rotary embeddings, norms) that have no backward unless told (feature-detected: a host
+    without the flag has no such kernels)."""
+    if not hasattr(comfy.model_management, "in_training"):
+        yield
+        return
+    before = comfy.model_management.in_training
+    comfy.model_management.in_training = True
+    try:
+        yield
+    finally:
+        comfy.model_management.in_training = before
