@@ -108,8 +108,9 @@ def make_executor():
     asyncio.run(nodes.load_custom_node(str(REPO)))  # as ComfyUI loads custom_nodes/<pack>
     nodes.NODE_CLASS_MAPPINGS.update({"DemoSmallFlux": DemoSmallFlux, "DemoCollectLatent": DemoCollectLatent})
     cache_type = getattr(getattr(execution, "CacheType", None), "CLASSIC", False)
+    # classic caching: no RAM-pressure cache (newer hosts read RAM headrooms in GiB from these)
     return execution.PromptExecutor(QuietServer(), cache_type=cache_type,
-                                    cache_args={"lru": host_args.cache_lru, "ram": host_args.cache_ram})
+                                    cache_args={"lru": host_args.cache_lru, "ram": 0.0, "ram_inactive": 0.0})
 
 
 def run(executor, prompt) -> float:
