@@ -35,6 +35,9 @@ HOST_NOISE = [
                r"at onChange \S+\s+at Proxy\.set .*at load \(\S+/GraphView-", re.DOTALL),
     # opening any subgraph
     re.compile(r"^console\.error: Attempted to cleanup event listeners for graph that was never set up$"),
+    # newer frontends (1.49): logged with no custom node installed, and the default workflow's model links
+    re.compile(r"^console\.error: ComfyApp graph accessed before initialization"),
+    re.compile(r"^log: .*https://huggingface\.co/.*Content Security Policy", re.DOTALL),
 ]
 
 
@@ -196,7 +199,8 @@ def test_frontend_loads_the_workflow_as_the_file_says(path, page, object_info):
     workflow = json.loads(path.read_text())
     loaded = page.evaluate(f"""app.loadGraphData({json.dumps(workflow)}).then(() => app.graph.nodes.map(n =>
         [n.id, n.type, n.type in LiteGraph.registered_node_types]))""")
-    assert sorted(node_id for node_id, _, _ in loaded) == sorted(n["id"] for n in workflow["nodes"])
+    # node ids as the file has them (newer frontends hand them back as strings)
+    assert sorted(str(node_id) for node_id, _, _ in loaded) == sorted(str(n["id"]) for n in workflow["nodes"])
     assert all(known for _, _, known in loaded), [t for _, t, known in loaded if not known]
     from_page = page.evaluate("app.graphToPrompt().then(p => p.output)")
     bare = {key: {"class_type": n["class_type"], "inputs": n["inputs"]} for key, n in from_page.items()}
