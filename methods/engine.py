@@ -260,7 +260,7 @@ class RunState:
     def finish(self) -> RunStats:
         self.store.clear()
         self.completed_groups.clear()
-        self.call = None
+        self.call, self._cond_batch = None, None
         return self.stats
 
 
