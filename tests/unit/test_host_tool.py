@@ -50,3 +50,30 @@ def test_the_cache_key_follows_the_folder_and_its_requirements(tmp_path):
     before = tool.folder_key(one)
     folder(one, REQUIREMENTS + "blake3\n")
     assert tool.folder_key(one)[0] == before[0] and tool.folder_key(one)[1] != before[1]
+
+
+def fake_venv(monkeypatch):
+    """tools/host.py's commands, not run: `python -m venv DIR` makes DIR, nothing else happens."""
+    def run(cmd, **_kwargs):
+        if cmd[1:3] == ["-m", "venv"]:
+            Path(cmd[3]).mkdir(parents=True)
+    monkeypatch.setattr(tool, "_run", run)
+
+
+def test_a_staged_build_replaces_only_what_it_names_and_a_failed_one_leaves_nothing(tmp_path, monkeypatch):
+    fake_venv(monkeypatch)
+    for name in ("a-old", "b-old", "a-half"):  # two finished builds, one unfinished (no READY)
+        (tmp_path / name).mkdir()
+    for name in ("a-old", "b-old"):
+        (tmp_path / name / "READY").write_text("x")
+    with tool.staged_venv(tmp_path / "a-new", "key", replaces=lambda old: old.name.startswith("a-")) as (staging, _):
+        (staging / "filled").write_text("y")
+    assert (tmp_path / "a-new" / "READY").read_text() == "key" and (tmp_path / "a-new" / "filled").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-half", "a-new", "b-old"]
+
+    try:
+        with tool.staged_venv(tmp_path / "c-new", "key", replaces=lambda old: True):
+            raise RuntimeError("pip failed")
+    except RuntimeError:
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-half", "a-new", "b-old"]  # nothing built, nothing removed
