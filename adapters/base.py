@@ -14,6 +14,7 @@ class FamilyAdapter:
     level: str = "block"  # token-wise / block / step / deepcache: the finest level it is cached at
     tokenwise = False     # conservative steps can refresh tokens inside its blocks
     step_level = False    # no block hooks: whole model calls are the unit (step_level.py)
+    view = None           # a BlockView where the host's block arguments differ from {"img": tensor, ...}
 
     @property
     def label(self) -> str:
@@ -50,3 +51,42 @@ class FamilyAdapter:
     def grid(x) -> tuple:
         """The token grid of the model input (only token-wise refresh needs it)."""
         return ()
+
+
+class BlockView:
+    """The host's block arguments and outputs as the methods read them, and back: the hidden state a
+    tensor under "img". A family whose blocks take it otherwise (LTX-2 passes a (video, audio) pair)
+    has one; the methods never see the host's layout."""
+
+    def args_in(self, args: dict) -> dict:
+        raise NotImplementedError
+
+    def args_out(self, args: dict) -> dict:
+        raise NotImplementedError
+
+    def output_in(self, out: dict) -> dict:
+        return self.args_in(out)
+
+    def output_out(self, out: dict) -> dict:
+        return self.args_out(out)
+
+
+class PairedState(BlockView):
+    """"img" holds a pair of streams (LTX-2: video tokens, audio tokens); the second goes under its own key."""
+
+    def __init__(self, second: str):
+        self.second = second
+
+    def args_in(self, args: dict) -> dict:
+        first, second = args["img"]
+        return {**args, "img": first, self.second: second}
+
+    def args_out(self, args: dict) -> dict:
+        host = {key: value for key, value in args.items() if key != self.second}
+        host["img"] = (args["img"], args[self.second])
+        return host
+
+
+def viewed(view: BlockView, original):
+    """The host's original block, called with the methods' arguments and answering in them."""
+    return lambda args: view.output_in(original(view.args_out(args)))

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .base import FamilyAdapter
+from .base import BlockView, FamilyAdapter, PairedState
 from .units import UnitRecorder, UnitSpec, conservative_units, standing_in, submodule
 from ..cache_core.tokens import TokenLayout
 
@@ -24,6 +24,8 @@ class StackSpec:
     outputs: tuple = ("img",)  # keys of a block's output dict; "img" carries the residual
     units: Optional[UnitSpec] = None  # token-wise conservative steps; None: block level
     patch: tuple = (1, 2, 2)  # latent cells per token along (frames,) height, width
+    carried: tuple = ("img",)  # outputs the model's result is read from: the stack's residual spans them
+    view: Optional[BlockView] = None  # where the host's block arguments are laid out otherwise
 
 
 # Wan: self-attention and cross-attention reused, the FFN refreshed per token.
@@ -35,11 +37,19 @@ LTXV = StackSpec((("double_block", "transformer_blocks"),), units=LTXV_UNITS, pa
 QWEN_IMAGE = StackSpec((("double_block", "transformer_blocks"),), ("img", "txt"))
 SD3 = StackSpec((("double_block", "joint_blocks"),), ("img", "txt"))
 MOCHI = StackSpec((("double_block", "blocks"),), ("img", "txt"))
+# LTX-2 (ComfyUI's LTXAVModel): each block updates a video and an audio stream, both read out.
+LTXAV = StackSpec((("double_block", "transformer_blocks"),), ("img", "audio"), patch=(1, 1, 1),
+                  carried=("img", "audio"), view=PairedState("audio"))
+# Wan Animate 2: Wan's block arguments; its blocks' attention is not a unit a stand-in reaches.
+WAN_ANIMATE2 = StackSpec((("double_block", "blocks"),))
+# Blocks of one packed sequence (MiniMax-H3: video, audio and text segments in one "img").
+PACKED = StackSpec((("double_block", "blocks"),))
 
 
 class BlockStackAdapter(FamilyAdapter):
     def __init__(self, diffusion_model, spec: StackSpec):
         self.spec = spec
+        self.view = spec.view
         self.tokenwise = spec.units is not None
         self.level = "token-wise" if self.tokenwise else "block"
         self.blocks = {}
@@ -71,20 +81,28 @@ class BlockStackAdapter(FamilyAdapter):
         patch = self.spec.patch[-len(sizes):]
         return tuple(math.ceil(n / p) for n, p in zip(sizes, patch))
 
-    @staticmethod
-    def stack_state(kind, io: dict) -> torch.Tensor:
-        return io["img"]
+    def stack_state(self, kind, io: dict) -> torch.Tensor:
+        """What the stack carries, as one tensor (several streams: each flattened, side by side)."""
+        if len(self.spec.carried) == 1:
+            return io["img"]
+        return torch.cat([io[key].flatten(1) for key in self.spec.carried], dim=1)
 
-    @staticmethod
-    def from_stack_state(kind, state: torch.Tensor, like: dict) -> dict:
-        return {**like, "img": state}
+    def from_stack_state(self, kind, state: torch.Tensor, like: dict) -> dict:
+        if len(self.spec.carried) == 1:
+            return {**like, "img": state}
+        out, start = dict(like), 0
+        for key in self.spec.carried:
+            size = like[key][0].numel()
+            out[key] = state[:, start:start + size].reshape(like[key].shape)
+            start += size
+        return out
 
     def passthrough(self, kind, args: dict) -> dict:
         return {key: args[key] for key in self.spec.outputs}
 
     @staticmethod
     def streams(kind, args, grid, txt_len) -> dict:
-        tokens = args["img"].shape[1]
+        tokens = args["img"].shape[-2]  # [batch, tokens, width]; a packed sequence has no batch axis
         if math.prod(grid) > tokens:  # not the layout this spec expects: no spatial terms
             grid = ()
         return {"img": TokenLayout(0, grid, tokens)}

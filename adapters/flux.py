@@ -108,8 +108,9 @@ class FluxAdapter(FamilyAdapter):
         self.block_ids = [("double_block", i) for i in range(len(self.double_blocks)) if i not in skip_double]
         self.block_ids += [("single_block", i) for i in range(len(self.single_blocks)) if i not in skip_single]
         self.patch_size = getattr(diffusion_model, "patch_size", 2)
-        # Flux and Chroma join [text; image] for the single blocks, HunyuanVideo [image; text]
-        self.text_first = type(diffusion_model).__name__ != "HunyuanVideo"
+        # Flux and Chroma join [text; image] for the single blocks; HunyuanVideo's blocks built with
+        # `flipped_img_txt` (ComfyUI up to 0.3.x) [image; text], newer hosts' text first as Flux
+        self.text_first = not any(getattr(b, "flipped_img_txt", False) for b in self.double_blocks[:1])
 
     @classmethod
     def for_model(cls, diffusion_model):

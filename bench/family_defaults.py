@@ -7,7 +7,7 @@ setting with the best latent PSNR to the uncached output at the preset's compute
     python3 tools/host.py python bench/family_defaults.py --families wan21-t2v auraflow --steps 20
     python3 tools/host.py python bench/family_defaults.py --rechoose   # from the last results.json
 
-Models: every entry of testbed/families.py plus Flux (random and the small trained one)
+Models: every entry of testbed/families.py (and of testbed/newer where the host has it) plus Flux (random and the small trained one)
 and Wan 2.1 text-to-video and SD3 from testbed/models.py. All but the trained Flux have
 seeded random weights: their features change across steps unlike a trained model's, so
 the choice is a measurement on the real classes' arithmetic, not on real pictures; where a
@@ -59,15 +59,19 @@ def family_subjects(names, steps):
     from testbed import models
     from testbed.families import FAMILIES
 
+    from testbed import newer
+
     subjects = []
-    for name, family in FAMILIES.items():
+    # the families only a newer host has join where this host has them
+    available = {**FAMILIES, **{n: f for n, f in newer.FAMILIES.items() if not newer.missing(f)}}
+    for name, family in available.items():
         if names and name not in names:
             continue
         model = family.build(3)
 
         def sample(m, seed, family=family):
-            return models.sample(m, family.conditioning(1), family.negative(2), steps=steps, cfg=4.0, seed=seed,
-                                 latent=family.latent(1))
+            return newer.flat(models.sample(m, family.conditioning(1), family.negative(2), steps=steps, cfg=4.0,
+                                            seed=seed, latent=family.latent(1)))
         subjects.append(Subject(name, model, sample))
     extra = {
         "flux": lambda: _flux(models, steps), "flux-trained": lambda: _flux_trained(steps),
@@ -167,6 +171,8 @@ def choose(family, measured, margin):
             below = [p for p in shared if all(r[p][0] <= limits[n][preset] + BUDGET_SLACK
                                               for n, r in deciding.items())]
             within = [p for p in below if compute(p) >= max(map(compute, below)) - BUDGET_SLACK]
+        if not within:  # every setting costs more (what runs outside the blocks dominates): the cheapest
+            within = [p for p in shared if compute(p) <= min(map(compute, shared)) + BUDGET_SLACK]
         best = max(within, key=lambda p: (score(p), -compute(p)))
         paper_ok = paper in within and score(best) - score(paper) < margin
         pick = paper if paper_ok or family in KEEP_PAPERS else best

@@ -105,7 +105,16 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
 
 
 def apply_model_wrapper(executor, *args, **kwargs):
-    return _hand_to_run(executor, args, kwargs, wraps=STEP_OUTPUTS)
+    run = find_transformer_options(args, kwargs).get(RUN_KEY)
+    if run is None or run.wraps is not None or run.handed:
+        return _hand_to_run(executor, args, kwargs, wraps=STEP_OUTPUTS)
+    out = executor(*args, **kwargs)  # its model's DIFFUSION_MODEL wrapper hands the call on, if it runs one
+    if not run.handed:
+        run.wraps = STEP_OUTPUTS
+        run.stats.notes.append("the model's forward runs no DIFFUSION_MODEL wrapper: whole calls are "
+                               "taken at apply_model from the second call on")
+        LOG.info("DuCa: %s", run.stats.notes[-1])
+    return out
 
 
 def cond_batch_wrapper(executor, *args, **kwargs):
@@ -124,7 +133,7 @@ def _hand_to_run(executor, args, kwargs, wraps):
     batch around it has been handed to the run already)."""
     options = find_transformer_options(args, kwargs)
     run = options.get(RUN_KEY)
-    if run is None or not args or getattr(run.method, "wraps", None) != wraps or run.call is not None:
+    if run is None or not args or run.wraps != wraps or run.call is not None:
         return executor(*args, **kwargs)
     return _model_call(run, executor, args, kwargs, options)
 

@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from ..adapters.base import viewed
 from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, step_index
 from ..cache_core.stats import FLOPS, MODEL_CALLS, RunStats
@@ -32,6 +33,8 @@ def conditioning_group(x: torch.Tensor, transformer_options: dict) -> tuple:
     entry each. Under the host's multi-GPU split each device keeps its own."""
     uuids = tuple(str(u) for u in transformer_options.get("uuids", ()) or ())
     chunks = tuple(transformer_options.get("cond_or_uncond", ()) or ())
+    if isinstance(x, (list, tuple)):  # a packed latent (MiniMax-H3: video and audio) as the model gets it
+        return (uuids, chunks, tuple(tuple(t.shape) for t in x), str(x[0].device), context_window(transformer_options))
     return (uuids, chunks, tuple(x.shape), str(x.device), context_window(transformer_options))
 
 
@@ -103,6 +106,10 @@ class RunState:
         self.completed_groups = set()  # groups whose full step has finished: reuse may follow
         self.disabled = False  # set if reusing ever fails: the rest of the run computes everything
         self.guided = False    # an unconditional output was asked for: the sampler applies guidance
+        # the wrapper level model calls reach the method at (None: the diffusion model's); a model
+        # whose forward runs no DIFFUSION_MODEL wrapper has its calls taken at apply_model instead
+        self.wraps = getattr(method, "wraps", None)
+        self.handed = False    # a model call has reached this run
 
     # --- model calls -------------------------------------------------------
     @property
@@ -119,6 +126,7 @@ class RunState:
     def begin_call(self, x: torch.Tensor, transformer_options: dict, sigma: Optional[float] = None,
                    group: Optional[tuple] = None) -> Call:
         sigma = current_sigma(transformer_options) if sigma is None else sigma
+        self.handed = True
         self.guided = self.guided or UNCOND in (transformer_options.get("cond_or_uncond") or ())
         step = step_index(self.sigmas, sigma) if sigma is not None else 0
         planned = self.plan[min(step, len(self.plan) - 1)] if len(self.plan) else None
@@ -130,8 +138,9 @@ class RunState:
         stats = self.stats.at(step)
         if not stats.action:
             stats.action = action.value
+        device = (x[0] if isinstance(x, (list, tuple)) else x).device
         self.call = Call(step, action, planned.refresh_ratio if planned else 0.0, group, self.adapter.grid(x),
-                         x.device, sigma, x, blocks_before=stats.compute_full)
+                         device, sigma, x, blocks_before=stats.compute_full)
         return self.call
 
     def end_call(self, call: Call) -> None:
@@ -200,6 +209,12 @@ class RunState:
 
     # --- blocks ------------------------------------------------------------
     def run_block(self, kind: str, index: int, args: dict, original) -> dict:
+        view = self.adapter.view
+        if view is None:
+            return self._run_block(kind, index, args, original)
+        return view.output_out(self._run_block(kind, index, view.args_in(args), viewed(view, original)))
+
+    def _run_block(self, kind: str, index: int, args: dict, original) -> dict:
         block_id = (kind, index)
         if self.call is None and block_id == self.adapter.first_block and "transformer_options" in args:
             # a family whose forward runs no DIFFUSION_MODEL wrapper: the block stack frames the call

@@ -2,6 +2,7 @@
 
     python3 tools/host.py python training/train_families.py --minutes 3
     python3 tools/host.py python training/train_families.py --families ltxv mochi --minutes 3
+    python3 tools/host.py --comfyui DIR python training/train_families.py --families flux2 ltx2 --minutes 3
 
 The random-weight family models test plumbing; how a trained model's output moves from step to
 step, which every forecast relies on, needs trained weights. These are trained briefly (minutes,
@@ -80,9 +81,25 @@ def crops(photo: torch.Tensor, batch: int, side: int, frames: int, gen: torch.Ge
     return torch.stack(out)
 
 
+def family_named(name: str):
+    """A family of testbed.families, or of testbed.newer (those only newer hosts have)."""
+    from testbed import newer
+    return families.FAMILIES.get(name) or newer.FAMILIES[name]
+
+
 def data_batch(family, photo, batch: int, gen) -> torch.Tensor:
-    """x0 for `family` in its latent layout ([B, C, H, W] or [B, C, T, H, W])."""
-    shape = family.latent(1).shape
+    """x0 for `family` in its latent layout ([B, C, H, W] or [B, C, T, H, W]). A latent of several
+    streams (LTX-2's video and audio, a NestedTensor): the pictures in the first, the others zero."""
+    like = family.latent(1)
+    if getattr(like, "is_nested", False):
+        import comfy.nested_tensor
+        first, *others = like.unbind()
+        return comfy.nested_tensor.NestedTensor((pictures_latent(first.shape, photo, batch, gen),
+                                                 *(torch.zeros(batch, *o.shape[1:]) for o in others)))
+    return pictures_latent(like.shape, photo, batch, gen)
+
+
+def pictures_latent(shape, photo, batch: int, gen) -> torch.Tensor:
     channels, video = shape[1], len(shape) == 5
     frames = shape[2] if video else 1
     pictures = crops(photo, batch, shape[-1] * CELL, frames, gen)                # [B, T, 3, s, s]
@@ -90,12 +107,22 @@ def data_batch(family, photo, batch: int, gen) -> torch.Tensor:
     return latent.transpose(1, 2) if video else latent[:, 0]
 
 
-def model_inputs(model, conditioning, x0: torch.Tensor) -> dict:
+def packed(x0):
+    """A latent as the sampler hands it on: several streams packed into one [B, 1, N] tensor, with
+    their shapes (None for a plain latent)."""
+    if not getattr(x0, "is_nested", False):
+        return x0, None
+    import comfy.utils
+    return comfy.utils.pack_latents(x0.unbind())
+
+
+def model_inputs(model, conditioning, x0: torch.Tensor, latent_shapes=None) -> dict:
     """What a sampler hands the model for `conditioning` at a batch shaped like `x0`."""
     import comfy.sampler_helpers
     import comfy.samplers
+    streams = {"latent_shapes": latent_shapes} if latent_shapes is not None else {}  # a newer host's
     conds = comfy.samplers.process_conds(model.model, x0, {"positive": comfy.sampler_helpers.convert_cond(conditioning)},
-                                         x0.device, latent_image=x0, seed=0)["positive"]
+                                         x0.device, latent_image=x0, seed=0, **streams)["positive"]
     return conds[0]
 
 
@@ -107,7 +134,7 @@ def denoised(model, entry: dict, x_t: torch.Tensor, sigma: torch.Tensor) -> torc
 
 
 def train(name: str, minutes: float, batch: int, lr: float, seed: int, classes: int) -> Path:
-    family = families.FAMILIES[name]
+    family = family_named(name)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = family.build(0)
@@ -124,10 +151,11 @@ def train(name: str, minutes: float, batch: int, lr: float, seed: int, classes: 
     while time.monotonic() - started < minutes * 60:
         label = int(torch.randint(0, classes, (), generator=gen))
         label = families.EMPTY_PROMPT if torch.rand((), generator=gen) < 0.1 else label
-        x0 = data_batch(family, photos[max(label, 0)], batch, gen)
+        x0, latent_shapes = packed(data_batch(family, photos[max(label, 0)], batch, gen))
         key = (label, tuple(x0.shape))
         if key not in entries:
-            entries[key] = model_inputs(model, family.class_conditioning(label), x0)
+            model.model.latent_shapes = latent_shapes  # as the sampler sets it
+            entries[key] = model_inputs(model, family.class_conditioning(label), x0, latent_shapes)
         sigma = table[torch.randint(0, len(table), (batch,), generator=gen)]
         noise = torch.randn(x0.shape, generator=gen)
         x_t = sampling.noise_scaling(sigma, noise, x0)
@@ -163,7 +191,9 @@ def train(name: str, minutes: float, batch: int, lr: float, seed: int, classes: 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=list(families.FAMILIES), choices=list(families.FAMILIES))
+    from testbed import newer
+    parser.add_argument("--families", nargs="+", default=list(families.FAMILIES),
+                        choices=[*families.FAMILIES, *newer.FAMILIES], help="testbed/newer's need a host that has them")
     parser.add_argument("--minutes", type=float, default=3.0, help="per family")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -1,5 +1,5 @@
 """The README's family table says what the family registry says: one row per family (and one for
-the models no entry names), its name, level and preset settings."""
+the models no entry names), its name, level, preset settings and the first ComfyUI it runs on."""
 import re
 from pathlib import Path
 
@@ -11,7 +11,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def family_rows() -> dict:
-    """family name -> (level, settings cell) from the table whose header starts with | family | models |."""
+    """family name -> (level, settings cell, ComfyUI version) from the table whose header starts with
+    | family | models |."""
     lines = README.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| family | models | level |"))
     rows = {}
@@ -19,7 +20,7 @@ def family_rows() -> dict:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = (cells[2], cells[3])
+        rows[cells[0]] = (cells[2], cells[3], cells[4])
     return rows
 
 
@@ -32,6 +33,7 @@ def test_every_family_has_one_row_with_its_level():
     assert sorted(rows) == sorted(f.name for f in (*FAMILIES, GENERIC))
     for family in (*FAMILIES, GENERIC):
         assert rows[family.name][0] == family.level, family.name
+        assert rows[family.name][2] == family.since, family.name
 
 
 def test_the_preset_settings_shown_are_the_registrys():
