@@ -77,7 +77,7 @@ def graph(name, which, label, accelerate, steps, preset, seed, cfg, size) -> dic
         "5": {"class_type": "DemoCollectLatent", "inputs": {"samples": ["4", 0], "name": name}},
     }
     if accelerate:
-        prompt["2"] = {"class_type": "DuCaAccelerate", "inputs": {"model": ["1", 0], "preset": preset}}
+        prompt["2"] = {"class_type": "DuCaAccelerateV2", "inputs": {"model": ["1", 0], "preset": preset}}
         prompt["4"]["inputs"]["model"] = ["2", 0]
     return prompt
 

@@ -31,7 +31,7 @@ def node(node_id: str, **inputs) -> tuple:
 
 def methods(model, steps):
     """(name, patched model) for each method this model supports, through the nodes."""
-    found = [(f"accelerate {p}", node("DuCaAccelerate", model=model, preset=p)[0]) for p in PRESETS]
+    found = [(f"accelerate {p}", node("DuCaAccelerateV2", model=model, preset=p)[0]) for p in PRESETS]
     if type(model.model.diffusion_model).__name__ == "UNetModel":
         found.append(("deepcache default", node("DuCaDeepCache", model=model, cache_interval=3, cache_depth=0,
                                                  schedule="uniform")[0]))

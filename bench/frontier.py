@@ -105,7 +105,7 @@ def measure(work, model, reference, name, group, stats_of=None, adjacent=0) -> d
 
 def pack_entries(model):
     from testbed import host
-    node = host.node("DuCaAccelerate")
+    node = host.node("DuCaAccelerateV2")
     yield from ((f"accelerate {p}", node.execute(model, p).result[0]) for p in BUDGET_PRESETS)
     yield from ((f"accelerate duca {p}", node.execute(model, f"duca {p}").result[0])
                 for p in ("quality", "balanced", "fast"))

@@ -62,7 +62,7 @@ def release():
 def preset_rows(work) -> list:
     from comfyui_duca.glue.patch import last_stats
     from testbed import host
-    node = host.node("DuCaAccelerate")
+    node = host.node("DuCaAccelerateV2")
     accelerated = {p: node.execute(work.model, p).result[0] for p in BUDGET_PRESETS}
     case = work.cases[0]
     timed(work, work.model, case)          # warm-up: kernels, ComfyUI's model loading

@@ -147,7 +147,8 @@ def valid_value(name: str, spec):
 def graph_around(node_id: str, info: dict, family: str = "sd", seed: int = 0) -> dict:
     """A graph that is valid as a whole, with the node `node_id` (defaults for its widgets) at
     UNDER_TEST: fed by the shared loader, conditioning and latent (and a FORA schedule where it
-    needs one), and feeding the sampler (directly, through Apply Cache Schedule), or an output itself."""
+    needs one), and feeding the sampler (directly, through Apply Cache Schedule or Accelerate (DuCa)),
+    or an output itself."""
     graph = sampling_graph(family, seed)
     inputs = {}
     for name, spec in all_inputs(info).items():
@@ -171,6 +172,10 @@ def graph_around(node_id: str, info: dict, family: str = "sd", seed: int = 0) ->
     outputs = info["output"]
     if "MODEL" in outputs:
         graph["sampler"]["inputs"]["model"] = [UNDER_TEST, outputs.index("MODEL")]
+    elif "DUCA_ACCELERATE_OPTIONS" in outputs:
+        graph["accelerate"] = {"class_type": "DuCaAccelerateV2", "inputs": {
+            "model": ["loader", 0], "preset": "balanced", "options": [UNDER_TEST, 0]}}
+        graph["sampler"]["inputs"]["model"] = ["accelerate", 0]
     elif "DUCA_SCHEDULE" in outputs:
         graph["apply"] = {"class_type": "DuCaApplySchedule", "inputs": {
             "model": ["loader", 0], "schedule": [UNDER_TEST, outputs.index("DUCA_SCHEDULE")]}}

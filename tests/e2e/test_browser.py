@@ -94,7 +94,7 @@ def test_extension_is_served_and_registers(comfy, page):
     assert EXTENSION in names
     assert page.evaluate(f"app.extensionManager.setting.get('{SETTING}')") is True
     registered = page.evaluate("Object.keys(LiteGraph.registered_node_types)")
-    assert {"DuCaAccelerate", "DuCaDeepCache"} <= set(registered)
+    assert {"DuCaAccelerateV2", "DuCaAccelerateOptions", "DuCaDeepCache"} <= set(registered)
 
 
 def test_node_search_finds_the_pack_nodes(page, artifacts):
@@ -110,11 +110,12 @@ def test_node_search_finds_the_pack_nodes(page, artifacts):
             && texts; })()""", 20)
     page.screenshot(artifacts / "node_search.png")
     assert any("DuCa Accelerate" in text for text in found), f"the category is not shown: {found}"
+    assert not any("13 inputs" in text for text in found), f"the deprecated node is offered: {found}"
     # Enter adds the highlighted result, as a user would
     page.send("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter", windowsVirtualKeyCode=13, text="\r")
     page.send("Input.dispatchKeyEvent", type="keyUp", key="Enter", code="Enter", windowsVirtualKeyCode=13)
     added = page.wait_for("app.graph.nodes.map(n => n.type)", 15)
-    assert len(added) == 1 and added[0] in ("DuCaAccelerate", "DuCaDeepCache"), added
+    assert len(added) == 1 and added[0].startswith("DuCa") and added[0] != "DuCaAccelerate", added
 
 
 def test_timeline_is_drawn_on_the_node_after_a_run(comfy, page, object_info, artifacts):
@@ -126,7 +127,7 @@ def test_timeline_is_drawn_on_the_node_after_a_run(comfy, page, object_info, art
     bare = {key: {"class_type": n["class_type"], "inputs": n["inputs"]} for key, n in from_page.items()}
     assert bare == to_api(workflow, object_info)
     prompt = substitute(from_page, salt=31, steps=STEPS)
-    node_id = next(int(k) for k, n in prompt.items() if n["class_type"] == "DuCaAccelerate")
+    node_id = next(int(k) for k, n in prompt.items() if n["class_type"] == "DuCaAccelerateV2")
     prompt[str(node_id)]["inputs"]["preset"] = "duca balanced"  # DuCa's cycle: all three colours
     assert not page.evaluate(f"!!app.graph.getNodeById({node_id}).ducaStats")
     queued = queue_from_the_page(page, prompt)
@@ -157,7 +158,7 @@ def test_timeline_is_drawn_on_the_node_after_a_run(comfy, page, object_info, art
 
 
 def test_setting_hides_the_timeline(page, artifacts):
-    node_id = page.evaluate("app.graph.nodes.find(n => n.type === 'DuCaAccelerate').id")
+    node_id = page.evaluate("app.graph.nodes.find(n => n.type === 'DuCaAccelerateV2').id")
     assert page.evaluate(f"!!app.graph.getNodeById({node_id}).ducaStats"), "needs the run of the test above"
     try:
         page.evaluate(f"app.extensionManager.setting.set('{SETTING}', false).then(() => true)")
@@ -179,11 +180,11 @@ def test_stats_reach_a_node_inside_a_subgraph(comfy, page, artifacts):
     """Inside a subgraph the server names the node by its path ("13:4"): the stats must land
     on that inner node, not on a node of the root graph with the inner id."""
     page.evaluate(f"app.loadGraphData({WORKFLOW.read_text()}).then(() => true)")
-    page.evaluate("""(async () => { const node = app.graph.nodes.find(n => n.type === 'DuCaAccelerate');
+    page.evaluate("""(async () => { const node = app.graph.nodes.find(n => n.type === 'DuCaAccelerateV2');
         app.canvas.deselectAll(); app.canvas.select(node);
         await app.extensionManager.command.execute('Comfy.Graph.ConvertToSubgraph'); return true; })()""")
     prompt = substitute(page.evaluate("app.graphToPrompt().then(p => p.output)"), salt=41, steps=8)
-    path = next(k for k, n in prompt.items() if n["class_type"] == "DuCaAccelerate")
+    path = next(k for k, n in prompt.items() if n["class_type"] == "DuCaAccelerateV2")
     outer, inner = (int(part) for part in path.split(":"))
     comfy.wait(queue_from_the_page(page, prompt)["prompt_id"], timeout=240)
     stats = page.wait_for(f"app.graph.getNodeById({outer}).subgraph.getNodeById({inner}).ducaStats", 30)

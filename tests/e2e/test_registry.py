@@ -47,7 +47,7 @@ def test_every_node_has_a_display_name_and_the_pack_category():
     from comfyui_duca.nodes.base import CATEGORY
     schemas = [node.GET_SCHEMA() for node in host.node_classes().values()]
     names = [schema.display_name for schema in schemas]
-    assert len(schemas) == 12 and all(names)
+    assert len(schemas) == 15 and all(names)
     assert len(set(names)) == len(names), "two nodes share a display name"
     for schema in schemas:
         assert schema.node_id.startswith("DuCa"), schema.node_id

@@ -82,10 +82,22 @@ def test_saved_workflow_keeps_its_widget_values(object_info):
     assert spec["input"]["required"]["preset"][0] == "COMBO"  # a widget for to_api, as the frontend sees it
 
 
-def first_duca_prompt(object_info) -> tuple:
-    path = next(p for p in WORKFLOWS if p.name == "flux_accelerate_duca.json")
+def test_a_workflow_saved_with_the_13_input_node_keeps_its_settings(object_info):
+    """Saved with every input of the 13-input flagship away from its default (the pack keeps that
+    node, deprecated): each value reaches the input it was set on."""
+    path = next(p for p in SAVED if p.name == "flux_accelerate_duca_13_inputs.json")
+    node = to_api(load(path), object_info)["4"]
+    assert node == {"class_type": "DuCaAccelerate", "inputs": {
+        "model": ["1", 0], "preset": "fast", "interval": 5, "refresh_ratio": 0.2, "token_selector": "random",
+        "first_full_steps": 2, "start_percent": 0.1, "end_percent": 0.9, "cache_device": "cpu",
+        "estimator": "taylor2", "budget": 0.3, "placement": "even"}}
+    assert object_info["DuCaAccelerate"]["deprecated"] is True
+
+
+def first_duca_prompt(object_info, node_type="DuCaAccelerateV2", name="flux_accelerate_duca.json") -> tuple:
+    path = next(p for p in WORKFLOWS + SAVED if p.name == name)
     prompt = substitute(to_api(load(path), object_info), salt=17, steps=SHORT_RUN)
-    key = next(k for k, n in prompt.items() if n["class_type"] == "DuCaAccelerate")
+    key = next(k for k, n in prompt.items() if n["class_type"] == node_type)
     return prompt, key
 
 
@@ -105,7 +117,7 @@ def test_unknown_preset_is_rejected_by_the_hosts_validation(comfy, object_info):
 
 
 def test_out_of_range_input_is_rejected_by_the_hosts_validation(comfy, object_info):
-    prompt, key = first_duca_prompt(object_info)
+    prompt, key = first_duca_prompt(object_info, "DuCaAccelerate", "flux_accelerate_duca_13_inputs.json")
     prompt[key]["inputs"]["refresh_ratio"] = 3.0
     assert_rejected(comfy, prompt, key, "refresh_ratio")
 

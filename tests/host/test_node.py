@@ -11,7 +11,9 @@ from testbed import host, models
 
 REPO = Path(__file__).resolve().parents[2]
 DISPLAY_NAMES = {
-    "DuCaAccelerate": "Accelerate (DuCa)", "DuCaDeepCache": "DeepCache (U-Net)",
+    "DuCaAccelerateV2": "Accelerate (DuCa)", "DuCaAccelerateOptions": "Accelerate Options (DuCa)",
+    "DuCaCustomCycle": "DuCa Cycle (custom)", "DuCaAccelerate": "Accelerate (DuCa, 13 inputs)",
+    "DuCaDeepCache": "DeepCache (U-Net)",
     "DuCaFeatureSlicer": "Reduce Video Memory (Feature Slicer)", "DuCaFORASchedule": "FORA Schedule",
     "DuCaEBCacheSchedule": "EB-Cache Schedule", "DuCaBlockCachingCalibration": "Block Caching Calibration",
     "DuCaStepRehashSchedule": "Step Rehash Schedule", "DuCaLearnToCache": "Learn to Cache (L2C)",
@@ -121,12 +123,13 @@ def test_run_stats_go_to_the_node_that_ran(pack, flux, flux_conds, monkeypatch):
     from comfyui_duca.nodes import accelerate as node_module
     reported = []
     monkeypatch.setattr(node_module, "node_reporter", lambda node_id: lambda stats: reported.append((node_id, stats)))
-    model = host.node("DuCaAccelerate", unique_id="17").execute(flux, "fast")[0]
+    model = host.node("DuCaAccelerateV2", unique_id="17").execute(flux, "fast")[0]
     models.sample(model, *flux_conds, steps=FEW_STEPS, height=64, width=64)  # the fewest steps it skips at
     expected = planned_on_flux("fast", FEW_STEPS)
     assert "A" in expected
     assert [(node_id, stats.timeline) for node_id, stats in reported] == [("17", expected)]
-    for node_id in ("DuCaAccelerate", "DuCaDeepCache", "DuCaApplySchedule"):  # the nodes that show a timeline
+    for node_id in ("DuCaAccelerateV2", "DuCaCustomCycle", "DuCaAccelerate", "DuCaDeepCache",
+                    "DuCaApplySchedule"):  # the nodes that show a timeline
         assert host.node_classes()[node_id].GET_SCHEMA().hidden == [io.Hidden.unique_id], node_id
 
 
