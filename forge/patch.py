@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import types
 
-from ..adapters import find_adapter
-from ..methods import ForecastConfig, RunState, executor_for, why_no_method
+from ..methods import ForecastConfig, RunState, executor_for
+from ..methods.attach import adapter_for, patch_blocks
 from ..methods.engine import current_sigma, end_run
 from ..methods.forecast import noise_coefficients_of
 
@@ -28,26 +28,20 @@ def accelerate(unet, settings, steps: int, sigmas=None, sampler_function=None, l
     (`unet`, None) where no method can run on it: passed through, warned once per model class."""
     model = getattr(unet, "model", None)
     diffusion_model = getattr(model, "diffusion_model", None)
-    adapter = find_adapter(diffusion_model)
     sampling = getattr(model, "predictor", None) or getattr(model, "model_sampling", None)
-    why_not = why_no_method(adapter, sampling)
+    adapter, config, why_not = adapter_for(diffusion_model, sampling, lambda found: settings.config_for(found, steps))
     if why_not:
         if why_not not in _warned:
             _warned.add(why_not)
             LOG.warning("DuCa: %s; generating without it.", why_not)
         return unet, None
-    config = settings.config_for(adapter, steps)
-    executor_for(config, adapter, None)  # a method this model can't run is refused now, naming the input
     coefficients = (noise_coefficients_of(sampling, sigmas if sigmas is not None else ())
                     if isinstance(config, ForecastConfig) else None)
     sampler = types.SimpleNamespace(sampler_function=sampler_function) if sampler_function else None
     sampling_pass = SamplingPass(config, adapter, steps, sigmas, coefficients, sampler, listeners)
     patched = unet.clone()
     patched.set_model_unet_function_wrapper(sampling_pass.wrapper(patched.model_options.get("model_function_wrapper")))
-    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-    for kind, index in adapter.block_ids:
-        patched.set_model_patch_replace(sampling_pass.block_patch(kind, index, existing.get((kind, index))),
-                                        "dit", kind, index)
+    patch_blocks(patched, adapter, sampling_pass.live_run)
     return patched, sampling_pass
 
 
@@ -82,16 +76,12 @@ class SamplingPass:
             return run.model_call(model, (params["input"], params["timestep"]), c, options)
         return unet_function
 
-    def block_patch(self, kind, index, inner=None):
-        def patch(args, extra):
-            original = extra["original_block"]
-            if inner is not None:
-                original = lambda a: inner(a, extra)  # noqa: E731
-            if self.run is None or self.run.call is None:
-                return original(args)
-            self.blocks_handed += 1
-            return self.run.run_block(kind, index, args, original)
-        return patch
+    def live_run(self, block_args: dict):
+        """The run a hooked block belongs to (None between model calls), counted."""
+        if self.run is None or self.run.call is None:
+            return None
+        self.blocks_handed += 1
+        return self.run
 
     # --- runs ------------------------------------------------------------------
     def _run_at(self, sigma):

@@ -3,7 +3,7 @@
 torch.compile traces whatever a compiled model calls. The pack's per-step bookkeeping (which step,
 which action, what is kept) would turn into guards that fail at every step, so dynamo would
 recompile up to its limit and then fall back to eager. So the pack's entry points run eagerly
-(`outside_compile`), and when the host compiles the whole diffusion model, the run compiles each
+(`methods.attach.outside_compile`), and when the host compiles the whole diffusion model, the run compiles each
 hooked block on its own instead, with the same settings (`compile_hooked_blocks`): the blocks
 that run are still compiled code, the forward hooks the pack puts on their modules included (dynamo traces
 them into the graph; a new hook of the same code does not recompile).
@@ -17,12 +17,6 @@ import torch
 COMPILE_KEY = "torch.compile"           # the host's compile wrapper key (TorchCompileModel)
 COMPILE_KWARGS = "torch_compile_kwargs"  # model option: the settings it compiled with
 WHOLE_MODEL = "diffusion_model"
-
-
-def outside_compile(fn):
-    """`fn`, run eagerly (with what it calls) when compiled code calls it."""
-    disable = getattr(getattr(torch, "compiler", None), "disable", None)
-    return disable(fn) if disable is not None else fn
 
 
 def blocks_swapped_in(compiled: dict):

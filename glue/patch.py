@@ -6,7 +6,8 @@
 - CALC_COND_BATCH wrapper: hands each step's whole cond batch to the run, for methods that work
   on the denoised outputs (methods.forecast): a skipped step then skips the host's batching and
   ControlNets too. On a host without that wrapper type, the APPLY_MODEL wrapper does it per call.
-- `patches_replace["dit"]` entries: hand each hooked block to the run.
+- `patches_replace["dit"]` entries (methods.attach.BlockPatch, shared with Forge): hand each
+  hooked block to the run.
 Wrappers take `(executor, *args, **kwargs)` and pass everything through.
 """
 from __future__ import annotations
@@ -19,12 +20,12 @@ import comfy.patcher_extension as ext
 
 from ..adapters import find_adapter
 from ..adapters.registry import GENERIC
-from ..methods import (ForecastConfig, RunState, ScheduleConfig, executor_for, whole_step_stand_in,
-                       why_no_method)
+from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for, whole_step_stand_in
+from ..methods.attach import adapter_for, outside_compile, patch_blocks
 from ..methods.engine import end_run
 from ..methods.forecast import STEP_OUTPUTS, noise_coefficients_of
 from .attach import CALC_COND_BATCH, Holder, attach, diffusion_model_of, find_transformer_options, holder_of
-from .compile import compile_hooked_blocks, outside_compile
+from .compile import compile_hooked_blocks
 
 LOG = logging.getLogger("comfyui-duca")
 KEY = "duca_accelerate"          # wrappers and transformer_options: the holder
@@ -32,28 +33,6 @@ RUN_KEY = "duca_accelerate_run"  # transformer_options: the live run, only while
 # The run of the model call in progress, for block patches whose arguments carry no transformer
 # options (Wan 2.2 S2V's forward leaves them out). Per thread: the host's threads never mix runs.
 CALLING_RUN = contextvars.ContextVar("duca_calling_run", default=None)
-
-
-class BlockPatch:
-    """A `patches_replace["dit"]` entry; chains to a patch that was there before."""
-
-    def __init__(self, kind: str, index: int, inner=None):
-        self.kind, self.index, self.inner = kind, index, inner
-
-    def __call__(self, args: dict, extra: dict) -> dict:
-        original = extra["original_block"]
-        if self.inner is not None:
-            inner = self.inner
-            original = lambda a: inner(a, extra)  # noqa: E731
-        run = (args.get("transformer_options") or {}).get(RUN_KEY) or CALLING_RUN.get()
-        if run is None:
-            return original(args)
-        return _run_block(run, self.kind, self.index, args, original)
-
-
-@outside_compile
-def _run_block(run, kind, index, args, original):
-    return run.run_block(kind, index, args, original)
 
 
 @outside_compile
@@ -149,31 +128,34 @@ def apply_duca(model, config, listeners=()):
     """A clone of `model` running `config`'s method (methods.CONFIGS), or `model` itself where no
     method can run on it. `listeners` are called with the RunStats at the end of every run."""
     diffusion_model = diffusion_model_of(model)
-    adapter = find_adapter(diffusion_model)
     get = getattr(model, "get_model_object", None)
-    why_not = why_no_method(adapter, get("model_sampling") if adapter is not None and get else None)
+    sampling = get("model_sampling") if diffusion_model is not None and get else None
+
+    def checked(adapter):
+        if isinstance(config, ScheduleConfig):  # made for another model: say so now, not mid-run
+            config.schedule.check_fits(adapter.family, adapter.schedule_units())
+        return config
+    adapter, config, why_not = adapter_for(diffusion_model, sampling, checked)
     if why_not:
         LOG.warning("DuCa: %s; passing it through unchanged.", why_not)
         return model
     if adapter.family == GENERIC.name:
         LOG.info("DuCa: %s has no entry in this pack's registry: whole model calls are its unit (the budget "
                  "presets forecast them; caching inside it needs an entry)", adapter.model_class)
-    if isinstance(config, ScheduleConfig):  # made for another model: say so now, not mid-run
-        config.schedule.check_fits(adapter.family, adapter.schedule_units())
-    executor_for(config, adapter, None)  # a method this model can't run is refused now, naming the input
     wrappers = {ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
                 ext.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper,
                 ext.WrappersMP.APPLY_MODEL: apply_model_wrapper}
     if CALC_COND_BATCH is not None:
         wrappers[CALC_COND_BATCH] = cond_batch_wrapper
     patched = attach(model, KEY, Holder(config, adapter.label, listeners), wrappers)
-    existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    for kind, index in adapter.block_ids:
-        inner = existing.get((kind, index))
-        if isinstance(inner, BlockPatch):  # ours, from an earlier application: keep what it wrapped
-            inner = inner.inner
-        patched.set_model_patch_replace(BlockPatch(kind, index, inner), "dit", kind, index)
+    patch_blocks(patched, adapter, live_run)
     return patched
+
+
+def live_run(block_args: dict):
+    """The run a hooked block belongs to: its options', or (a forward that passes its blocks none,
+    Wan 2.2 S2V's) the model call's on this thread."""
+    return (block_args.get("transformer_options") or {}).get(RUN_KEY) or CALLING_RUN.get()
 
 
 def last_stats(model):

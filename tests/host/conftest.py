@@ -51,3 +51,16 @@ def conds(unet):
 def trained(pack):
     model = models.sd_unet_trained()
     return model, models.class_conditioning(model, 1), models.class_conditioning(model, -1)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Models this small gain nothing from a second thread, and on a shared 2-core machine
+    two threads per process stall each other (measured: 6-step samples of the family models took
+    seconds each with two threads under load, under 0.1 s with one). A module asks for it with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -108,15 +108,11 @@ def counted_run(name, model, mode, steps=STEPS):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small gain nothing from a second thread, and on a shared 2-core machine
-    two threads per process stall each other (measured here: 6-step samples of these
-    models took seconds each with two threads under load, under 0.1 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def small_models(one_thread):
+    """One thread for these small models (conftest.py); the models freed while the host is still
+    loaded, not at interpreter exit."""
     yield
-    torch.set_num_threads(threads)
-    MODELS.clear()  # freed while the host is still loaded, not at interpreter exit
+    MODELS.clear()
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are too small to gain from a second thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: these models are too small for two
 
 
 @pytest.fixture(scope="module")

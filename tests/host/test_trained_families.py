@@ -22,13 +22,7 @@ PICTURE_STEPS = 12
 CFG = 4.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are too small to gain from a second thread (see test_families.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: these models are too small for two
 
 
 @pytest.fixture(scope="module")
