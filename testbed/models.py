@@ -360,11 +360,16 @@ def sd_unet_small(seed: int = 0, **size):
 def load_weights(model, path):
     """`model` (a ModelPatcher) with its diffusion model's weights read from the safetensors `path`, as the
     host's loader reads a checkpoint: through its config's key conversions (newer hosts renamed norms' `scale`
-    to `weight`), dropping keys its class no longer has (newer hosts' NextDiT lost an unused `norm_final`).
+    to `weight`; a file written by a newer host is read back by an older one), dropping keys its class no longer has (newer hosts' NextDiT lost an unused `norm_final`).
     Every weight the model has must be in the file."""
     import comfy.utils
     state = comfy.utils.load_torch_file(str(path), safe_load=True)
     state = model.model.model_config.process_unet_state_dict({k: v.float() for k, v in state.items()})
+    own = model.model.diffusion_model.state_dict().keys()
+    for key in [k for k in state if k not in own and k.endswith(".weight")]:  # written by a newer host,
+        older = key.removesuffix(".weight") + ".scale"                          # read by an older one
+        if older in own:
+            state[older] = state.pop(key)
     missing, _ = model.model.diffusion_model.load_state_dict(state, strict=False)
     if missing:
         raise RuntimeError(f"{path} lacks weights of this host's {type(model.model.diffusion_model).__name__}: {missing}")

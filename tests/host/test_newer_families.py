@@ -177,11 +177,9 @@ def test_kandinsky5s_block_hook_fails_in_the_host_so_its_whole_calls_are_the_uni
     assert seen
 
 
-# Of the five most used families, LTX-2 is trained here; Z-Image, Qwen-Image and Wan 2.2 in
-# testbed.families (test_trained_families.py). Flux 2's small model was not yet a denoiser after 12
-# minutes of a CPU (474 iterations: its 512 padded text tokens make one ten times dearer; its
-# denoised output still moved 25-40% a step): not here until it is (bench/RESULTS.md).
-TRAINED = ("ltx2",)
+# Of the five most used families, Flux 2 and LTX-2 are trained here (training/train_families.py);
+# Z-Image, Qwen-Image and Wan 2.2 in testbed.families (test_trained_families.py).
+TRAINED = ("flux2", "ltx2")
 CASES = [(label, seed) for label in range(3) for seed in (0, 1)]
 
 
