@@ -20,7 +20,6 @@ if str(BENCH.parent) not in sys.path:
 
 from bench import metrics, workloads  # noqa: E402
 
-PRESETS = ("quality", "balanced", "fast")
 
 
 def node(node_id: str, **inputs) -> tuple:
@@ -31,7 +30,8 @@ def node(node_id: str, **inputs) -> tuple:
 
 def methods(model, steps):
     """(name, patched model) for each method this model supports, through the nodes."""
-    found = [(f"accelerate {p}", node("DuCaAccelerateV2", model=model, preset=p)[0]) for p in PRESETS]
+    from comfyui_duca.methods.settings import FLAGSHIP_PRESETS
+    found = [(f"accelerate {p}", node("DuCaAccelerateV2", model=model, preset=p)[0]) for p in FLAGSHIP_PRESETS]
     if type(model.model.diffusion_model).__name__ == "UNetModel":
         found.append(("deepcache default", node("DuCaDeepCache", model=model, cache_interval=3, cache_depth=0,
                                                  schedule="uniform")[0]))
@@ -47,7 +47,7 @@ def with_estimator(model, steps, estimator):
     from comfyui_duca.glue.schedules import model_units
     from comfyui_duca.methods import PRESETS as SETTINGS, DeepCacheConfig, ScheduleConfig
     found = [(f"accelerate {p} {estimator}", apply_duca(model, SETTINGS[p].with_changes(preset=p, estimator=estimator)))
-             for p in PRESETS]
+             for p in ("quality", "balanced", "fast")]
     if type(model.model.diffusion_model).__name__ == "UNetModel":
         found.append((f"deepcache default {estimator}", apply_duca(model, DeepCacheConfig(estimator=estimator))))
     family, units = model_units(model)
