@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 import types
 
-from ..methods import ForecastConfig, RunState, executor_for
+from ..methods import HostContext, RunState, executor_for
 from ..methods.attach import adapter_for, patch_blocks
 from ..methods.engine import current_sigma, end_run
-from ..methods.forecast import noise_coefficients_of
+from ..methods.protocol import STEP_OUTPUTS, UNSCHEDULED
 
 LOG = logging.getLogger("comfyui-duca")
-UNSCHEDULED = -1.0  # a sigma slot not seen yet (every real sigma is >= 0)
 _warned = set()     # pass-through reasons already warned about (once per process)
 
 
@@ -35,10 +34,9 @@ def accelerate(unet, settings, steps: int, sigmas=None, sampler_function=None, l
             _warned.add(why_not)
             LOG.warning("DuCa: %s; generating without it.", why_not)
         return unet, None
-    coefficients = (noise_coefficients_of(sampling, sigmas if sigmas is not None else ())
-                    if isinstance(config, ForecastConfig) else None)
     sampler = types.SimpleNamespace(sampler_function=sampler_function) if sampler_function else None
-    sampling_pass = SamplingPass(config, adapter, steps, sigmas, coefficients, sampler, listeners)
+    schedule = tuple(float(s) for s in sigmas) if sigmas is not None else (UNSCHEDULED,) * (int(steps) + 1)
+    sampling_pass = SamplingPass(config, adapter, HostContext(schedule, sampling, sampler), listeners)
     patched = unet.clone()
     patched.set_model_unet_function_wrapper(sampling_pass.wrapper(patched.model_options.get("model_function_wrapper")))
     patch_blocks(patched, adapter, sampling_pass.live_run)
@@ -48,11 +46,12 @@ def accelerate(unet, settings, steps: int, sigmas=None, sampler_function=None, l
 class SamplingPass:
     """The runs of one sampling pass (a new one whenever the sigma rises: another sampling)."""
 
-    def __init__(self, config, adapter, steps, sigmas, coefficients, sampler, listeners=()):
-        self.config, self.adapter = config, adapter
-        self.steps = int(steps)
-        self.sigmas = [float(s) for s in sigmas] if sigmas is not None else None
-        self.coefficients, self.sampler = coefficients, sampler
+    def __init__(self, config, adapter, host: HostContext, listeners=()):
+        """`host`: the pass's sigmas, where the script could give them (else UNSCHEDULED, filled in
+        from the calls as they come), the model's sampling and the sampler."""
+        self.config, self.adapter, self.host = config, adapter, host
+        self.steps = host.num_steps
+        self.scheduled = UNSCHEDULED not in host.sigmas
         self.listeners = list(listeners)
         self.run = None
         self.last_sigma = None
@@ -91,16 +90,14 @@ class SamplingPass:
             self.finish()  # the sigma went up: a new sampling with the same patcher
         if self.run is None:
             self._start()
-        if self.sigmas is None and (self.seen == 0 or sigma < self.last_sigma * (1 - 1e-5)) and self.seen < self.steps:
+        if not self.scheduled and (self.seen == 0 or sigma < self.last_sigma * (1 - 1e-5)) and self.seen < self.steps:
             self.run.sigmas[self.seen] = sigma  # the next step of a pass whose schedule was not given
             self.seen += 1
         self.last_sigma = sigma
         return self.run
 
     def _start(self):
-        method = executor_for(self.config, self.adapter, self.coefficients, self.sampler)
-        sigmas = self.sigmas if self.sigmas is not None else [UNSCHEDULED] * (self.steps + 1)
-        self.run = RunState(method, sigmas)
+        self.run = RunState(executor_for(self.config, self.adapter, self.host))
         self.seen, self.blocks_handed = 0, 0
         LOG.info("DuCa: %s on %s", self.run.plan, self.adapter.label)
 
@@ -110,7 +107,7 @@ class SamplingPass:
         if run is None:
             return None
         if self.adapter.block_ids and not self.adapter.step_level and not self.blocks_handed \
-                and not isinstance(self.config, ForecastConfig):
+                and run.method.wraps != STEP_OUTPUTS:
             note = "this host ran no block hooks for the model: nothing was cached (choose method forecast)"
             run.stats.notes.append(note)
             LOG.warning("DuCa: %s", note)

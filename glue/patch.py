@@ -20,10 +20,10 @@ import comfy.patcher_extension as ext
 
 from ..adapters import find_adapter
 from ..adapters.registry import GENERIC
-from ..methods import ForecastConfig, RunState, ScheduleConfig, executor_for, whole_step_stand_in
+from ..methods import HostContext, RunState, executor_for
 from ..methods.attach import adapter_for, outside_compile, patch_blocks
 from ..methods.engine import end_run
-from ..methods.forecast import STEP_OUTPUTS, noise_coefficients_of
+from ..methods.protocol import DIFFUSION_MODEL, STEP_OUTPUTS
 from .attach import CALC_COND_BATCH, Holder, attach, diffusion_model_of, find_transformer_options, holder_of
 from .compile import compile_hooked_blocks
 
@@ -58,14 +58,9 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     options = guider.model_options.setdefault("transformer_options", {})
     holder: Holder = options[KEY]
     adapter = find_adapter(diffusion_model_of(guider.model_patcher))
-    config = holder.config
-    if MULTIGPU_CLONES in guider.model_options and not (isinstance(config, ForecastConfig) or adapter.step_level):
-        config = whole_step_stand_in(config)
-        LOG.info("DuCa: under ComfyUI's multi-GPU split each device runs its own copy of the model's blocks; "
-                 "this run forecasts whole steps instead (%s preset), which skips every device at once", config.preset)
-    coefficients = noise_coefficients(guider.model_patcher, sigmas) if isinstance(config, ForecastConfig) else None
-    method = executor_for(config, adapter, coefficients, sampler)
-    run = RunState(method, sigmas)
+    host = HostContext(tuple(float(s) for s in sigmas), model_sampling(guider.model_patcher), sampler,
+                       split_over_devices=MULTIGPU_CLONES in guider.model_options)
+    run = RunState(executor_for(holder.config, adapter, host))
     options[RUN_KEY] = run
     blocks = [adapter.block(kind, index) for kind, index in adapter.block_ids]
     if compile_hooked_blocks(guider.model_options, guider.model_patcher.model, blocks, holder.compiled_blocks):
@@ -80,12 +75,12 @@ def outer_sample_wrapper(executor, *args, **kwargs):
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):
-    return _hand_to_run(executor, args, kwargs, wraps=None)
+    return _hand_to_run(executor, args, kwargs, wraps=DIFFUSION_MODEL)
 
 
 def apply_model_wrapper(executor, *args, **kwargs):
     run = find_transformer_options(args, kwargs).get(RUN_KEY)
-    if run is None or run.wraps is not None or run.handed:
+    if run is None or run.wraps != DIFFUSION_MODEL or run.handed:
         return _hand_to_run(executor, args, kwargs, wraps=STEP_OUTPUTS)
     out = executor(*args, **kwargs)  # its model's DIFFUSION_MODEL wrapper hands the call on, if it runs one
     if not run.handed:
@@ -101,7 +96,7 @@ def cond_batch_wrapper(executor, *args, **kwargs):
     named = dict(zip(COND_BATCH_ARGUMENTS, args), **kwargs)
     options = (named.get("model_options") or {}).get("transformer_options", {})
     run = options.get(RUN_KEY)
-    if (run is None or getattr(run.method, "wraps", None) != STEP_OUTPUTS or run.call is not None
+    if (run is None or run.method.wraps != STEP_OUTPUTS or run.call is not None
             or any(named.get(name) is None for name in ("x_in", "timestep")) or not isinstance(named.get("conds"), list)):
         return executor(*args, **kwargs)
     return run.cond_batch_call(executor, named["conds"], named["x_in"], named["timestep"], options, args, kwargs)
@@ -117,25 +112,18 @@ def _hand_to_run(executor, args, kwargs, wraps):
     return _model_call(run, executor, args, kwargs, options)
 
 
-def noise_coefficients(model_patcher, sigmas=()):
-    """sigma -> (a, b) of the model's sampling (`noise_scaling`, so patched samplings count)."""
+def model_sampling(model_patcher):
+    """The model's sampling as sampling sees it (patched samplings count)."""
     get = getattr(model_patcher, "get_model_object", None)
-    return noise_coefficients_of(get("model_sampling") if get else getattr(model_patcher.model, "model_sampling", None),
-                                 sigmas)
+    return get("model_sampling") if get else getattr(model_patcher.model, "model_sampling", None)
 
 
 def apply_duca(model, config, listeners=()):
-    """A clone of `model` running `config`'s method (methods.CONFIGS), or `model` itself where no
-    method can run on it. `listeners` are called with the RunStats at the end of every run."""
+    """A clone of `model` running `config`'s method (a methods.protocol.MethodConfig), or `model`
+    itself where no method can run on it. `listeners` are called with the RunStats at the end of every run."""
     diffusion_model = diffusion_model_of(model)
-    get = getattr(model, "get_model_object", None)
-    sampling = get("model_sampling") if diffusion_model is not None and get else None
-
-    def checked(adapter):
-        if isinstance(config, ScheduleConfig):  # made for another model: say so now, not mid-run
-            config.schedule.check_fits(adapter.family, adapter.schedule_units())
-        return config
-    adapter, config, why_not = adapter_for(diffusion_model, sampling, checked)
+    sampling = model_sampling(model) if diffusion_model is not None else None
+    adapter, config, why_not = adapter_for(diffusion_model, sampling, lambda _: config)
     if why_not:
         LOG.warning("DuCa: %s; passing it through unchanged.", why_not)
         return model

@@ -5,19 +5,20 @@ the host offers no block hook.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
-from ..adapters.registry import DEEPCACHE, GENERIC
+from ..adapters.registry import GENERIC
 from .calibration import Calibration, CalibrationConfig
 from .deepcache import DeepCache, DeepCacheConfig
 from .duca import PRESETS, DuCa, DuCaConfig
 from .engine import RunState
 from .forecast import BUDGETS, FORECAST_PRESETS, ForecastConfig, OutputForecast, noise_coefficients_of
-from .protocol import Method
+from .protocol import STEP_OUTPUTS, HostContext, Method, MethodConfig, method_config
 from .schedules import ScheduleConfig, ScheduleExecutor
 from .step_reuse import StepReuse
 
-CONFIGS = (ForecastConfig, DuCaConfig, DeepCacheConfig, ScheduleConfig, CalibrationConfig)
+LOG = logging.getLogger("comfyui-duca")
 
 
 def why_no_method(adapter, sampling) -> Optional[str]:
@@ -39,32 +40,18 @@ def whole_step_stand_in(config) -> ForecastConfig:
     return FORECAST_PRESETS[preset]
 
 
-def executor_for(config, adapter, noise_coefficients=None, sampler=None) -> Method:
-    """A fresh executor (one per sampling run) of `config`'s method on this model.
-    `noise_coefficients` (the model sampling's sigma -> (a, b)) and `sampler` (the host's) tell
-    the whole-step forecast what to extrapolate."""
-    if isinstance(config, ForecastConfig):  # every family: it wraps the whole model call
-        return OutputForecast(config, adapter, noise_coefficients, sampler)
-    if adapter.step_level:  # no block hooks: the method's plan decides over whole model calls
-        if isinstance(config, ScheduleConfig):
-            return StepReuse(ScheduleExecutor(config.schedule, adapter, config.cache_device, config.estimator), adapter)
-        if isinstance(config, DuCaConfig):
-            return StepReuse(DuCa(config, adapter), adapter)
-    if isinstance(config, DuCaConfig):
-        if adapter.level == DEEPCACHE:
-            return DeepCache(DeepCacheConfig.from_duca(config, config.estimator_for(adapter.family)), adapter)
-        return DuCa(config, adapter)
-    if isinstance(config, DeepCacheConfig):
-        if adapter.level != DEEPCACHE:
-            raise ValueError(f"model: DeepCache needs a U-Net (SD1.5, SD2, SDXL); this is {adapter.family}")
-        return DeepCache(config, adapter)
-    if isinstance(config, ScheduleConfig):
-        return ScheduleExecutor(config.schedule, adapter, config.cache_device, config.estimator)
-    if isinstance(config, CalibrationConfig):
-        return Calibration(config, adapter)
-    raise TypeError(f"not a method's settings: {type(config).__name__} (expected one of "
-                    f"{[c.__name__ for c in CONFIGS]})")
+def executor_for(config: MethodConfig, adapter, host: HostContext = HostContext()) -> Method:
+    """A fresh executor (one per sampling run) of `config`'s method on this model, for the run the
+    host describes (its sigmas, model sampling and sampler)."""
+    method = method_config(config).executor(adapter, host)
+    if host.split_over_devices and method.wraps != STEP_OUTPUTS and not adapter.step_level:
+        stand_in = whole_step_stand_in(config)
+        LOG.info("DuCa: under ComfyUI's multi-GPU split each device runs its own copy of the model's blocks; "
+                 "this run forecasts whole steps instead (%s preset), which skips every device at once",
+                 stand_in.preset)
+        method = stand_in.executor(adapter, host)
+    return method
 
 
-__all__ = ["BUDGETS", "FORECAST_PRESETS", "ForecastConfig", "OutputForecast", "CONFIGS", "Calibration", "CalibrationConfig", "DeepCache", "DeepCacheConfig", "DuCa", "DuCaConfig",
-           "Method", "PRESETS", "RunState", "ScheduleConfig", "ScheduleExecutor", "StepReuse", "executor_for", "whole_step_stand_in", "why_no_method"]
+__all__ = ["BUDGETS", "FORECAST_PRESETS", "ForecastConfig", "OutputForecast", "Calibration", "CalibrationConfig", "DeepCache", "DeepCacheConfig", "DuCa", "DuCaConfig",
+           "HostContext", "Method", "MethodConfig", "PRESETS", "RunState", "ScheduleConfig", "ScheduleExecutor", "StepReuse", "executor_for", "whole_step_stand_in", "why_no_method"]

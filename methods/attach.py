@@ -8,7 +8,8 @@ from typing import Callable, Optional
 import torch
 
 from ..adapters import find_adapter
-from . import executor_for, why_no_method
+from . import why_no_method
+from .protocol import method_config
 
 
 def outside_compile(fn):
@@ -25,8 +26,8 @@ def adapter_for(diffusion_model, sampling, config_for: Callable) -> tuple:
     why_not = why_no_method(adapter, sampling)
     if why_not:
         return adapter, None, why_not
-    config = config_for(adapter)
-    executor_for(config, adapter, None)
+    config = method_config(config_for(adapter))
+    config.check(adapter)
     return adapter, config, ""
 
 

@@ -10,6 +10,7 @@ import torch
 from ..cache_core.profile import ChangeProfile
 from ..cache_core.schedule import Cell, Schedule
 from ..cache_core.validate import check_int
+from .protocol import HostContext
 from .schedules import ScheduleExecutor
 
 
@@ -20,19 +21,22 @@ class CalibrationConfig:
     def __post_init__(self):
         check_int("probe_unit", self.probe_unit, -100_000, 100_000)
 
+    def check(self, adapter) -> None:
+        """Every family: it computes everything and watches."""
+
+    def executor(self, adapter, host: HostContext) -> "Calibration":
+        return Calibration(self, adapter, host)
+
 
 class Calibration(ScheduleExecutor):
     """A schedule that computes every unit at every step, watched by a ChangeProfile."""
-    name = "calibration"
 
-    def __init__(self, config: CalibrationConfig, adapter):
-        super().__init__(None, adapter)
+    def __init__(self, config: CalibrationConfig, adapter, host: HostContext):
+        schedule = computing_everything(adapter, host.num_steps)
+        observer = ChangeProfile(host.num_steps, len(schedule.units), config.probe_unit)
+        super().__init__(schedule, adapter, host, observer=observer)
+        self.name = "calibration"
         self.config = config
-
-    def schedule_for(self, num_steps: int) -> Schedule:
-        schedule = computing_everything(self.adapter, num_steps)
-        self.observer = ChangeProfile(num_steps, len(schedule.units), self.config.probe_unit)
-        return schedule
 
     def finish(self, run):
         return self.observer

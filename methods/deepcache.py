@@ -13,7 +13,8 @@ from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, Plan, fitted
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.validate import check_choice, check_float, check_int, check_window
-from .protocol import Executor
+from ..adapters.registry import DEEPCACHE
+from .protocol import Executor, HostContext
 from .unet import counted_call
 
 
@@ -50,6 +51,15 @@ class DeepCacheConfig:
                               self.first_full_steps, self.start, self.end)
         return Plan(plan.steps, plan.method, {**plan.settings, "branch": self.branch})
 
+    def check(self, adapter) -> None:
+        if adapter.level != DEEPCACHE:
+            raise ValueError(f"model: DeepCache needs a U-Net (SD1.5, SD2, SDXL); this is {adapter.family}")
+        adapter.check_branch(self.branch)
+
+    def executor(self, adapter, host: HostContext) -> "DeepCache":
+        self.check(adapter)
+        return DeepCache(self, adapter, host)
+
     @classmethod
     def from_duca(cls, config, estimator: str = "reuse") -> "DeepCacheConfig":
         """The flagship's DuCa settings on a U-Net (with the estimator it resolved for the family):
@@ -69,15 +79,13 @@ class DeepCache(Executor):
     a reuse step stands in for the deep blocks' layers (docs/METHODS.md, DeepCache)."""
     name = "deepcache"
 
-    def __init__(self, config: DeepCacheConfig, adapter):
-        super().__init__(adapter)
+    def __init__(self, config: DeepCacheConfig, adapter, host: HostContext):
+        super().__init__(adapter, host)
+        adapter.check_branch(config.branch)
         self.config = config
         self.cache_device = config.cache_device
         self.estimator = config.estimator
-
-    def plan(self, num_steps: int) -> Plan:
-        self.adapter.check_branch(self.config.branch)
-        return self.config.plan_for(num_steps)
+        self.plan = config.plan_for(host.num_steps)
 
     def on_call(self, run, call, compute):
         with counted_call(run, call, self.adapter) as (flops, _):

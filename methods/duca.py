@@ -15,9 +15,12 @@ from ..cache_core.plan import Action, Plan, duca_plan, fitted
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import SELECTORS, TokenRows, TokenSelector, layer_refresh_ratio
 from ..cache_core.validate import check_choice, check_float, check_int, check_window
+from ..adapters.registry import DEEPCACHE
 from .blocks import begin_block, computed, fresh_ages, refreshed
-from .protocol import Executor
+from .deepcache import DeepCache, DeepCacheConfig
+from .protocol import Executor, HostContext
 from .stack_gaps import StackGaps
+from .step_reuse import whole_calls
 
 LOG = logging.getLogger("comfyui-duca")
 
@@ -66,6 +69,16 @@ class DuCaConfig:
     def with_changes(self, **changes) -> "DuCaConfig":
         return replace(self, **changes)
 
+    def check(self, adapter) -> None:
+        """Every family runs it at its level: token-wise, block, whole calls, or a U-Net's DeepCache."""
+
+    def executor(self, adapter, host: HostContext):
+        """DuCa where the model's blocks can be followed; on a U-Net its namesake DeepCache cycle; on a
+        family without block hooks the same plan over whole model calls."""
+        if adapter.level == DEEPCACHE:
+            return DeepCache(DeepCacheConfig.from_duca(self, self.estimator_for(adapter.family)), adapter, host)
+        return whole_calls(DuCa(self, adapter, host))
+
     def estimator_for(self, family: str) -> str:
         return BY_NAME[family].estimator if self.estimator == AUTO else self.estimator
 
@@ -106,22 +119,20 @@ class DuCa(Executor):
     to its own input, which holds what the host added between blocks this step (ControlNet).
     """
 
-    def __init__(self, config: DuCaConfig, adapter):
-        super().__init__(adapter)
+    def __init__(self, config: DuCaConfig, adapter, host: HostContext):
+        super().__init__(adapter, host)
         self.config = config
         self.name = "duca" if config.aggressive else "toca"
         self.cache_device = config.cache_device
         self.estimator = config.estimator_for(adapter.family)
         self.selector = TokenSelector(config.token_selector, config.interval)
         self.generators = {}  # per conditioning group: its random picks never depend on another's calls
-
-    def plan(self, num_steps: int) -> Plan:
-        plan = self.config.for_family(BY_NAME[self.adapter.family].defaults).plan_for(num_steps)
-        if not self.adapter.tokenwise and plan.needs_module_cache():
+        plan = config.for_family(BY_NAME[adapter.family].defaults).plan_for(host.num_steps)
+        if not adapter.tokenwise and plan.needs_module_cache():
             plan = plan.replacing(Action.CONSERVATIVE, Action.FULL)  # no token-wise refresh on this family
+        self.plan = plan
         self.keep_modules = plan.needs_module_cache()
         self.keep_residual = plan.needs_stack_residual()
-        return plan
 
     def on_block(self, run, call, block_id, args, original):
         adapter, kind = self.adapter, block_id[0]

@@ -19,9 +19,10 @@ import torch
 from ..adapters.base import viewed
 from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, step_index
-from ..cache_core.stats import FLOPS, MODEL_CALLS, RunStats
+from ..cache_core.stats import FLOPS, RunStats
 from ..cache_core.store import CacheStore
 from .outside import OutsideCompute
+from .protocol import Method
 from .stack_gaps import carries_control
 
 LOG = logging.getLogger("comfyui-duca")
@@ -86,17 +87,17 @@ class Call:
 
 
 class RunState:
-    def __init__(self, method, sigmas):
+    def __init__(self, method: Method):
+        """The run of `method`, an executor built for it (its HostContext gives the sigmas)."""
         self.method = method
         self.adapter = method.adapter
-        self.sigmas = [float(s) for s in sigmas]
+        self.sigmas = [float(s) for s in method.host.sigmas]  # a host that learns them as it goes fills them in
         self.num_steps = max(len(self.sigmas) - 1, 0)
-        self.plan = method.plan(self.num_steps)
+        self.plan = method.plan
         self.store = CacheStore.on(method.cache_device)
         self.stats = RunStats(self.plan.method, self.num_steps, family=self.adapter.family,
                               model_class=self.adapter.model_class, level=method.level,
-                              compute_unit=getattr(method, "compute_unit", None)
-                              or (MODEL_CALLS if self.adapter.step_level else FLOPS))
+                              compute_unit=method.compute_unit)
         self.stats.notes.extend(method.notes)  # e.g. a schedule resampled to this run's step count
         # counted in block FLOPs: what runs outside the hooked blocks is added to every call
         self.outside = OutsideCompute(self.stats.compute_unit == FLOPS and bool(self.adapter.block_ids))
@@ -106,9 +107,9 @@ class RunState:
         self.completed_groups = set()  # groups whose full step has finished: reuse may follow
         self.disabled = False  # set if reusing ever fails: the rest of the run computes everything
         self.guided = False    # an unconditional output was asked for: the sampler applies guidance
-        # the wrapper level model calls reach the method at (None: the diffusion model's); a model
+        # where model calls are handed to the method (protocol.DIFFUSION_MODEL or STEP_OUTPUTS); a model
         # whose forward runs no DIFFUSION_MODEL wrapper has its calls taken at apply_model instead
-        self.wraps = getattr(method, "wraps", None)
+        self.wraps = method.wraps
         self.handed = False    # a model call has reached this run
 
     # --- model calls -------------------------------------------------------

@@ -39,11 +39,10 @@ from ..cache_core.sampler_steps import STEPS, linear_steps
 from ..cache_core.stats import MODEL_CALLS
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.validate import check_choice, check_float, check_int
-from .protocol import Executor
+from .protocol import STEP_OUTPUTS, Executor, HostContext
 
 LOG = logging.getLogger("comfyui-duca")
 
-STEP_OUTPUTS = "step_outputs"  # what this method's calls are: the denoised outputs of a step
 PLACEMENTS = ("ends", "even", "adaptive")
 # `ends`: how far the full steps move from even towards cosine spacing (plan.budget_plan). Measured
 # on the trained small Flux, 28 steps, median picture PSNR to no cache at 0.46 / 0.36 / 0.29 / 0.21
@@ -126,6 +125,12 @@ class ForecastConfig:
     def with_changes(self, **changes) -> "ForecastConfig":
         return replace(self, **changes)
 
+    def check(self, adapter) -> None:
+        """Every family can run it: it needs only the model's whole calls."""
+
+    def executor(self, adapter, host: HostContext) -> "OutputForecast":
+        return OutputForecast(self, adapter, host)
+
     def for_model(self, kind: str) -> "ForecastConfig":
         """A preset's settings on this kind of model (MODEL_PRESETS), where they are still the
         preset's own: a setting changed from the preset's wins (as DuCaConfig.for_family)."""
@@ -204,14 +209,14 @@ def adds_noise(sampler) -> Optional[str]:
 
 class OutputForecast(Executor):
     wraps = STEP_OUTPUTS
-    compute_unit = MODEL_CALLS
 
-    def __init__(self, config: ForecastConfig, adapter, noise_coefficients: Optional[Callable] = None,
-                 sampler=None):
-        """`noise_coefficients(sigma) -> (a, b)` of the model's sampling (x = a x0 + b n); None
-        (a host that doesn't say) extrapolates the denoised output itself, as does a `sampler`
-        that adds noise."""
-        super().__init__(adapter)
+    def __init__(self, config: ForecastConfig, adapter, host: HostContext):
+        """The noise coefficients of the host's model sampling (x = a x0 + b n) say what the denoised
+        output implies; a sampling that gives none has the denoised output itself extrapolated, as
+        does a sampler that adds noise."""
+        super().__init__(adapter, host)
+        self.compute_unit = MODEL_CALLS
+        noise_coefficients, sampler = noise_coefficients_of(host.sampling, host.known_sigmas), host.sampler
         config = config.for_model(UNET if adapter.level == DEEPCACHE else DIT)
         self.config = config
         self.name = f"forecast {config.preset}" if config.preset else "forecast"
@@ -244,8 +249,9 @@ class OutputForecast(Executor):
                           f", not under {self.sampler_name}",)
         else:
             self.notes = ()
+        self.plan = self._plan(host.num_steps)
 
-    def plan(self, num_steps: int) -> Plan:
+    def _plan(self, num_steps: int) -> Plan:
         c = self.config
         few = num_steps < FEW_STEPS or self.sampler_name in FEW_STEP_SAMPLERS
         if few and c.preset is not None:

@@ -18,13 +18,14 @@ import torch
 from ..adapters.registry import DEEPCACHE
 from ..adapters.units import own_forward, standing_in
 from ..cache_core.estimators import ESTIMATORS
-from ..cache_core.plan import Action, Plan
+from ..cache_core.plan import Action
 from ..cache_core.schedule import Cell, Schedule
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import TokenRows
 from ..cache_core.validate import check_choice
 from .blocks import begin_block, computed, fresh_ages, refreshed
-from .protocol import Executor
+from .protocol import Executor, HostContext
+from .step_reuse import whole_calls
 from .unet import counted_call
 
 BLOCK_RESIDUAL = "block_residual"       # kept, with the block id: one block's output minus its input
@@ -42,6 +43,13 @@ class ScheduleConfig:
             raise ValueError(f"schedule must be a cache schedule, got {type(self.schedule).__name__}")
         check_choice("cache_device", self.cache_device, CACHE_DEVICES)
         check_choice("estimator", self.estimator, ESTIMATORS)
+
+    def check(self, adapter) -> None:
+        """A schedule made for another model is refused when attached, not mid-run."""
+        self.schedule.check_fits(adapter.family, adapter.schedule_units())
+
+    def executor(self, adapter, host: HostContext):
+        return whole_calls(ScheduleExecutor(self.schedule, adapter, host, self.cache_device, self.estimator))
 
 
 def fit_schedule(schedule: Schedule, adapter, num_steps: int) -> Schedule:
@@ -90,30 +98,23 @@ def reuse_block(adapter, kind, block, args, kept, original, cell: Cell = Cell.RE
 
 
 class ScheduleExecutor(Executor):
-    def __init__(self, schedule, adapter, cache_device: str = "compute", estimator: str = "reuse",
-                 observer=None):
-        """`schedule`: a Schedule (None where `schedule_for` makes it per run); `observer`: a
-        ChangeProfile that sees every computed unit's residual (calibration)."""
-        super().__init__(adapter)
-        self.schedule = schedule
-        self.name = schedule.method if schedule is not None else self.name
+    def __init__(self, schedule: Schedule, adapter, host: HostContext, cache_device: str = "compute",
+                 estimator: str = "reuse", observer=None):
+        """`schedule`: the table this run follows, before it is fitted to the model and the step
+        count; `observer`: a ChangeProfile that sees every computed unit's residual (calibration)."""
+        super().__init__(adapter, host)
+        self.name = schedule.method
         self.cache_device = cache_device
         self.estimator = estimator
         self.observer = observer
         self.unet = adapter.level == DEEPCACHE  # a U-Net: the units are its transformer layers
         if self.unet:
             self.level = "block"  # whole transformer layers
-
-    def schedule_for(self, num_steps: int) -> Schedule:
-        """The table this run follows, before it is fitted to the model and the step count."""
-        return self.schedule
-
-    def plan(self, num_steps: int) -> Plan:
-        self.fitted = fit_schedule(self.schedule_for(num_steps), self.adapter, num_steps)
+        self.fitted = fit_schedule(schedule, adapter, host.num_steps)
         self.notes = self.fitted.notes
         self.last_reuse = last_reuse_steps(self.fitted)
-        self.unit_index = {block_id: i for i, block_id in enumerate(self.adapter.block_ids)}
-        return self.fitted.as_plan(whole_steps=self.adapter.step_level)
+        self.unit_index = {block_id: i for i, block_id in enumerate(adapter.block_ids)}
+        self.plan = self.fitted.as_plan(whole_steps=adapter.step_level)
 
     def _kept_for_later(self, run, call, unit: int) -> bool:
         return not run.disabled and call.step < self.last_reuse.get(unit, -1)

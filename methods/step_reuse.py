@@ -5,34 +5,34 @@ from __future__ import annotations
 
 import torch
 
-from ..cache_core.plan import Action, Plan
+from ..cache_core.plan import Action
 from .protocol import Executor
 
 OUTPUT = "model_output"  # kept: the model's output at the last computed step
 
 
+def whole_calls(method):
+    """`method` itself where the model's blocks are hooked; else its plan over whole model calls."""
+    return StepReuse(method) if method.adapter.step_level else method
+
+
 class StepReuse(Executor):
     name = "step-reuse"
 
-    def __init__(self, decision, adapter):
+    def __init__(self, decision):
         """`decision`: the executor whose plan (and notes, cache device) this follows; only its
         FULL and AGGRESSIVE steps mean anything for a whole model call."""
-        super().__init__(adapter)
+        super().__init__(decision.adapter, decision.host)
         self.decision = decision
         self.name = decision.name
         self.cache_device = decision.cache_device
         self.estimator = decision.estimator
-
-    @property
-    def notes(self):
-        return self.decision.notes
-
-    def plan(self, num_steps: int) -> Plan:
-        plan = self.decision.plan(num_steps)
+        self.notes = decision.notes
+        plan = decision.plan
         if plan.needs_module_cache():  # a model call can't be refreshed token by token: compute it
             plan = plan.replacing(Action.CONSERVATIVE, Action.FULL)
+        self.plan = plan
         self.keep_outputs = plan.needs_stack_residual()
-        return plan
 
     def on_call(self, run, call, compute):
         stats = run.stats.at(call.step)

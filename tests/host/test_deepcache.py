@@ -97,7 +97,7 @@ def test_reuse_on_the_same_input_reproduces_the_full_call(pack, duca, unet):
     """The kept feature is exactly the deep part: a reuse call on the input of the full call
     before it gives the full call's output, bit for bit, for every branch."""
     patch, core = duca
-    from comfyui_duca.methods import RunState, executor_for
+    from comfyui_duca.methods import HostContext, RunState, executor_for
     from comfyui_duca.adapters.unet import UNetAdapter
     dm = unet.model.diffusion_model
     x, t, context = torch.randn(2, 4, 16, 16), torch.tensor([700.0, 700.0]), torch.randn(2, 8, 64)
@@ -105,7 +105,7 @@ def test_reuse_on_the_same_input_reproduces_the_full_call(pack, duca, unet):
     expected = dm(x, t, context=context, transformer_options={})
     for branch in range(adapter.max_branch + 1):
         plan = core.Plan((core.StepPlan(core.Action.FULL), core.StepPlan(core.Action.AGGRESSIVE)))
-        run = RunState(executor_for(core.DeepCacheConfig(branch=branch, plan=plan), adapter), [2.0, 1.0, 0.0])
+        run = RunState(executor_for(core.DeepCacheConfig(branch=branch, plan=plan), adapter, HostContext((2.0, 1.0, 0.0))))
         outs = []
         for sigma in (2.0, 1.0):
             options = {"sigmas": torch.tensor([sigma]), "cond_or_uncond": [0, 1]}
@@ -116,7 +116,7 @@ def test_reuse_on_the_same_input_reproduces_the_full_call(pack, duca, unet):
         assert run.stats.steps[1].compute_done < run.stats.steps[1].compute_full
         assert torch.equal(outs[0], expected) and torch.equal(outs[1], expected), branch
     # and a reuse call on another step's input differs (the deep part is really reused)
-    run = RunState(executor_for(core.DeepCacheConfig(plan=plan), adapter), [2.0, 1.0, 0.0])
+    run = RunState(executor_for(core.DeepCacheConfig(plan=plan), adapter, HostContext((2.0, 1.0, 0.0))))
     outs = []
     for sigma, xi in ((2.0, x), (1.0, x * 0.5)):
         options = {"sigmas": torch.tensor([sigma]), "cond_or_uncond": [0, 1]}
@@ -328,11 +328,10 @@ def test_config_errors_name_the_setting(pack, duca):
             core.DeepCacheConfig(**kwargs)
 
 
-def test_a_branch_too_deep_for_the_model_fails_before_sampling(pack, duca, unet, conds):
+def test_a_branch_too_deep_for_the_model_fails_before_sampling(pack, duca, unet):
     patch, core = duca
-    model = patch.apply_duca(unet, core.DeepCacheConfig(branch=7))
-    with pytest.raises(ValueError, match=r"cache_depth must be in \[0, 3\]"):
-        models.sample(model, *conds, **KW)
+    with pytest.raises(ValueError, match=r"cache_depth must be in \[0, 3\]"):  # refused when attached
+        patch.apply_duca(unet, core.DeepCacheConfig(branch=7))
 
 
 # The published architectures (ComfyUI's detected unet_config), built on the meta device:
@@ -362,7 +361,7 @@ def test_published_u_nets_run_full_and_reuse_calls(pack, duca, name, config_clas
     import comfy.supported_models
     _, core = duca
     from comfyui_duca.adapters.unet import UNetAdapter
-    from comfyui_duca.methods import RunState, executor_for
+    from comfyui_duca.methods import HostContext, RunState, executor_for
     model_config = getattr(comfy.supported_models, config_class)(dict(unet_config))
     model_config.set_inference_dtype(torch.float32, None)
     dm = model_config.get_model({}, device="meta").diffusion_model
@@ -372,7 +371,7 @@ def test_published_u_nets_run_full_and_reuse_calls(pack, duca, name, config_clas
     extra = {"y": torch.zeros(2, 2816, device="meta")} if unet_config["adm_in_channels"] else {}
     x = torch.zeros(2, 4, side, side, device="meta")
     plan = core.Plan((core.StepPlan(core.Action.FULL), core.StepPlan(core.Action.AGGRESSIVE)))
-    run = RunState(executor_for(core.DeepCacheConfig(plan=plan), adapter), [2.0, 1.0, 0.0])
+    run = RunState(executor_for(core.DeepCacheConfig(plan=plan), adapter, HostContext((2.0, 1.0, 0.0))))
     for sigma in (2.0, 1.0):
         options = {"sigmas": torch.tensor([sigma]), "cond_or_uncond": [0, 1]}
         call = run.begin_call(x, options)

@@ -20,14 +20,17 @@ def families(pack):
 
 def test_each_config_gets_an_executor_of_the_protocol_with_a_plan_per_step(pack, families):
     from comfyui_duca.cache_core import schedule_rules
-    from comfyui_duca.methods import CalibrationConfig, DuCaConfig, Method, ScheduleConfig, executor_for
+    from comfyui_duca.methods import (CalibrationConfig, DuCaConfig, ForecastConfig, HostContext, Method,
+                                      MethodConfig, ScheduleConfig, executor_for)
     assert {"flux", "unet", "wan21-i2v", "qwen-image", "lumina2"} <= set(families)
+    host = HostContext(tuple(float(STEPS - i) for i in range(STEPS + 1)))
     for name, adapter in families.items():
         fora = schedule_rules.fora(STEPS, adapter.schedule_units(), adapter.family, interval=3)
-        for config in (DuCaConfig(preset="balanced"), ScheduleConfig(fora), CalibrationConfig()):
-            executor = executor_for(config, adapter)
+        for config in (ForecastConfig(), DuCaConfig(preset="balanced"), ScheduleConfig(fora), CalibrationConfig()):
+            assert isinstance(config, MethodConfig), type(config).__name__
+            executor = executor_for(config, adapter, host)
             assert isinstance(executor, Method), (name, type(executor).__name__)
-            plan = executor.plan(STEPS)
+            plan = executor.plan
             assert len(plan) == STEPS and plan.steps[0].action.value == "full", (name, config)
 
 
@@ -38,12 +41,13 @@ def test_each_adapter_runs_at_its_registry_level(pack, families):
 
 
 def test_the_flagship_picks_the_method_by_family(pack, families):
-    from comfyui_duca.methods import DeepCache, DeepCacheConfig, DuCa, DuCaConfig, StepReuse, executor_for
+    from comfyui_duca.methods import DeepCache, DeepCacheConfig, DuCa, DuCaConfig, HostContext, StepReuse, executor_for
     picked = {name: type(executor_for(DuCaConfig(), adapter)) for name, adapter in families.items()}
     assert picked["flux"] is DuCa and picked["qwen-image"] is DuCa
     assert picked["unet"] is DeepCache and picked["lumina2"] is StepReuse
     # a step-level family's plan has no conservative step: a whole model call can't refresh tokens
-    assert "C" not in executor_for(DuCaConfig(), families["lumina2"]).plan(28).timeline
+    host = HostContext(tuple(float(28 - i) for i in range(29)))
+    assert "C" not in executor_for(DuCaConfig(), families["lumina2"], host).plan.timeline
     with pytest.raises(ValueError, match="model: DeepCache needs a U-Net"):
         executor_for(DeepCacheConfig(), families["flux"])
 

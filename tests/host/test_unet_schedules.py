@@ -84,12 +84,12 @@ def test_reuse_on_the_same_input_reproduces_the_full_call(pack, duca, sched, une
     """A call reusing every unit, on the input of the computed call before it: each unit hands
     on input + kept residual, so the output is the computed one (to rounding)."""
     _, core = duca
-    from comfyui_duca.methods import RunState, executor_for
+    from comfyui_duca.methods import HostContext, RunState, executor_for
     dm = unet.model.diffusion_model
     adapter = adapter_of(unet)
     x, t, context = torch.randn(2, 4, 16, 16), torch.tensor([700.0, 700.0]), torch.randn(2, 8, 64)
     schedule = table_schedule(sched, unet, [[0] * 7, [2] * 7])
-    run = RunState(executor_for(core.ScheduleConfig(schedule), adapter), [2.0, 1.0, 0.0])
+    run = RunState(executor_for(core.ScheduleConfig(schedule), adapter, HostContext((2.0, 1.0, 0.0))))
     counts, handles = counting_units(unet)
     outs = []
     try:
