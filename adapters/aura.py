@@ -13,17 +13,13 @@ from __future__ import annotations
 import torch
 
 from .block_stack import BlockStackAdapter, StackSpec
-from .units import standing_in, token_refresh
-from ..cache_core.tokens import TokenLayout, value_norm_score
+from .units import copied, recording, standing_in, token_refresh, value_score
+from ..cache_core.tokens import TokenLayout
 
 SPEC = StackSpec((("double_block", "double_layers"), ("single_block", "single_layers")), outputs=("img", "txt"))
 # The MLP and value projection of each stream: (stream, mlp attribute, value projection of attn)
 DOUBLE_STREAMS = (("txt", "mlpC", "w1v"), ("img", "mlpX", "w2v"))
 SINGLE_STREAMS = (("seq", "mlp", "w1v"),)
-
-
-def _keep(out: torch.Tensor) -> torch.Tensor:
-    return out.detach().clone()  # the host may modulate a tensor in place later
 
 
 class AuraFlowAdapter(BlockStackAdapter):
@@ -69,32 +65,18 @@ class AuraFlowAdapter(BlockStackAdapter):
     def full(self, kind, block, args, original, keep_units):
         if not keep_units:
             return original(args), None
-        seen, handles = {}, []
         heads = block.attn.n_heads
-
-        def keep(name):
-            return lambda _m, _args, out: seen.__setitem__(name, _keep(out))
-
-        def score(name):
-            def hook(_m, _args, out):
-                b, t, width = out.shape
-                seen[name] = value_norm_score(out.reshape(b, t, heads, width // heads).transpose(1, 2))
-            return hook
-
-        def keep_joint(_m, _args, out):  # the double layer's attention: (text, image)
-            seen["txt_attn"], seen["img_attn"] = _keep(out[0]), _keep(out[1])
-        try:
-            if kind == "double_block":
-                handles.append(block.attn.register_forward_hook(keep_joint))
-            else:
-                handles.append(block.attn.register_forward_hook(keep("seq_attn")))
-            for stream, mlp, value in (DOUBLE_STREAMS if kind == "double_block" else SINGLE_STREAMS):
-                handles.append(getattr(block, mlp).register_forward_hook(keep(f"{stream}_mlp")))
-                handles.append(getattr(block.attn, value).register_forward_hook(score(f"{stream}_score")))
+        if kind == "double_block":  # the double layer's attention returns (text, image)
+            outputs = {"joint_attn": (block.attn, lambda out: (copied(out[0]), copied(out[1])))}
+        else:
+            outputs = {"seq_attn": (block.attn, copied)}
+        for stream, mlp, value in (DOUBLE_STREAMS if kind == "double_block" else SINGLE_STREAMS):
+            outputs[f"{stream}_mlp"] = (getattr(block, mlp), copied)
+            outputs[f"{stream}_score"] = (getattr(block.attn, value), lambda out: value_score(out, heads))
+        with recording(outputs) as seen:
             out = original(args)
-        finally:
-            for h in handles:
-                h.remove()
+        if "joint_attn" in seen:
+            seen["txt_attn"], seen["img_attn"] = seen.pop("joint_attn")
         return out, seen
 
     def conservative(self, kind, block, args, cache, picks, original) -> dict:

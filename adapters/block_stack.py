@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .base import BlockView, FamilyAdapter, PairedState
-from .units import UnitRecorder, UnitSpec, conservative_units, standing_in, submodule
+from .units import UnitSpec, conservative_units, recording, standing_in, submodule, unit_outputs
 from ..cache_core.tokens import TokenLayout
 
 
@@ -111,7 +111,7 @@ class BlockStackAdapter(FamilyAdapter):
         if not keep_units:
             return original(args), None
         heads = submodule(block, self.spec.units.heads)
-        with UnitRecorder(block, self.spec.units, heads).recording("img") as seen:
+        with recording(unit_outputs(block, self.spec.units, heads, "img")) as seen:
             out = original(args)
         return out, seen
 

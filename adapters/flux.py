@@ -12,12 +12,12 @@ Only the host's own submodules run here; the block's forward is never copied.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
 from .base import FamilyAdapter
+from .units import copied, recording
 from ..cache_core.tokens import TokenLayout, value_norm_score
 
 
@@ -60,32 +60,6 @@ def mlp_input(linear1, x, start: int):
         bias = linear1.bias[start:] if linear1.bias is not None else None
         return torch.nn.functional.linear(x, linear1.weight[start:], bias)
     return linear1(x)[..., start:]
-
-
-def _copy(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().clone()
-
-
-@contextlib.contextmanager
-def capture(outputs: dict, inputs: dict = None):
-    """Record what modules return (or receive) while a block runs.
-
-    `outputs` / `inputs` map a name to `(module, keep)`; `keep` turns the tensor
-    into what is stored, at once (a copy: a host block may modulate a tensor
-    in place later; or a small score instead of a large tensor).
-    """
-    seen, handles = {}, []
-    try:
-        for name, (module, keep) in outputs.items():
-            handles.append(module.register_forward_hook(
-                lambda _m, _args, out, name=name, keep=keep: seen.__setitem__(name, keep(out))))
-        for name, (module, keep) in (inputs or {}).items():
-            handles.append(module.register_forward_pre_hook(
-                lambda _m, args, name=name, keep=keep: seen.__setitem__(name, keep(args[0]))))
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def qkv_value_score(qkv: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
@@ -186,13 +160,13 @@ class FluxAdapter(FamilyAdapter):
         score = lambda qkv: qkv_value_score(qkv, heads, dim)  # noqa: E731
         if kind == "double_block":
             outputs = {"img_score": (block.img_attn.qkv, score), "txt_score": (block.txt_attn.qkv, score),
-                       "img_attn": (block.img_attn.proj, _copy), "txt_attn": (block.txt_attn.proj, _copy),
-                       "img_mlp": (block.img_mlp, _copy), "txt_mlp": (block.txt_mlp, _copy)}
-            with capture(outputs) as seen:
+                       "img_attn": (block.img_attn.proj, copied), "txt_attn": (block.txt_attn.proj, copied),
+                       "img_mlp": (block.img_mlp, copied), "txt_mlp": (block.txt_mlp, copied)}
+            with recording(outputs) as seen:
                 out = original(args)
             return out, seen
         attention_rows = lambda x: x[..., :dim].clone()  # noqa: E731  the attention part of linear2's input
-        with capture({"seq_score": (block.linear1, score), "seq_out": (block.linear2, _copy)},
+        with recording({"seq_score": (block.linear1, score), "seq_out": (block.linear2, copied)},
                      {"seq_attn": (block.linear2, attention_rows)}) as seen:
             out = original(args)
         return out, seen

@@ -10,6 +10,9 @@ import math
 import torch
 
 from .base import FamilyAdapter
+from .units import copied
+
+KEPT_FEATURE = "kept_feature"  # where a full call's recording keeps the deep feature
 
 # ComfyUI's U-Net class and Forge's (the same layout: input, middle and output blocks of ResBlocks and
 # SpatialTransformers, as in the original latent-diffusion code)
@@ -80,17 +83,15 @@ class UNetAdapter(FamilyAdapter):
 
     # --- hooks ---------------------------------------------------------------------
     @staticmethod
-    def output_hooks(blocks, kept_block, shapes, kept) -> list:
-        """Forward hooks on each block's last layer: its output's (shape, dtype, device) into
-        `shapes`, and a copy of `kept_block`'s output into `kept` (the host adds residuals to it
-        in place)."""
-        def hook(name):
-            def note(_module, _args, out):
-                shapes[name] = (tuple(out.shape), out.dtype, out.device)
-                if name == kept_block:
-                    kept[name] = out.detach().clone()
-            return note
-        return [list(block)[-1].register_forward_hook(hook(name)) for name, block in blocks.items()]
+    def block_outputs(blocks, kept_block) -> dict:
+        """What a full call records of the blocks (for units.recording): each block's output (shape,
+        dtype, device) under its name, and a copy of `kept_block`'s under KEPT_FEATURE (the host
+        adds residuals to it in place)."""
+        def shape_of(out):
+            return tuple(out.shape), out.dtype, out.device
+        found = {name: (list(block)[-1], shape_of) for name, block in blocks.items()}
+        found[KEPT_FEATURE] = (list(blocks[kept_block])[-1], copied)
+        return found
 
     @staticmethod
     def flop_hooks(blocks, counted) -> list:

@@ -69,31 +69,42 @@ def own_forward(module):
     return module.__dict__.get("forward") or type(module).forward.__get__(module)
 
 
-class UnitRecorder:
-    """Forward hooks recording unit outputs (and the value score) while a full step runs."""
+def copied(tensor: torch.Tensor) -> torch.Tensor:
+    """What a recording keeps of a tensor: a copy (a host block may change it in place later)."""
+    return tensor.detach().clone()
 
-    def __init__(self, block, spec: UnitSpec, heads: int):
-        self.block, self.spec, self.heads = block, spec, heads
 
-    @contextlib.contextmanager
-    def recording(self, stream: str):
-        seen, handles = {}, []
+@contextlib.contextmanager
+def recording(outputs: dict, inputs: dict = None):
+    """Record what modules return (or receive) while the host's code runs: every adapter's one
+    recorder. `outputs` / `inputs` map a name to `(module, keep)`; `keep` turns the tensor into
+    what is stored under the name, at once (a copy, a small score, a shape)."""
+    seen, handles = {}, []
+    try:
+        for name, (module, keep) in outputs.items():
+            handles.append(module.register_forward_hook(
+                lambda _m, _args, out, name=name, keep=keep: seen.__setitem__(name, keep(out))))
+        for name, (module, keep) in (inputs or {}).items():
+            handles.append(module.register_forward_pre_hook(
+                lambda _m, args, name=name, keep=keep: seen.__setitem__(name, keep(args[0]))))
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
 
-        def keep(name):
-            return lambda _m, _args, out: seen.__setitem__(name, out.detach().clone())
 
-        def score(_m, _args, out):
-            b, t, width = out.shape
-            v = out.reshape(b, t, self.heads, width // self.heads).transpose(1, 2)
-            seen[f"{stream}_score"] = value_norm_score(v)
-        try:
-            for path in self.spec.reused + self.spec.tokenwise:
-                handles.append(submodule(self.block, path).register_forward_hook(keep(path)))
-            handles.append(submodule(self.block, self.spec.value).register_forward_hook(score))
-            yield seen
-        finally:
-            for h in handles:
-                h.remove()
+def unit_outputs(block, spec: UnitSpec, heads: int, stream: str) -> dict:
+    """What a full step records of a block's units (for `recording`): each unit's output, and
+    the value projection's norm score (V-caching) under "<stream>_score"."""
+    found = {path: (submodule(block, path), copied) for path in spec.reused + spec.tokenwise}
+    found[f"{stream}_score"] = (submodule(block, spec.value), lambda out: value_score(out, heads))
+    return found
+
+
+def value_score(values: torch.Tensor, heads: int) -> torch.Tensor:
+    """V-caching's token score from a value projection's output [batch, tokens, width]."""
+    b, t, width = values.shape
+    return value_norm_score(values.reshape(b, t, heads, width // heads).transpose(1, 2))
 
 
 def conservative_units(block, spec: UnitSpec, cache: dict, picks: TokenRows) -> dict:

@@ -7,7 +7,8 @@ from typing import Optional
 
 import torch
 
-from ..adapters.units import own_forward, standing_in
+from ..adapters.unet import KEPT_FEATURE
+from ..adapters.units import own_forward, recording, standing_in
 from ..cache_core.deepcache import PLACEMENTS, deepcache_plan
 from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, Plan, fitted
@@ -103,17 +104,12 @@ class DeepCache(Executor):
                 return output
             later_reuse = any(s.action is Action.AGGRESSIVE for s in run.plan.steps[call.step + 1:])
             keep = later_reuse and not run.disabled
-            seen_shapes, kept, handles = {}, {}, []
-            try:
-                if keep:
-                    handles = self.adapter.output_hooks(blocks, feature_block, seen_shapes, kept)
+            with recording(self.adapter.block_outputs(blocks, feature_block) if keep else {}) as seen:
                 output = compute()
-            finally:
-                for handle in handles:
-                    handle.remove()
-            if keep and feature_block in kept:
-                run.keep(call, SHAPES, {**shapes, **seen_shapes})
-                run.keep_point(call, FEATURE, kept[feature_block])
+            feature = seen.pop(KEPT_FEATURE, None)
+            if keep and feature is not None:
+                run.keep(call, SHAPES, {**shapes, **seen})
+                run.keep_point(call, FEATURE, feature)
             if flops is not None:
                 stats.compute_full += sum(flops.values())
                 stats.compute_done += sum(flops.values())
