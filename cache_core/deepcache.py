@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 
-from .plan import Action, Plan, StepPlan
-from .validate import check_choice, check_float, check_int, check_window
+from .plan import Action, Plan, StepPlan, StepWindow
+from .validate import check_choice, check_float, check_int
 
 PLACEMENTS = ("uniform", "quadratic")  # how full steps are placed over the run
 POWER_STEP = 0.02  # how much the quadratic schedule's power drops per retry (the reference's)
@@ -27,10 +27,8 @@ def deepcache_plan(num_steps: int, interval: int, placement: str = "uniform", ce
     check_choice("placement", placement, PLACEMENTS)
     check_float("center", center, 0.0, 1.0)
     check_float("power", power, 1.0, 4.0)
-    check_int("first_full_steps", first_full_steps, 0, 100_000)
-    check_window(start, end)
-    first_cached = max(first_full_steps, 1, int(round(start * num_steps)))  # step 0 has nothing to reuse
-    last_cached = int(round(end * num_steps))  # exclusive
+    first_cached, last_cached = StepWindow(first_full_steps, start, end).bounds(num_steps)
+    first_cached = max(first_cached, 1)  # step 0 has nothing to reuse
     if placement == "uniform":
         anchor = first_cached - 1
         full = {i for i in range(num_steps) if (i - anchor) % interval == 0}

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .validate import check_int, check_window
+
 
 class Action(str, Enum):
     FULL = "full"                    # compute every block, record what later steps reuse
@@ -82,6 +84,28 @@ def duca_cycle_action(position: int) -> Action:
     return Action.CONSERVATIVE if position % 2 == 1 else Action.AGGRESSIVE
 
 
+@dataclass(frozen=True)
+class StepWindow:
+    """Where in a run a method may skip: not in its first `first_full_steps` steps, and only within
+    [start, end) (fractions of the step count); every other step computes. Every method's settings
+    carry one, and this is where it is checked."""
+    first_full_steps: int = 0
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self):
+        check_int("first_full_steps", self.first_full_steps, 0, 100_000)
+        check_window(self.start, self.end)
+
+    def bounds(self, num_steps: int) -> tuple:
+        """(the first step that may skip, the step from which every step computes again)."""
+        return max(self.first_full_steps, int(round(self.start * num_steps))), int(round(self.end * num_steps))
+
+    def may_skip(self, step: int, num_steps: int) -> bool:
+        first, stop = self.bounds(num_steps)
+        return first <= step < stop
+
+
 def duca_plan(num_steps: int, interval: int, refresh_ratio: float, first_full_steps: int = 3,
               start: float = 0.0, end: float = 1.0, aggressive: bool = True) -> Plan:
     """Full every `interval` steps, conservative / aggressive alternating in between.
@@ -97,10 +121,7 @@ def duca_plan(num_steps: int, interval: int, refresh_ratio: float, first_full_st
         raise ValueError(f"interval must be >= 1, got {interval}")
     if not 0.0 <= refresh_ratio <= 1.0:
         raise ValueError(f"refresh_ratio must be in [0, 1], got {refresh_ratio}")
-    if not 0.0 <= start <= end <= 1.0:
-        raise ValueError(f"start/end must satisfy 0 <= start <= end <= 1, got {start}, {end}")
-    first_cached = max(first_full_steps, int(round(start * num_steps)))
-    last_cached = int(round(end * num_steps))  # exclusive
+    first_cached, last_cached = StepWindow(first_full_steps, start, end).bounds(num_steps)
     anchor = max(first_cached - 1, 0)
     steps = []
     for i in range(num_steps):

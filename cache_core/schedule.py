@@ -122,6 +122,17 @@ class Schedule:
             raise ScheduleMismatch(f"this schedule covers {len(self.units)} blocks of a {self.family} model; "
                                    f"the connected model has {len(units)}")
 
+    def within(self, window) -> "Schedule":
+        """Every unit computed at the steps where `window` (plan.StepWindow) does not let a method
+        skip; the schedule itself where it skips nowhere outside it."""
+        outside = [i for i in range(self.num_steps) if not window.may_skip(i, self.num_steps)]
+        if not outside or all(self.computes_step(i) for i in outside):
+            return self
+        table = self.table.clone()
+        table[outside] = int(Cell.COMPUTE)
+        return replace(self, table=table, notes=self.notes + (f"every unit computed outside the step window "
+                                                               f"({len(outside)} steps)",))
+
     def resampled(self, num_steps: int) -> "Schedule":
         """The same schedule on another step count, by relative position in the run.
 

@@ -8,7 +8,8 @@ from ..adapters.registry import DEEPCACHE
 from ..cache_core.schedule import Schedule
 from ..cache_core.schedule_rules import fora
 from ..cache_core.validate import check_choice, check_float, check_int, check_window
-from ..methods.duca import AUTO, PRESETS
+from ..methods.common import AUTO
+from ..methods.duca import PRESETS
 from ..methods.forecast import FORECAST_PRESETS
 from ..methods.schedules import ScheduleConfig
 from ..methods.settings import build_config, forecast_config

@@ -10,40 +10,36 @@ import torch
 from ..adapters.unet import KEPT_FEATURE
 from ..adapters.units import own_forward, recording, standing_in
 from ..cache_core.deepcache import PLACEMENTS, deepcache_plan
-from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.plan import Action, Plan, fitted
-from ..cache_core.store import CACHE_DEVICES
-from ..cache_core.validate import check_choice, check_float, check_int, check_window
+from ..cache_core.validate import check_choice, check_float, check_int
 from ..adapters.registry import DEEPCACHE
+from .common import MethodSettings, keyword
 from .protocol import Executor, HostContext
 from .unet import counted_call
 
 
 @dataclass(frozen=True)
-class DeepCacheConfig:
+class DeepCacheConfig(MethodSettings):
+    """Shared settings (common.MethodSettings): first_full_steps (step 0 always runs: DeepCache's
+    schedules start there), start / end, cache_device, estimator (what reuse steps hand on for the
+    deep feature; auto: reuse, the paper's)."""
     interval: int = 3               # the whole U-Net runs every N steps (DeepCache's default 3)
     branch: int = 0                 # deepest input block still run on reuse steps (0: most reuse);
                                     # its upper bound is the model's, checked when attached
     placement: str = "uniform"      # how full steps are placed (cache_core.deepcache.PLACEMENTS)
     center: float = 0.3             # quadratic: the densest point, as a fraction of the steps
     power: float = 1.4              # quadratic: how strongly full steps gather at the centre
-    first_full_steps: int = 1       # step 0 always runs (DeepCache's schedules start there)
-    start: float = 0.0              # fraction of the steps where reuse may begin
-    end: float = 1.0                # ... and where it stops
-    cache_device: str = "compute"   # where the kept feature lives (store.CACHE_DEVICES)
-    estimator: str = "reuse"        # what reuse steps hand on for the deep feature (estimators.ESTIMATORS)
     plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the placement
+    first_full_steps: int = keyword(1)
+    estimator: str = keyword("reuse")
 
     def __post_init__(self):
+        super().__post_init__()
         check_int("interval", self.interval, 1, 100)
         check_int("branch", self.branch, 0, 1000)
         check_choice("placement", self.placement, PLACEMENTS)
         check_float("center", self.center, 0.0, 1.0)
         check_float("power", self.power, 1.0, 4.0)
-        check_int("first_full_steps", self.first_full_steps, 0, 1000)
-        check_window(self.start, self.end)
-        check_choice("cache_device", self.cache_device, CACHE_DEVICES)
-        check_choice("estimator", self.estimator, ESTIMATORS)
 
     def plan_for(self, num_steps: int) -> Plan:
         if self.plan is not None:
@@ -59,16 +55,16 @@ class DeepCacheConfig:
 
     def executor(self, adapter, host: HostContext) -> "DeepCache":
         self.check(adapter)
-        return DeepCache(self, adapter, host)
+        return DeepCache(self.on_model(adapter), adapter, host)
 
     @classmethod
-    def from_duca(cls, config, estimator: str = "reuse") -> "DeepCacheConfig":
-        """The flagship's DuCa settings on a U-Net (with the estimator it resolved for the family):
-        interval N becomes DeepCache interval N - 1 at branch 0 (presets 3 / 4 / 6 -> 2 / 3 / 5). A U-Net has no token-wise conservative step,
-        so DuCa's F C A C cycle would compute its C steps; N - 1 keeps the presets' order."""
+    def from_duca(cls, config) -> "DeepCacheConfig":
+        """The flagship's DuCa settings on a U-Net (resolved on it): interval N becomes DeepCache
+        interval N - 1 at branch 0 (presets 3 / 4 / 6 -> 2 / 3 / 5). A U-Net has no token-wise
+        conservative step, so DuCa's F C A C cycle would compute its C steps; N - 1 keeps the presets' order."""
         return cls(interval=max(1, config.interval - 1), branch=0, first_full_steps=config.first_full_steps,
                    start=config.start, end=config.end, cache_device=config.cache_device,
-                   estimator=estimator, plan=config.plan)
+                   estimator=config.estimator, plan=config.plan)
 
 
 FEATURE = "deepcache_feature"   # kept: the deep feature entering the branch's output block

@@ -4,19 +4,17 @@ block stack reused as a residual)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from ..adapters.registry import BY_NAME
-from ..cache_core.estimators import ESTIMATORS
+from ..adapters.registry import BY_NAME, DEEPCACHE
 from ..cache_core.plan import Action, Plan, duca_plan, fitted
-from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import SELECTORS, TokenRows, TokenSelector, layer_refresh_ratio
-from ..cache_core.validate import check_choice, check_float, check_int, check_window
-from ..adapters.registry import DEEPCACHE
+from ..cache_core.validate import check_choice, check_float, check_int
 from .blocks import begin_block, computed, fresh_ages, refreshed
+from .common import MethodSettings
 from .deepcache import DeepCache, DeepCacheConfig
 from .protocol import Executor, HostContext
 from .stack_gaps import StackGaps
@@ -25,19 +23,16 @@ from .step_reuse import whole_calls
 LOG = logging.getLogger("comfyui-duca")
 
 PRESET_NAMES = ("quality", "balanced", "fast")
-AUTO = "auto"  # the estimator measured best for the model's family (registry)
-ESTIMATOR_CHOICES = (AUTO, *ESTIMATORS)
 
 
 @dataclass(frozen=True)
-class DuCaConfig:
+class DuCaConfig(MethodSettings):
+    """Shared settings (common.MethodSettings): first_full_steps, start / end, cache_device,
+    estimator (auto: the family's measured one, registry), preset (the family's measured settings
+    for it apply)."""
     interval: int = 4               # a full step every `interval` steps
     refresh_ratio: float = 0.1      # base fraction of tokens recomputed on conservative steps
-    first_full_steps: int = 3       # the first steps set the composition: always computed
-    start: float = 0.0              # fraction of the steps where caching may begin
-    end: float = 1.0                # ... and where it stops (the last steps are computed)
     token_selector: str = "value_norm"  # how conservative steps pick tokens (tokens.SELECTORS)
-    cache_device: str = "compute"   # where caches live (store.CACHE_DEVICES)
     aggressive: bool = True         # False: every cached step is conservative (ToCa)
     # ToCa's Flux factors: deep layers refresh fewer tokens; single blocks more than double.
     layer_weight: float = 0.5       # w of the layer factor 1 + w - 2wl/L
@@ -45,20 +40,15 @@ class DuCaConfig:
     single_stream_factor: float = 1.6  # ... and of single-stream blocks
     seed: int = 0                   # for the random token selector
     fused_refresh: bool = True      # picked tokens moved as flat rows (False: gather/scatter, the reference)
-    estimator: str = AUTO           # what skipped units hand on (estimators.ESTIMATORS); auto: the family's
-    preset: Optional[str] = None    # the preset it came from: the family's measured settings apply
     plan: Optional[Plan] = field(default=None, compare=False)  # a fixed plan overrides the cycle
 
+    PRESET_NAMES = PRESET_NAMES
+
     def __post_init__(self):
+        super().__post_init__()
         check_int("interval", self.interval, 1, 100)
         check_float("refresh_ratio", self.refresh_ratio, 0.0, 1.0)
-        check_int("first_full_steps", self.first_full_steps, 0, 1000)
-        check_window(self.start, self.end)
         check_choice("token_selector", self.token_selector, SELECTORS)
-        check_choice("cache_device", self.cache_device, CACHE_DEVICES)
-        check_choice("estimator", self.estimator, ESTIMATOR_CHOICES)
-        if self.preset is not None:
-            check_choice("preset", self.preset, PRESET_NAMES)
 
     def plan_for(self, num_steps: int) -> Plan:
         if self.plan is not None:
@@ -66,32 +56,26 @@ class DuCaConfig:
         return duca_plan(num_steps, self.interval, self.refresh_ratio, self.first_full_steps,
                          self.start, self.end, self.aggressive)
 
-    def with_changes(self, **changes) -> "DuCaConfig":
-        return replace(self, **changes)
-
     def check(self, adapter) -> None:
         """Every family runs it at its level: token-wise, block, whole calls, or a U-Net's DeepCache."""
 
     def executor(self, adapter, host: HostContext):
         """DuCa where the model's blocks can be followed; on a U-Net its namesake DeepCache cycle; on a
         family without block hooks the same plan over whole model calls."""
+        config = self.on_model(adapter)
         if adapter.level == DEEPCACHE:
-            return DeepCache(DeepCacheConfig.from_duca(self, self.estimator_for(adapter.family)), adapter, host)
-        return whole_calls(DuCa(self, adapter, host))
+            return DeepCache(DeepCacheConfig.from_duca(config), adapter, host)
+        return whole_calls(DuCa(config, adapter, host))
 
-    def estimator_for(self, family: str) -> str:
-        return BY_NAME[family].estimator if self.estimator == AUTO else self.estimator
+    def preset_settings(self) -> Optional["DuCaConfig"]:
+        """A fixed plan is kept as it is."""
+        return PRESETS[self.preset] if self.preset is not None and self.plan is None else None
 
-    def for_family(self, measured: dict) -> "DuCaConfig":
-        """These settings with a family's measured ones for the preset they came from
-        (`measured`: preset -> {interval, refresh_ratio, first_full_steps}). Custom settings
-        and fixed plans are kept; a first_full_steps the user changed from the preset's wins."""
-        if self.preset is None or self.plan is not None:
-            return self
-        settings = dict(measured.get(self.preset, {}))
-        if self.first_full_steps != PRESETS[self.preset].first_full_steps:
-            settings.pop("first_full_steps", None)
-        return self.with_changes(**settings) if settings else self
+    def measured(self, adapter) -> dict:
+        return BY_NAME[adapter.family].defaults.get(self.preset, {})
+
+    def measured_estimator(self, adapter) -> str:
+        return BY_NAME[adapter.family].estimator
 
 
 # Flux settings of the papers (ToCa: R = 0.1, first 3 steps full, N = 4), then a
@@ -124,10 +108,10 @@ class DuCa(Executor):
         self.config = config
         self.name = "duca" if config.aggressive else "toca"
         self.cache_device = config.cache_device
-        self.estimator = config.estimator_for(adapter.family)
+        self.estimator = config.estimator
         self.selector = TokenSelector(config.token_selector, config.interval)
         self.generators = {}  # per conditioning group: its random picks never depend on another's calls
-        plan = config.for_family(BY_NAME[adapter.family].defaults).plan_for(host.num_steps)
+        plan = config.plan_for(host.num_steps)
         if not adapter.tokenwise and plan.needs_module_cache():
             plan = plan.replacing(Action.CONSERVATIVE, Action.FULL)  # no token-wise refresh on this family
         self.plan = plan

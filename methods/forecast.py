@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional
 
@@ -31,32 +31,26 @@ import torch
 
 from ..adapters.registry import DEEPCACHE, STEP
 from ..cache_core import gap_correction
-from ..cache_core.estimators import ESTIMATORS
 from ..cache_core.noise_space import SampleSpace, recoverable
 from ..cache_core.placement import AdaptiveBudget
 from ..cache_core.plan import Action, Plan, StepPlan, budget_plan
 from ..cache_core.sampler_steps import STEPS, linear_steps
 from ..cache_core.stats import MODEL_CALLS
-from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.validate import check_choice, check_float, check_int
+from .common import MethodSettings
 from .protocol import STEP_OUTPUTS, Executor, HostContext
 
 LOG = logging.getLogger("comfyui-duca")
 
 PLACEMENTS = ("ends", "even", "adaptive")
-# `ends`: how far the full steps move from even towards cosine spacing (plan.budget_plan). Measured
-# on the trained small Flux, 28 steps, median picture PSNR to no cache at 0.46 / 0.36 / 0.29 / 0.21
-# compute: even 41.4 / 36.5 / 33.1 / 28.7 dB, 0.5: 44.9 / 41.5 / 35.1 / 30.2, 0.75: 45.2 / 41.1 /
-# 37.4 / 31.0, 1: 47.8 / 40.4 / 36.8 / 31.0; adaptive 38.5 / 33.7 / 30.3 / 26.6.
+# `ends`: how far the full steps move from even towards cosine spacing (plan.budget_plan): the model's
+# output bends most near the start and the end of sampling (bench/RESULTS.md, "Placement").
 ENDS = 0.75
 SPACES = ("noise", "denoised")  # what is extrapolated: the implied noise (measured best), or x0 itself
-# What it is extrapolated in: sigma, or log(a / b) (DPM-Solver's lambda). auto: sigma where it is a
-# flow's own time (x = (1 - sigma) x0 + sigma n, bounded by 1), else log-SNR (an unbounded noise
-# level: epsilon U-Nets, EDM-style schedules such as Cosmos's sigma 0.002-80). Measured on trained
-# small models, 28 steps, balanced: the U-Net 38.3 dB in sigma, 39.3 in log-SNR; Flux 36.5 and 36.8,
-# but turbo 28.7 and 28.4; Cosmos Predict2 (cfg 1 / 4, relative error) 7.1% / 11.2% in sigma,
-# 3.7% / 8.1% in log-SNR.
-TIMES = ("auto", "sigma", "log_snr")
+# The time it is extrapolated in: sigma where sigma is a flow's own time (x = (1 - sigma) x0 + sigma n,
+# bounded by 1), else log(a / b) (DPM-Solver's lambda), for an unbounded noise level (epsilon
+# U-Nets, EDM-style schedules such as Cosmos's sigma 0.002-80) (bench/RESULTS.md, "The forecast's
+# time axis").
 OUTPUT = "step_output"          # kept per group: (sigma, noise or denoised) of its computed steps
 GAP = "gap"                     # kept per group: the gap of skipped steps since the last computed one
 HELD = "held"                   # kept per group: (step, output handed on, output meant) of the last call
@@ -73,72 +67,58 @@ ADDS_NOISE = ("ancestral", "sde", "lcm", "ddpm", "seeds", "sa_solver")
 # calls (trained small Flux and U-Net; bench/RESULTS.md, "Few steps").
 FEW_STEPS = 14
 FEW_STEP_SAMPLERS = ("lcm",)
-# Block-compute budgets of the presets (issue targets: the measured frontier in bench/RESULTS.md).
+# Block-compute budgets of the presets (bench/RESULTS.md, "Budget presets").
 BUDGETS = {"quality": 0.45, "balanced": 0.35, "fast": 0.27, "turbo": 0.20}
-# First steps always computed, per preset: on small budgets each of them is a call fewer later on.
-# Measured (28 steps euler, median picture PSNR to no cache, first 1 / 2 / 3 steps): trained Flux
-# quality 43.6 / 44.5 / 45.2 dB, balanced 40.8 / 37.4 / 41.1, fast 41.9 / 37.8 / 37.4, turbo 34.7 /
-# 31.5 / 31.0; trained U-Net quality 39.3 / 44.0 / 47.8, balanced 40.6 / 41.3 / 41.1, fast 38.0 /
-# 35.7 / 32.3, turbo 33.4 / 25.6 / 28.4.
+# First steps always computed, per preset: on small budgets each of them is a call fewer later on
+# (bench/RESULTS.md, "First full steps").
 FIRST_FULL_STEPS = {"quality": 3, "balanced": 3, "fast": 1, "turbo": 1}
-# A preset's settings where a kind of model measured better otherwise (trained small models, 28 steps
-# euler, median picture PSNR to no cache over 3 classes x 4 held-out seeds, bench/RESULTS.md):
-# U-Nets' fast computes the last step, its full steps nearer even spacing (40.2 -> 43.0 dB; Flux
-# loses 7 dB that way); DiTs' fast leaves its gaps uncorrected (41.0 against 39.8 dB corrected).
+# A preset's settings where a kind of model measured better otherwise, chosen on held-out seeds: U-Nets'
+# fast computes the last step with its full steps nearer even spacing, DiTs' fast leaves its gaps
+# uncorrected (bench/RESULTS.md, "How the presets' settings were chosen").
 UNET, DIT = "unet", "dit"
 MODEL_PRESETS = {UNET: {"fast": dict(last_step_full=True, ends=0.25)},
                  DIT: {"fast": dict(gap_correction=False)}}
+# What `auto` forecasts with (bench/RESULTS.md, "Estimators").
+FORECAST_ESTIMATOR = "taylor1"
 
 
 @dataclass(frozen=True)
-class ForecastConfig:
+class ForecastConfig(MethodSettings):
+    """Shared settings (common.MethodSettings): first_full_steps (always computed: they set the
+    composition), start / end (outside them every step computes, on top of the budget),
+    cache_device, estimator (how skipped steps are forecast; auto: FORECAST_ESTIMATOR), preset."""
     budget: float = BUDGETS["balanced"]  # fraction of the steps computed
-    first_full_steps: int = 3            # always computed: they set the composition
     placement: str = "ends"              # where the other full steps go (PLACEMENTS)
     ends: float = ENDS                   # `ends` placement: 0 even, 1 cosine spacing
     last_step_full: bool = False         # the last step computes too (within the budget)
     max_skipped: int = 0                 # longest run of skipped steps; 0: twice the even spacing (adaptive)
-    estimator: str = "taylor1"           # how skipped steps are forecast (estimators.ESTIMATORS)
     space: str = "noise"                 # what is extrapolated (SPACES)
-    time: str = "auto"                   # ... in what (TIMES)
-    start: float = 0.0                   # fractions of the steps: outside [start, end) every step computes,
-    end: float = 1.0                     # on top of the budget
-    cache_device: str = "compute"
     gap_correction: bool = True          # Euler's method: each gap corrected at the step after it
-    preset: Optional[str] = None         # for the log and the stats
+
+    PRESET_NAMES = tuple(BUDGETS)
 
     def __post_init__(self):
+        super().__post_init__()
         check_float("budget", self.budget, 0.01, 1.0)
-        check_int("first_full_steps", self.first_full_steps, 0, 1000)
         check_choice("placement", self.placement, PLACEMENTS)
         check_float("ends", self.ends, 0.0, 1.0)
         check_int("max_skipped", self.max_skipped, 0, 1000)
-        check_choice("estimator", self.estimator, ESTIMATORS)
         check_choice("space", self.space, SPACES)
-        check_choice("time", self.time, TIMES)
-        if not 0.0 <= self.start <= self.end <= 1.0:
-            raise ValueError(f"start/end must satisfy 0 <= start <= end <= 1, got {self.start}, {self.end}")
-        check_choice("cache_device", self.cache_device, CACHE_DEVICES)
-        if self.preset is not None:
-            check_choice("preset", self.preset, BUDGETS)
-
-    def with_changes(self, **changes) -> "ForecastConfig":
-        return replace(self, **changes)
 
     def check(self, adapter) -> None:
         """Every family can run it: it needs only the model's whole calls."""
 
     def executor(self, adapter, host: HostContext) -> "OutputForecast":
-        return OutputForecast(self, adapter, host)
+        return OutputForecast(self.on_model(adapter), adapter, host)
 
-    def for_model(self, kind: str) -> "ForecastConfig":
-        """A preset's settings on this kind of model (MODEL_PRESETS), where they are still the
-        preset's own: a setting changed from the preset's wins (as DuCaConfig.for_family)."""
-        if self.preset is None:
-            return self
-        preset = FORECAST_PRESETS[self.preset]
-        return self.with_changes(**{name: value for name, value in MODEL_PRESETS[kind].get(self.preset, {}).items()
-                                    if getattr(self, name) == getattr(preset, name)})
+    def preset_settings(self) -> Optional["ForecastConfig"]:
+        return FORECAST_PRESETS[self.preset] if self.preset is not None else None
+
+    def measured(self, adapter) -> dict:
+        return MODEL_PRESETS[UNET if adapter.level == DEEPCACHE else DIT].get(self.preset, {})
+
+    def measured_estimator(self, adapter) -> str:
+        return FORECAST_ESTIMATOR
 
 
 FORECAST_PRESETS = {name: ForecastConfig(budget=budget, first_full_steps=FIRST_FULL_STEPS[name], preset=name)
@@ -217,16 +197,13 @@ class OutputForecast(Executor):
         super().__init__(adapter, host)
         self.compute_unit = MODEL_CALLS
         noise_coefficients, sampler = noise_coefficients_of(host.sampling, host.known_sigmas), host.sampler
-        config = config.for_model(UNET if adapter.level == DEEPCACHE else DIT)
         self.config = config
         self.name = f"forecast {config.preset}" if config.preset else "forecast"
         self.level = STEP
         self.cache_device = config.cache_device
         self.estimator = config.estimator
         noisy = adds_noise(sampler)
-        time = config.time if config.time != "auto" else ("sigma" if sigma_is_flow_time(noise_coefficients)
-                                                           else "log_snr")
-        self.log_snr = noise_coefficients if time == "log_snr" else None
+        self.log_snr = None if sigma_is_flow_time(noise_coefficients) else noise_coefficients  # the time axis
         self.coefficients = noise_coefficients if config.space == "noise" else None
         # injected noise moves the denoiser as a Gaussian-data one moves (NOISY_SPREAD); else the noise
         self.space = SampleSpace(NOISY_SPREAD if noisy else math.inf)

@@ -17,13 +17,11 @@ import torch
 
 from ..adapters.registry import DEEPCACHE
 from ..adapters.units import own_forward, standing_in
-from ..cache_core.estimators import ESTIMATORS
-from ..cache_core.plan import Action
+from ..cache_core.plan import Action, StepWindow
 from ..cache_core.schedule import Cell, Schedule
-from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import TokenRows
-from ..cache_core.validate import check_choice
 from .blocks import begin_block, computed, fresh_ages, refreshed
+from .common import MethodSettings, keyword
 from .protocol import Executor, HostContext
 from .step_reuse import whole_calls
 from .unet import counted_call
@@ -33,23 +31,27 @@ UNIT_RESIDUAL = "unet_unit_residual"    # kept, with the unit index: a U-Net tra
 
 
 @dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleConfig(MethodSettings):
+    """Shared settings (common.MethodSettings): first_full_steps and start / end (every unit computes
+    outside them, whatever the table says), cache_device, estimator (what a reused block hands on
+    for its residual; auto: reuse, the papers')."""
     schedule: Schedule              # what each unit does at each step
-    cache_device: str = "compute"   # where kept units live (store.CACHE_DEVICES)
-    estimator: str = "reuse"        # what a reused block hands on for its residual (estimators.ESTIMATORS)
+    first_full_steps: int = keyword(0)
+    estimator: str = keyword("reuse")
 
     def __post_init__(self):
+        super().__post_init__()
         if not isinstance(self.schedule, Schedule):
             raise ValueError(f"schedule must be a cache schedule, got {type(self.schedule).__name__}")
-        check_choice("cache_device", self.cache_device, CACHE_DEVICES)
-        check_choice("estimator", self.estimator, ESTIMATORS)
 
     def check(self, adapter) -> None:
         """A schedule made for another model is refused when attached, not mid-run."""
         self.schedule.check_fits(adapter.family, adapter.schedule_units())
 
     def executor(self, adapter, host: HostContext):
-        return whole_calls(ScheduleExecutor(self.schedule, adapter, host, self.cache_device, self.estimator))
+        config = self.on_model(adapter)
+        return whole_calls(ScheduleExecutor(config.schedule, adapter, host, config.cache_device, config.estimator,
+                                            window=config.window))
 
 
 def fit_schedule(schedule: Schedule, adapter, num_steps: int) -> Schedule:
@@ -99,9 +101,10 @@ def reuse_block(adapter, kind, block, args, kept, original, cell: Cell = Cell.RE
 
 class ScheduleExecutor(Executor):
     def __init__(self, schedule: Schedule, adapter, host: HostContext, cache_device: str = "compute",
-                 estimator: str = "reuse", observer=None):
+                 estimator: str = "reuse", observer=None, window: StepWindow = StepWindow()):
         """`schedule`: the table this run follows, before it is fitted to the model and the step
-        count; `observer`: a ChangeProfile that sees every computed unit's residual (calibration)."""
+        count (and to `window`: outside it every unit computes); `observer`: a ChangeProfile that
+        sees every computed unit's residual (calibration)."""
         super().__init__(adapter, host)
         self.name = schedule.method
         self.cache_device = cache_device
@@ -110,7 +113,7 @@ class ScheduleExecutor(Executor):
         self.unet = adapter.level == DEEPCACHE  # a U-Net: the units are its transformer layers
         if self.unet:
             self.level = "block"  # whole transformer layers
-        self.fitted = fit_schedule(schedule, adapter, host.num_steps)
+        self.fitted = fit_schedule(schedule, adapter, host.num_steps).within(window)
         self.notes = self.fitted.notes
         self.last_reuse = last_reuse_steps(self.fitted)
         self.unit_index = {block_id: i for i, block_id in enumerate(adapter.block_ids)}

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .duca import AUTO, PRESETS
+from .common import AUTO
+from .duca import PRESETS
 from .forecast import FORECAST_PRESETS, PLACEMENTS
 
 CUSTOM = "custom"
 DUCA = "duca "  # the prefix of DuCa's cycle presets ("duca balanced": the papers' cycle)
 FLAGSHIP_PRESETS = (*FORECAST_PRESETS, *(DUCA + name for name in PRESETS))
-FORECAST_ESTIMATOR = "taylor1"  # what `auto` forecasts with on the budget presets (measured best, RESULTS)
 
 
 def forecast_config(preset, budget, placement, first_full_steps, start, end, cache_device, estimator=AUTO):
     """A budget preset's settings, with the inputs that change it."""
     changes = {"placement": placement, "start": start, "end": end, "cache_device": cache_device,
-               "estimator": FORECAST_ESTIMATOR if estimator == AUTO else estimator}
+               "estimator": estimator}
     if budget:  # 0 (the default) keeps the preset's
         changes["budget"] = budget
     if first_full_steps is not None:

@@ -12,7 +12,7 @@ from ..cache_core.tokens import SELECTORS
 from ..glue.patch import apply_duca
 from ..glue.ui import node_reporter
 from ..methods import PRESETS
-from ..methods.duca import AUTO, ESTIMATOR_CHOICES
+from ..methods.common import AUTO, ESTIMATOR_CHOICES
 from ..methods.forecast import PLACEMENTS
 from ..methods.settings import FLAGSHIP_PRESETS, PRESETS_OWN, Options, custom_config, preset_config
 from .base import CATEGORY, check_options, model_output, shows_stats

@@ -10,7 +10,7 @@ from ..cache_core.validate import check_choice
 from ..glue.patch import apply_duca
 from ..glue.ui import node_reporter
 from ..methods import FORECAST_PRESETS, PRESETS, ScheduleConfig
-from ..methods.duca import AUTO, ESTIMATOR_CHOICES
+from ..methods.common import AUTO, ESTIMATOR_CHOICES
 from ..methods.forecast import PLACEMENTS
 from ..methods.settings import CUSTOM, DUCA, build_config, forecast_config
 from .base import CATEGORY, SCHEDULE, check_options, model_output, shows_stats, step_window_inputs

@@ -2,6 +2,7 @@
 a subclass of a known class is its parent's family (named with its own class), Wan 2.2 S2V and
 Animate are accelerated, and a run's compute counts what runs outside the hooked blocks."""
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,8 +42,8 @@ def accelerate(model, preset: str):
 
 def planned_calls(preset: str, steps: int) -> float:
     from comfyui_duca.cache_core.plan import budget_plan
-    from comfyui_duca.methods.forecast import DIT, FORECAST_PRESETS
-    c = FORECAST_PRESETS[preset].for_model(DIT)
+    from comfyui_duca.methods.forecast import FORECAST_PRESETS
+    c = FORECAST_PRESETS[preset].on_model(SimpleNamespace(family="flux", level="token-wise"))
     timeline = budget_plan(steps, c.budget, c.first_full_steps, c.max_skipped, c.ends, c.last_step_full).timeline
     return timeline.count("F") / steps
 

@@ -3,6 +3,7 @@ inputs, errors, unsupported models."""
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -110,8 +111,8 @@ def test_every_node_the_workflows_use_is_provided(pack):
 def planned_on_flux(preset, steps):
     """The timeline a budget preset plans for Flux (a DiT) at `steps` steps (methods.forecast)."""
     from comfyui_duca.cache_core.plan import budget_plan
-    from comfyui_duca.methods.forecast import DIT, FORECAST_PRESETS
-    c = FORECAST_PRESETS[preset].for_model(DIT)
+    from comfyui_duca.methods.forecast import FORECAST_PRESETS
+    c = FORECAST_PRESETS[preset].on_model(SimpleNamespace(family="flux", level="token-wise"))
     return budget_plan(steps, c.budget, c.first_full_steps, c.max_skipped, c.ends, c.last_step_full).timeline
 
 

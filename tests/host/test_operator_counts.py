@@ -1,7 +1,6 @@
 """Operator calls of DuCa's steps on the host's Flux (a torch dispatch-mode count, as
 bench/step_times.py --ops reports them): a conservative step's blocks issue fewer calls than a
 full step's, and an aggressive step runs none of the blocks' operators."""
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from testbed import models

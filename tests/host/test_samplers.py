@@ -44,7 +44,7 @@ def calls_of(model):
 def test_sampler_steps_are_the_hosts_samplers(pack, name):
     """Each step of the host's own sampler function is the affine step the correction replays."""
     from comfy.k_diffusion import sampling
-    from cache_core.sampler_steps import linear_steps
+    from comfyui_duca.cache_core.sampler_steps import linear_steps
     sigmas = torch.tensor([14.6, 6.1, 2.9, 1.3, 0.6, 0.2, 0.0], dtype=torch.float64)
     seen = []
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cache_core.chunking import (attention_bytes_per_query, parse_chunks, plan_chunks, run_sliced, slice_bounds,
+from comfyui_duca.cache_core.chunking import (attention_bytes_per_query, parse_chunks, plan_chunks, run_sliced, slice_bounds,
                                  sliced_attention)
 from bench.memory_meter import LiveTensorMeter, PeakMemory
 

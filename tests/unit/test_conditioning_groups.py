@@ -4,7 +4,7 @@ import types
 
 import torch
 
-from duca_layers.methods.engine import cond_batch_group, conditioning_group
+from comfyui_duca.methods.engine import cond_batch_group, conditioning_group
 
 X = torch.zeros(1, 4, 8, 8)
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cache_core.estimators import ESTIMATORS, chebyshev, chebyshev_basis, reuse, spectrum, taylor
+from comfyui_duca.cache_core.estimators import ESTIMATORS, chebyshev, chebyshev_basis, reuse, spectrum, taylor
 
 SIGMAS = [1.0, 0.93, 0.81, 0.62, 0.4]  # uneven, decreasing: as a sampler's schedule is
 

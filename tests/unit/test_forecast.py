@@ -1,14 +1,15 @@
 """The whole-step forecast's host-free parts: where full steps go under a budget (even and
 adaptive), the noise space it extrapolates in, and its settings."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from cache_core.noise_space import from_noise, recoverable, to_noise
-from cache_core.placement import AdaptiveBudget
-from cache_core.plan import budget_plan
-from duca_layers.methods.forecast import BUDGETS, DIT, FORECAST_PRESETS, UNET, ForecastConfig, sigma_is_flow_time
+from comfyui_duca.cache_core.noise_space import from_noise, recoverable, to_noise
+from comfyui_duca.cache_core.placement import AdaptiveBudget
+from comfyui_duca.cache_core.plan import budget_plan
+from comfyui_duca.methods.forecast import BUDGETS, FORECAST_PRESETS, ForecastConfig, sigma_is_flow_time
 
 
 @pytest.mark.parametrize("steps", [10, 20, 28, 50])
@@ -152,19 +153,20 @@ def test_forecast_presets_are_the_budgets_and_bad_settings_name_the_input():
 
 
 def test_a_preset_takes_its_kind_of_models_settings_and_nothing_else_changes():
+    unet, dit = SimpleNamespace(family="unet", level="deepcache"), SimpleNamespace(family="flux", level="token-wise")
     fast = FORECAST_PRESETS["fast"]
-    on_unets, on_dits = fast.for_model(UNET), fast.for_model(DIT)
+    on_unets, on_dits = fast.on_model(unet), fast.on_model(dit)
     assert (on_unets.last_step_full, on_unets.ends, on_unets.gap_correction) == (True, 0.25, True)
     assert (on_dits.last_step_full, on_dits.gap_correction) == (False, False)
-    assert on_unets.with_changes(last_step_full=False, ends=fast.ends) == fast
+    assert on_unets.with_changes(last_step_full=False, ends=fast.ends) == fast.with_changes(estimator="taylor1")
     for name in ("quality", "balanced", "turbo"):
         preset = FORECAST_PRESETS[name]
-        assert preset.for_model(UNET) == preset.for_model(DIT) == preset
-    custom = ForecastConfig(budget=0.27)  # no preset: the settings as given
-    assert custom.for_model(UNET) == custom
+        assert preset.on_model(unet) == preset.on_model(dit) == preset.with_changes(estimator="taylor1")
+    custom = ForecastConfig(budget=0.27, estimator="reuse")  # no preset: the settings as given
+    assert custom.on_model(unet) is custom
     changed = fast.with_changes(gap_correction=False, ends=0.5)  # changed from the preset's: kept
-    assert (changed.for_model(UNET).ends, changed.for_model(UNET).last_step_full) == (0.5, True)
-    assert changed.for_model(DIT) == changed
+    assert (changed.on_model(unet).ends, changed.on_model(unet).last_step_full) == (0.5, True)
+    assert changed.on_model(dit) == changed.with_changes(estimator="taylor1")
 
 
 def test_the_forecast_runs_in_sigma_only_where_sigma_is_a_flows_time():

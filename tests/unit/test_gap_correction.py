@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from cache_core.estimators import taylor
-from cache_core.gap_correction import replay_gap
-from cache_core.noise_space import SampleSpace
-from cache_core.sampler_steps import dpmpp_2m, euler, linear_steps
+from comfyui_duca.cache_core.estimators import taylor
+from comfyui_duca.cache_core.gap_correction import replay_gap
+from comfyui_duca.cache_core.noise_space import SampleSpace
+from comfyui_duca.cache_core.sampler_steps import dpmpp_2m, euler, linear_steps
 
 SIGMAS = [1.0, 0.86, 0.72, 0.6, 0.47, 0.35, 0.24, 0.14, 0.0]
 NOISE = SampleSpace()  # a = 1, b = sigma below: x = x0 + sigma n

@@ -1,8 +1,8 @@
 """cache_core plans and DuCa's settings: pure data, no host."""
 import pytest
 
-from cache_core import Action, all_full_plan, duca_plan, every_kth_step_plan, step_index
-from duca_layers.methods.duca import PRESETS, DuCaConfig
+from comfyui_duca.cache_core import Action, all_full_plan, duca_plan, every_kth_step_plan, step_index
+from comfyui_duca.methods.duca import PRESETS, DuCaConfig
 
 
 def test_duca_cycle_alternates_after_the_first_full_steps():
@@ -75,3 +75,20 @@ def test_step_index_follows_the_sigma_schedule_not_calls():
 def test_replacing_turns_one_action_into_another():
     plan = duca_plan(8, 4, 0.1, first_full_steps=1)
     assert plan.replacing(Action.CONSERVATIVE, Action.FULL).timeline == plan.timeline.replace("C", "F")
+
+
+def test_every_methods_settings_share_one_checked_step_window():
+    from comfyui_duca.cache_core.plan import StepWindow
+    from comfyui_duca.methods.deepcache import DeepCacheConfig
+    from comfyui_duca.methods.forecast import ForecastConfig
+    window = StepWindow(first_full_steps=2, start=0.25, end=0.75)
+    assert [window.may_skip(i, 12) for i in range(12)] == [False] * 3 + [True] * 6 + [False] * 3
+    assert window.bounds(12) == (3, 9) and StepWindow(first_full_steps=5).bounds(12) == (5, 12)
+    for config in (DuCaConfig, DeepCacheConfig, ForecastConfig):
+        assert config(first_full_steps=2, start=0.25, end=0.75).window == window
+        with pytest.raises(ValueError, match=r"start \(0.8\) must not be after end \(0.2\)"):
+            config(start=0.8, end=0.2)
+        with pytest.raises(ValueError, match="first_full_steps"):
+            config(first_full_steps=-1)
+    with pytest.raises(ValueError, match="end must be a number"):
+        duca_plan(10, 3, 0.1, end=1.5)  # the plan builders check through the same window

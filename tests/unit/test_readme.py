@@ -3,9 +3,9 @@ the models no entry names), its name, level, preset settings and the first Comfy
 import re
 from pathlib import Path
 
-from duca_layers.adapters.registry import DEEPCACHE, FAMILIES, GENERIC
-from duca_layers.methods import PRESETS, DeepCacheConfig
-from duca_layers.methods.duca import PRESET_NAMES
+from comfyui_duca.adapters.registry import DEEPCACHE, FAMILIES, GENERIC
+from comfyui_duca.methods import PRESETS, DeepCacheConfig
+from comfyui_duca.methods.duca import PRESET_NAMES
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -1,37 +1,52 @@
 """The family registry and each family's measured preset settings: pure data, no host."""
+from types import SimpleNamespace
+
 import pytest
 
-from cache_core import all_full_plan
-from duca_layers.adapters.registry import BY_NAME, FAMILIES, GENERIC, LEVELS
-from duca_layers.methods.duca import PRESET_NAMES, PRESETS, DuCaConfig
+from comfyui_duca.cache_core import all_full_plan
+from comfyui_duca.adapters.registry import BY_NAME, FAMILIES, GENERIC, LEVELS
+from comfyui_duca.methods.duca import PRESET_NAMES, PRESETS, DuCaConfig
 
 KEYS = {"interval", "refresh_ratio", "first_full_steps"}
-MEASURED = {"quality": {"interval": 3, "refresh_ratio": 0.3, "first_full_steps": 1},
-            "balanced": {"interval": 5, "refresh_ratio": 0.2, "first_full_steps": 2},
-            "fast": {"interval": 8, "refresh_ratio": 0.05, "first_full_steps": 4}}
+
+
+def model_of(family: str):
+    """What the settings resolver reads of a model: its adapter's family and level."""
+    return SimpleNamespace(family=family, level=BY_NAME[family].level)
+
+
+MEASURED_FAMILIES = [name for name, family in BY_NAME.items()
+                     if family.defaults and family.level != "deepcache"]
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_a_preset_takes_the_familys_settings(preset):
     config = PRESETS[preset].with_changes(preset=preset, start=0.1, token_selector="random")
-    chosen = config.for_family(MEASURED)
-    assert {k: getattr(chosen, k) for k in KEYS} == MEASURED[preset]
-    assert (chosen.start, chosen.token_selector, chosen.preset) == (0.1, "random", preset)  # the rest is kept
-    assert chosen.plan_for(20).timeline == DuCaConfig(**MEASURED[preset], start=0.1).plan_for(20).timeline
+    assert len(MEASURED_FAMILIES) > 10
+    for name in MEASURED_FAMILIES:
+        measured = BY_NAME[name].defaults[preset]
+        chosen = config.on_model(model_of(name))
+        assert {k: getattr(chosen, k) for k in KEYS} == measured, name
+        assert (chosen.start, chosen.token_selector, chosen.preset) == (0.1, "random", preset)  # the rest is kept
+        assert chosen.estimator == BY_NAME[name].estimator  # auto: the family's measured one
+        assert chosen.plan_for(20).timeline == DuCaConfig(**measured, start=0.1).plan_for(20).timeline
 
 
 def test_first_full_steps_set_by_the_user_wins():
-    chosen = PRESETS["balanced"].with_changes(preset="balanced", first_full_steps=6).for_family(MEASURED)
-    assert (chosen.interval, chosen.refresh_ratio, chosen.first_full_steps) == (5, 0.2, 6)
+    name = next(n for n in MEASURED_FAMILIES if BY_NAME[n].defaults["balanced"]["first_full_steps"] != 6)
+    measured = BY_NAME[name].defaults["balanced"]
+    chosen = PRESETS["balanced"].with_changes(preset="balanced", first_full_steps=6).on_model(model_of(name))
+    assert (chosen.interval, chosen.refresh_ratio, chosen.first_full_steps) == (
+        measured["interval"], measured["refresh_ratio"], 6)
 
 
-def test_custom_settings_fixed_plans_and_unmeasured_families_are_left_alone():
-    custom = DuCaConfig(interval=7, refresh_ratio=0.4)
-    assert custom.for_family(MEASURED) is custom
-    fixed = DuCaConfig(preset="fast", plan=all_full_plan(5))
-    assert fixed.for_family(MEASURED) is fixed
-    other = PRESETS["fast"].with_changes(preset="fast")
-    assert other.for_family({}) is other
+def test_custom_settings_fixed_plans_and_chosen_estimators_are_left_alone():
+    flux = model_of("flux")
+    custom = DuCaConfig(interval=7, refresh_ratio=0.4, estimator="taylor1")
+    assert custom.on_model(flux) is custom
+    fixed = DuCaConfig(preset="fast", plan=all_full_plan(5), estimator="reuse")
+    assert fixed.on_model(flux) is fixed
+    assert DuCaConfig(interval=7).on_model(flux) == DuCaConfig(interval=7, estimator=BY_NAME["flux"].estimator)
 
 
 def test_a_preset_name_is_checked():

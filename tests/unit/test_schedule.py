@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from cache_core.profile import ChangeProfile
-from cache_core.schedule import MAX_FILE_BYTES, Cell, Schedule, ScheduleFileError, ScheduleMismatch
-from cache_core import schedule_rules as rules
-from cache_core.plan import Action
+from comfyui_duca.cache_core.profile import ChangeProfile
+from comfyui_duca.cache_core.schedule import MAX_FILE_BYTES, Cell, Schedule, ScheduleFileError, ScheduleMismatch
+from comfyui_duca.cache_core import schedule_rules as rules
+from comfyui_duca.cache_core.plan import Action
 
 UNITS = ("double_block.0", "double_block.1", "single_block.0")
 
@@ -170,3 +170,15 @@ def test_change_profile_measures_relative_change_and_similarity():
     assert change[1, 0] == pytest.approx(0.5) and change[2, 0] == pytest.approx(0.0)
     similarity = profile.similarity()
     assert similarity[2, 1] == pytest.approx(1.0) and similarity.shape == (3, 3)
+
+
+def test_a_schedule_within_a_step_window_computes_every_unit_outside_it():
+    from comfyui_duca.cache_core.plan import StepWindow
+    schedule = rules.fora(12, UNITS, "flux", interval=3, first_full_steps=1)
+    assert schedule.within(StepWindow()) is schedule  # a window that covers the run changes nothing
+    windowed = schedule.within(StepWindow(first_full_steps=4, start=0.0, end=0.5))
+    for step in range(12):
+        inside = 4 <= step < 6
+        assert torch.equal(windowed.table[step], schedule.table[step] if inside
+                           else torch.full((len(UNITS),), int(Cell.COMPUTE), dtype=torch.uint8)), step
+    assert not windowed.computes_everything and "outside the step window" in windowed.notes[-1]

@@ -1,7 +1,7 @@
 """The per-run cache store and run statistics."""
 import torch
 
-from cache_core import CacheStore, RunStats
+from comfyui_duca.cache_core import CacheStore, RunStats
 
 
 def test_store_keeps_entries_per_group_and_counts_bytes():

@@ -1,7 +1,7 @@
 """Token scoring and selection."""
 import torch
 
-from cache_core.tokens import (TokenLayout, TokenRows, TokenSelector, gather_tokens, layer_refresh_ratio, scatter_tokens,
+from comfyui_duca.cache_core.tokens import (TokenLayout, TokenRows, TokenSelector, gather_tokens, layer_refresh_ratio, scatter_tokens,
                                select_top_tokens, spatial_spread_bonus, value_norm_score)
 
 
