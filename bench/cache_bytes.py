@@ -36,8 +36,8 @@ def presets():
 
 def peak_bytes(model, config, positive, negative, **kw) -> int:
     from testbed import models
-    from comfyui_duca.glue.patch import apply_duca, last_stats
-    accelerated = apply_duca(model, config)
+    from comfyui_duca.glue.patch import apply_method, last_stats
+    accelerated = apply_method(model, config)
     models.sample(accelerated, positive, negative, steps=STEPS, cfg=CFG, **kw)
     return last_stats(accelerated).peak_cache_bytes
 

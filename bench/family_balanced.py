@@ -32,11 +32,11 @@ def relative_error(out, reference) -> float:
 
 def entries(model):
     from bench.baselines import denoised_forecast
-    from comfyui_duca.glue.patch import apply_duca
+    from comfyui_duca.glue.patch import apply_method
     from comfyui_duca.methods import FORECAST_PRESETS
     balanced = FORECAST_PRESETS["balanced"]
-    yield "balanced", apply_duca(model, balanced)
-    yield "balanced uncorrected", apply_duca(model, balanced.with_changes(gap_correction=False))
+    yield "balanced", apply_method(model, balanced)
+    yield "balanced uncorrected", apply_method(model, balanced.with_changes(gap_correction=False))
     yield "reuse every 4", denoised_forecast(model, 4, order=0)[0]
     yield "reuse every 3", denoised_forecast(model, 3, order=0)[0]
     yield "forecast every 3", denoised_forecast(model, 3, order=1)[0]

@@ -122,13 +122,13 @@ def grid(args, tokenwise: bool):
 def measure(subject, adapter, args):
     """Every grid point on one model: {(interval, ratio, first): (compute fraction, [PSNR], [rel L2])}."""
     from comfyui_duca.methods import DuCaConfig
-    from comfyui_duca.glue.patch import apply_duca, last_stats
+    from comfyui_duca.glue.patch import apply_method, last_stats
 
     references = {seed: subject.sample(subject.model, seed) for seed in args.seeds}
     points = set(grid(args, adapter.tokenwise)) | {(i, r, PAPER_FIRST_FULL) for i, r in PAPER.values()}
     results = {}
     for interval, ratio, first in sorted(points):
-        model = apply_duca(subject.model, DuCaConfig(interval=interval, refresh_ratio=ratio, first_full_steps=first))
+        model = apply_method(subject.model, DuCaConfig(interval=interval, refresh_ratio=ratio, first_full_steps=first))
         psnr, rel, fractions = [], [], []
         for seed, reference in references.items():
             out = subject.sample(model, seed)

@@ -43,16 +43,16 @@ def methods(model, steps):
 def with_estimator(model, steps, estimator):
     """The same methods with `estimator` for their skipped values (no node input for it yet)."""
     from comfyui_duca.cache_core import schedule_rules
-    from comfyui_duca.glue.patch import apply_duca
+    from comfyui_duca.glue.patch import apply_method
     from comfyui_duca.glue.schedules import model_units
     from comfyui_duca.methods import PRESETS as SETTINGS, DeepCacheConfig, ScheduleConfig
-    found = [(f"accelerate {p} {estimator}", apply_duca(model, SETTINGS[p].with_changes(preset=p, estimator=estimator)))
+    found = [(f"accelerate {p} {estimator}", apply_method(model, SETTINGS[p].with_changes(preset=p, estimator=estimator)))
              for p in ("quality", "balanced", "fast")]
     if type(model.model.diffusion_model).__name__ == "UNetModel":
-        found.append((f"deepcache default {estimator}", apply_duca(model, DeepCacheConfig(estimator=estimator))))
+        found.append((f"deepcache default {estimator}", apply_method(model, DeepCacheConfig(estimator=estimator))))
     family, units = model_units(model)
     schedule = schedule_rules.fora(steps, units, family, 3, 1)
-    found.append((f"fora 3 {estimator}", apply_duca(model, ScheduleConfig(schedule, estimator=estimator))))
+    found.append((f"fora 3 {estimator}", apply_method(model, ScheduleConfig(schedule, estimator=estimator))))
     return found
 
 

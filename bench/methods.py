@@ -40,12 +40,12 @@ class CallCounter:
 
 
 def duca(base, config, name, group, settings) -> Method:
-    """A method through the pack's apply_duca; unsupported if it hands the model back unchanged."""
-    from comfyui_duca.glue.patch import apply_duca
-    patched = apply_duca(base, config)
+    """A method through the pack's apply_method; unsupported if it hands the model back unchanged."""
+    from comfyui_duca.glue.patch import apply_method
+    patched = apply_method(base, config)
     if patched is base:
         return Method(name, group, None, "stats", settings,
-                      f"not supported yet: apply_duca passes {type(base.model.diffusion_model).__name__} through")
+                      f"not supported yet: apply_method passes {type(base.model.diffusion_model).__name__} through")
     return Method(name, group, patched, "stats", settings)
 
 

@@ -44,7 +44,7 @@ def linear_flops(model, run):
 def measure(family, trained: bool) -> list:
     """Rows (cfg, level, compute, balanced error, reuse error) for one family."""
     from bench.baselines import denoised_forecast
-    from comfyui_duca.glue.patch import apply_duca, last_stats
+    from comfyui_duca.glue.patch import apply_method, last_stats
     from comfyui_duca.methods import FORECAST_PRESETS
     from testbed import host, models
     from testbed.families import EMPTY_PROMPT
@@ -62,7 +62,7 @@ def measure(family, trained: bool) -> list:
     positive, negative, seed = cases[0]
     models.sample(duca, positive, negative, steps=STEPS, cfg=cfgs[0], seed=seed, latent=family.latent(1))
     level = last_stats(duca).level
-    balanced = apply_duca(model, FORECAST_PRESETS["balanced"])
+    balanced = apply_method(model, FORECAST_PRESETS["balanced"])
     reuse, _ = denoised_forecast(model, 3, order=0)
     rows = []
     for cfg in cfgs:

@@ -86,7 +86,7 @@ def main(argv=None):
         return row
 
     evaluate("uncached", model, {}, 1.0)
-    with_schedule = lambda s: patch.apply_duca(model, ScheduleConfig(s))  # noqa: E731
+    with_schedule = lambda s: patch.apply_method(model, ScheduleConfig(s))  # noqa: E731
     fora = {k: rules.fora(args.steps, units, family, interval=k) for k in args.fora}
     for k, schedule in fora.items():
         evaluate(f"FORA N={k}", with_schedule(schedule), schedule.settings)
@@ -110,7 +110,7 @@ def main(argv=None):
 
     # exposure-bias correction on and off, per accelerator
     eb_table = rules.eb_cache(args.steps, units, family, attention_interval=3, mlp_interval=2, first_full_steps=3)
-    accelerators = {"none": model, "DuCa balanced": patch.apply_duca(model, PRESETS["balanced"]),
+    accelerators = {"none": model, "DuCa balanced": patch.apply_method(model, PRESETS["balanced"]),
                     "FORA N=3": with_schedule(fora.get(3, rules.fora(args.steps, units, family, 3))),
                     "EB-Cache 3/2": with_schedule(eb_table)}
     if learned_runs:  # thresholded to FORA N=2's compute

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     workloads.boot(args.comfyui, cpu=not (args.comfyui or args.model in workloads.GPU_MODELS))
     from comfyui_duca.methods import FORECAST_PRESETS, PRESETS
-    from comfyui_duca.glue.patch import apply_duca, last_stats
+    from comfyui_duca.glue.patch import apply_method, last_stats
     if args.model in workloads.GPU_MODELS:
         work = workloads.gpu_workload(args.model, args.steps, 1, [0])
     else:
@@ -105,11 +105,11 @@ def main(argv=None) -> int:
     step_times(work, work.model, case)  # warm-up
     full = statistics.median(s for _ in range(args.repeats) for s in step_times(work, work.model, case)) * 1000
     print(f"{work.description}\nno cache: {full:.1f} ms per step")
-    patched = {f"duca {name}": apply_duca(work.model, PRESETS[name]) for name in ("quality", "balanced", "fast")}
+    patched = {f"duca {name}": apply_method(work.model, PRESETS[name]) for name in ("quality", "balanced", "fast")}
     if args.reference_refresh:  # the same cycle with the picked tokens moved by gather / scatter
-        patched["duca balanced, reference refresh"] = apply_duca(
+        patched["duca balanced, reference refresh"] = apply_method(
             work.model, PRESETS["balanced"].with_changes(fused_refresh=False))
-    patched.update({name: apply_duca(work.model, FORECAST_PRESETS[name]) for name in ("balanced", "turbo")})
+    patched.update({name: apply_method(work.model, FORECAST_PRESETS[name]) for name in ("balanced", "turbo")})
     for name, model in patched.items():
         runs = [step_times(work, model, case) for _ in range(args.repeats + 1)][1:]
         stats = last_stats(model)

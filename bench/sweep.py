@@ -34,7 +34,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     workloads.boot(None, cpu=True)
     from comfyui_duca.methods import DuCaConfig
-    from comfyui_duca.glue.patch import apply_duca, last_stats
+    from comfyui_duca.glue.patch import apply_method, last_stats
 
     work = workloads.testbed_workload(args.model, args.steps, args.classes, args.seeds)
     uncached = [work.sample(work.model, c) for c in work.cases]
@@ -49,7 +49,7 @@ def main(argv=None):
     for selector, aggressive, first, interval, ratio in grid:
         config = DuCaConfig(interval=interval, refresh_ratio=ratio, first_full_steps=first,
                             token_selector=selector, aggressive=bool(aggressive))
-        model = apply_duca(work.model, config)
+        model = apply_method(work.model, config)
         fractions, px, ssim, lat = [], [], [], []
         for case, ref, ref_pic in zip(work.cases, references, ref_pictures):
             latent = work.sample(model, case)

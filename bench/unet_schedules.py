@@ -54,8 +54,8 @@ def parse_args(argv=None):
 def calibrate(work, units):
     """The mean [steps, units] relative change over one calibration run per class."""
     from comfyui_duca.methods import CalibrationConfig
-    from comfyui_duca.glue.patch import apply_duca, last_result
-    model = apply_duca(work.model, CalibrationConfig())
+    from comfyui_duca.glue.patch import apply_method, last_result
+    model = apply_method(work.model, CalibrationConfig())
     profiles, seen = [], set()
     for case in work.cases:
         if case.label in seen:

@@ -18,10 +18,20 @@ class Action(str, Enum):
     CONSERVATIVE = "conservative"    # reuse module outputs, recompute a fraction of tokens
     AGGRESSIVE = "aggressive"        # reuse the whole block stack as a residual
     PARTIAL = "partial"              # a schedule decides per unit (cache_core.schedule)
+    FORECAST = "forecast"            # the model is not called: its output forecast from computed steps
 
     @property
     def letter(self) -> str:
-        return self.value[0].upper()
+        """Its letter in a timeline: F, C, A, P, and E (estimated) for a forecast step."""
+        return "E" if self is Action.FORECAST else self.value[0].upper()
+
+
+def timeline_letter(action: str) -> str:
+    """The timeline letter of an action's value (as run stats keep it); another string's first letter."""
+    try:
+        return Action(action).letter
+    except ValueError:
+        return action[:1].upper()
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,7 @@ class Plan:
 
     @property
     def timeline(self) -> str:
-        """One letter per step: F(ull), C(onservative), A(ggressive)."""
+        """One letter per step (Action.letter)."""
         return "".join(s.action.letter for s in self.steps)
 
     def needs_stack_residual(self) -> bool:
@@ -140,7 +150,7 @@ def duca_plan(num_steps: int, interval: int, refresh_ratio: float, first_full_st
 def budget_plan(num_steps: int, budget: float, first_full_steps: int = 3, max_skipped: int = 0,
                 ends: float = 0.0, last_step_full: bool = False) -> Plan:
     """Full on round(budget x steps) steps: the first `first_full_steps`, the rest over the steps after
-    them (the last skipped run ends the run); forecast (AGGRESSIVE) in between. `ends` = 0 spreads
+    them (the last skipped run ends the run); forecast (FORECAST) in between. `ends` = 0 spreads
     them evenly; towards 1 they move to cosine (Chebyshev-like) spacing, denser near the start and
     the end of sampling, where the model's output bends most. At least the first steps and one step
     compute. `last_step_full`: the last step is one of them (a gap that ends the run has no computed
@@ -167,7 +177,7 @@ def budget_plan(num_steps: int, budget: float, first_full_steps: int = 3, max_sk
     if max_skipped > 0:
         full = sorted(_capped(full, num_steps, max_skipped))
     full = set(full)
-    steps = tuple(StepPlan(Action.FULL if i in full else Action.AGGRESSIVE) for i in range(num_steps))
+    steps = tuple(StepPlan(Action.FULL if i in full else Action.FORECAST) for i in range(num_steps))
     return Plan(steps, "forecast", {"budget": budget, "first_full_steps": first_full_steps,
                                     "max_skipped": max_skipped, "ends": ends,
                                     "last_step_full": last_step_full})

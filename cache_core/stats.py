@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .plan import timeline_letter
+
 FLOPS, MODEL_CALLS = "FLOPs", "model calls"  # what a run's compute is counted in
 
 
@@ -50,7 +52,7 @@ class RunStats:
 
     @property
     def timeline(self) -> str:
-        return "".join((self.steps[i].action[:1].upper() if i in self.steps else "-")
+        return "".join((timeline_letter(self.steps[i].action) if i in self.steps else "-")
                        for i in range(self.num_steps))
 
     @property

@@ -47,12 +47,6 @@ class CacheStore:
         kept = entries.get(name, []) + [value]
         entries[name] = kept[-keep_last:] if keep_last else kept
 
-    def drop(self, group: Hashable) -> None:
-        self._entries.pop(group, None)
-
-    def groups(self):
-        return list(self._entries)
-
     def nbytes(self) -> int:
         return sum(_nbytes(value) for entry in self._entries.values() for value in entry.values())
 

@@ -118,7 +118,7 @@ def model_sampling(model_patcher):
     return get("model_sampling") if get else getattr(model_patcher.model, "model_sampling", None)
 
 
-def apply_duca(model, config, listeners=()):
+def apply_method(model, config, listeners=()):
     """A clone of `model` running `config`'s method (a methods.protocol.MethodConfig), or `model`
     itself where no method can run on it. `listeners` are called with the RunStats at the end of every run."""
     diffusion_model = diffusion_model_of(model)
@@ -147,7 +147,7 @@ def live_run(block_args: dict):
 
 
 def last_stats(model):
-    """RunStats of the last run of a model patched by `apply_duca` (None if none)."""
+    """RunStats of the last run of a model patched by `apply_method` (None if none)."""
     holder = holder_of(model, KEY)
     return holder.last_stats if holder is not None else None
 

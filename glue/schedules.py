@@ -57,7 +57,7 @@ class Sampling:
 def measure_change(model, sampling: Sampling, probe_unit: int = -1):
     """Run the model once, computing everything, and profile each unit's change per step
     (and the similarity across steps of unit `probe_unit`'s residual)."""
-    measured = patch.apply_duca(model, CalibrationConfig(probe_unit=probe_unit))
+    measured = patch.apply_method(model, CalibrationConfig(probe_unit=probe_unit))
     if measured is model:
         raise ValueError("model: not a model family this pack can calibrate")
     sampling.run(measured)

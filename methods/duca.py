@@ -64,7 +64,10 @@ class DuCaConfig(MethodSettings):
         family without block hooks the same plan over whole model calls."""
         config = self.on_model(adapter)
         if adapter.level == DEEPCACHE:
-            return DeepCache(DeepCacheConfig.from_duca(config), adapter, host)
+            deepcache = DeepCache(DeepCacheConfig.from_duca(config), adapter, host)
+            deepcache.notes += (f"a U-Net has no token-wise step: DuCa's cycle of {config.interval} steps runs as "
+                                f"DeepCache's of {deepcache.config.interval}",)
+            return deepcache
         return whole_calls(DuCa(config, adapter, host))
 
     def preset_settings(self) -> Optional["DuCaConfig"]:

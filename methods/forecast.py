@@ -33,7 +33,7 @@ from ..adapters.registry import DEEPCACHE, STEP
 from ..cache_core import gap_correction
 from ..cache_core.noise_space import SampleSpace, recoverable
 from ..cache_core.placement import AdaptiveBudget
-from ..cache_core.plan import Action, Plan, StepPlan, budget_plan
+from ..cache_core.plan import Action, Plan, StepPlan, StepWindow, budget_plan
 from ..cache_core.sampler_steps import STEPS, linear_steps
 from ..cache_core.stats import MODEL_CALLS
 from ..cache_core.validate import check_choice, check_float, check_int
@@ -238,15 +238,16 @@ class OutputForecast(Executor):
             LOG.info("DuCa: %s: every step computed: %s", self.name, why)
             return Plan(tuple(StepPlan(Action.FULL) for _ in range(num_steps)), self.name,
                         {"budget": 1.0, "few_steps": True})
-        window = range(int(round(c.start * num_steps)), int(round(c.end * num_steps)))  # where it may skip
+        # where it may skip (the first steps are the budget's and the placement's to place)
+        skips = StepWindow(0, c.start, c.end).may_skip
         if c.placement != "adaptive":
             plan = budget_plan(num_steps, c.budget, c.first_full_steps, c.max_skipped,
                                c.ends if c.placement == "ends" else 0.0, c.last_step_full)
-            return Plan(tuple(s if i in window else StepPlan(Action.FULL) for i, s in enumerate(plan)),
+            return Plan(tuple(s if skips(i, num_steps) else StepPlan(Action.FULL) for i, s in enumerate(plan)),
                         self.name, dict(plan.settings, start=c.start, end=c.end))
         self.placement = AdaptiveBudget(num_steps, c.budget, c.first_full_steps, c.max_skipped)
         first = self.placement.first
-        steps = tuple(StepPlan(Action.AGGRESSIVE if first <= i and i in window else Action.FULL)
+        steps = tuple(StepPlan(Action.FORECAST if first <= i and skips(i, num_steps) else Action.FULL)
                       for i in range(num_steps))
         return Plan(steps, f"{self.name} adaptive", {"budget": c.budget, "first_full_steps": c.first_full_steps,
                                                  "max_skipped": self.placement.max_skipped,
@@ -287,7 +288,7 @@ class OutputForecast(Executor):
                     return handed.to(denoised.dtype)
             run.keep_point(call, OUTPUT, value, t=t)
             return self._handed(run, call, denoised, denoised)
-        stats.action = Action.AGGRESSIVE.value
+        stats.action = Action.FORECAST.value
         value = run.estimated(call, OUTPUT, device=call.device, t=t)
         denoised = self.space.to_denoised(call.sample, value, a, b) if in_noise else value
         if self.steps:

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import SELECTORS
-from ..glue.patch import apply_duca
+from ..glue.patch import apply_method
 from ..glue.ui import node_reporter
 from ..methods import PRESETS
 from ..methods.common import AUTO, ESTIMATOR_CHOICES
@@ -37,7 +37,7 @@ def options_input() -> io.Input:
 
 
 def attach(cls, model, config) -> io.NodeOutput:
-    return io.NodeOutput(apply_duca(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
+    return io.NodeOutput(apply_method(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
 
 
 class Accelerate(io.ComfyNode):

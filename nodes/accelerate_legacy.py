@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.tokens import SELECTORS
 from ..cache_core.validate import check_choice
-from ..glue.patch import apply_duca
+from ..glue.patch import apply_method
 from ..glue.ui import node_reporter
 from ..methods import FORECAST_PRESETS, PRESETS, ScheduleConfig
 from ..methods.common import AUTO, ESTIMATOR_CHOICES
@@ -109,4 +109,4 @@ class AccelerateDuCaLegacy(io.ComfyNode):
                                   first_full_steps, start_percent, end_percent, cache_device, estimator)
         if schedule is not None:
             config = ScheduleConfig(schedule, cache_device=cache_device)
-        return io.NodeOutput(apply_duca(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
+        return io.NodeOutput(apply_method(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..adapters.unet import UNetAdapter
 from ..cache_core.deepcache import PLACEMENTS
 from ..cache_core.estimators import ESTIMATORS
-from ..glue.patch import apply_duca
+from ..glue.patch import apply_method
 from ..methods import DeepCacheConfig
 from ..glue.ui import node_reporter
 from .base import CATEGORY, check_options, model_output, shows_stats, step_window_inputs
@@ -57,7 +57,7 @@ class DeepCacheUNet(io.ComfyNode):
         adapter = unet_adapter(model)
         config = build_config(cache_interval, cache_depth, schedule, start_percent, end_percent, estimator)
         adapter.check_branch(config.branch, "cache_depth")
-        return io.NodeOutput(apply_duca(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
+        return io.NodeOutput(apply_method(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
 
 
 def unet_adapter(model) -> UNetAdapter:

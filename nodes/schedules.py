@@ -10,7 +10,7 @@ from ..cache_core import schedule_rules as rules
 from ..cache_core.store import CACHE_DEVICES
 from ..cache_core.schedule import Schedule
 from ..glue import exposure, host, schedule_files, schedules
-from ..glue.patch import KEY, apply_duca
+from ..glue.patch import KEY, apply_method
 from ..glue.ui import node_reporter
 from ..methods import ScheduleConfig
 from .base import CATEGORY, SCHEDULE, check_options, model_output, shows_stats
@@ -238,7 +238,7 @@ class ApplyCacheSchedule(io.ComfyNode):
     @classmethod
     def execute(cls, model, schedule, cache_device="compute") -> io.NodeOutput:
         config = ScheduleConfig(schedule, cache_device=cache_device)
-        return io.NodeOutput(apply_duca(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
+        return io.NodeOutput(apply_method(model, config, listeners=[node_reporter(cls.hidden.unique_id)]))
 
 
 class SaveCacheSchedule(io.ComfyNode):

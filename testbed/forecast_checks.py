@@ -31,7 +31,7 @@ def assert_forecast_from_own_points(seen: list, timeline: str) -> None:
     def noise(step, key):
         s = seen[step]
         return (s["input"] - (1 - s["sigma"]) * s[key]) / s["sigma"]
-    assert len(seen) == len(timeline) and "A" in timeline
+    assert len(seen) == len(timeline) and "E" in timeline
     full = []
     for step, action in enumerate(timeline):
         if action == "F":

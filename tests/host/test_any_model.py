@@ -54,7 +54,7 @@ def test_a_host_class_no_entry_names_runs_the_balanced_preset_at_its_budget(pack
     positive, negative = prior_conditioning(1), prior_conditioning(2)
     reference = models.sample(prior, positive, negative, **PRIOR_KW)
 
-    full = patch.apply_duca(prior, core.ForecastConfig(budget=1.0))
+    full = patch.apply_method(prior, core.ForecastConfig(budget=1.0))
     assert full is not prior
     assert torch.equal(models.sample(full, positive, negative, **PRIOR_KW), reference)
 
@@ -113,7 +113,7 @@ def test_a_subclass_of_a_known_class_is_its_parents_family_named_with_its_own_cl
     assert (adapter.family, adapter.model_class, adapter.label) == (family, "NewerModel", f"{family} (NewerModel)")
     assert family_of(model.model.diffusion_model).name == family
     with caplog.at_level(logging.INFO, logger="comfyui-duca"):
-        duca_balanced = patch.apply_duca(model, core.PRESETS["balanced"])
+        duca_balanced = patch.apply_method(model, core.PRESETS["balanced"])
         cond = (models.text_conditioning(32, seed=1), models.text_conditioning(32, seed=2))
         if family == "flux":
             cond = (models.flux_conditioning(model=model, seed=1), models.flux_conditioning(model=model, seed=2))
@@ -163,11 +163,11 @@ def test_wan22_s2v_and_animate_are_accelerated(pack, duca, build, model_class, a
     latent = torch.zeros(1, 16, 2, 8, 8)
     reference = models.sample(model, positive, negative, latent=latent, **WAN_KW)
 
-    full = patch.apply_duca(model, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    full = patch.apply_method(model, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     assert torch.equal(models.sample(full, positive, negative, latent=latent, **WAN_KW), reference)
 
     for config in (core.PRESETS["balanced"], core.FORECAST_PRESETS["balanced"]):
-        accelerated = patch.apply_duca(model, config)
+        accelerated = patch.apply_method(model, config)
         out = models.sample(accelerated, positive, negative, latent=latent, **WAN_KW)
         stats = patch.last_stats(accelerated)
         assert (stats.family, stats.model_class) == ("wan", model_class)
@@ -210,7 +210,7 @@ def test_chroma_radiance_claimed_speedup_counts_its_pixel_decoder(pack, duca):
     negative = models.chroma_conditioning(model=model, seed=2)
     kw = dict(steps=STEPS, cfg=3.0, latent=torch.zeros(1, 3, 64, 64))
     uncached = counted_flops(lambda: models.sample(model, positive, negative, **kw))
-    balanced = patch.apply_duca(model, core.PRESETS["balanced"])
+    balanced = patch.apply_method(model, core.PRESETS["balanced"])
     cached = counted_flops(lambda: models.sample(balanced, positive, negative, **kw))
     stats = patch.last_stats(balanced)
     assert (stats.family, stats.model_class) == ("flux", "ChromaRadiance")

@@ -11,7 +11,7 @@ def check_all_full_is_identical(patch, core, model, positive, negative, **kw):
     """The unpatched reference (finite), and the all-full plan reproducing it bit for bit."""
     reference = models.sample(model, positive, negative, **kw)
     assert torch.isfinite(reference).all()
-    full = patch.apply_duca(model, core.DuCaConfig(plan=core.all_full_plan(kw["steps"])))
+    full = patch.apply_method(model, core.DuCaConfig(plan=core.all_full_plan(kw["steps"])))
     assert full is not model   # recognised, not passed through
     assert torch.equal(models.sample(full, positive, negative, **kw), reference)
     return reference
@@ -37,7 +37,7 @@ def test_sd3_mmdit_all_full_is_identical_and_aggressive_steps_reuse(pack, duca):
     kw = dict(steps=STEPS, cfg=4.5, batch=2, height=64, width=64)
     reference = check_all_full_is_identical(patch, core, sd3, cond, uncond, **kw)
 
-    fast = patch.apply_duca(sd3, core.PRESETS["fast"])
+    fast = patch.apply_method(sd3, core.PRESETS["fast"])
     out, calls = sample_counting_blocks(fast, sd3.model.diffusion_model.joint_blocks, cond, uncond, **kw)
     timeline = patch.last_stats(fast).timeline
     assert "A" in timeline and "C" not in timeline

@@ -13,11 +13,11 @@ def test_chroma_all_full_is_bit_identical_and_balanced_stays_close(pack, duca):
     negative = models.chroma_conditioning(model=chroma, seed=2)
     reference = models.sample(chroma, positive, negative, batch=2, **KW)
 
-    full = patch.apply_duca(chroma, core.DuCaConfig(plan=core.all_full_plan(KW["steps"])))
+    full = patch.apply_method(chroma, core.DuCaConfig(plan=core.all_full_plan(KW["steps"])))
     assert full is not chroma   # recognised, not passed through
     assert torch.equal(models.sample(full, positive, negative, batch=2, **KW), reference)
 
-    balanced = patch.apply_duca(chroma, core.PRESETS["balanced"])
+    balanced = patch.apply_method(chroma, core.PRESETS["balanced"])
     out = models.sample(balanced, positive, negative, batch=2, **KW)
     stats = patch.last_stats(balanced)
     assert stats.timeline == core.PRESETS["balanced"].plan_for(KW["steps"]).timeline

@@ -61,6 +61,6 @@ def test_each_context_window_is_forecast_from_its_own_steps(wan, conds, duca):
     model = accelerate(windowed(wan), "balanced")
     windowed_error = relative_l2(sample(model, conds), sample(windowed(wan), conds))
     stats = patch.last_stats(model)
-    assert set(stats.timeline) == {"F", "A"} and not stats.notes
+    assert set(stats.timeline) == {"F", "E"} and not stats.notes
     assert [stats.steps[i].model_calls for i in range(STEPS)] == [2] * STEPS  # one cond batch per window
     assert 0 < windowed_error < 2 * plain_error + 0.01, (windowed_error, plain_error)

@@ -49,7 +49,7 @@ def test_all_full_plan_is_bit_identical(pack, duca, unet, conds, cfg, batch):
     kw = dict(KW, cfg=cfg, batch=batch)
     reference = models.sample(unet, *conds, **kw)
     assert torch.isfinite(reference).all()
-    full = patch.apply_duca(unet, core.DeepCacheConfig(plan=core.all_full_plan(STEPS)))
+    full = patch.apply_method(unet, core.DeepCacheConfig(plan=core.all_full_plan(STEPS)))
     assert full is not unet  # recognised, not passed through
     assert torch.equal(models.sample(full, *conds, **kw), reference)
     stats = patch.last_stats(full)
@@ -59,7 +59,7 @@ def test_all_full_plan_is_bit_identical(pack, duca, unet, conds, cfg, batch):
 @pytest.mark.parametrize("branch", [0, 2])
 def test_blocks_computed_as_planned(pack, duca, unet, conds, branch):
     patch, core = duca
-    model = patch.apply_duca(unet, core.DeepCacheConfig(interval=3, branch=branch))
+    model = patch.apply_method(unet, core.DeepCacheConfig(interval=3, branch=branch))
     out, counts = sample_counting(model, unet, *conds, cfg=3.0, **KW)  # cond and uncond in one call
     stats = patch.last_stats(model)
     assert stats.timeline == "FAAFAAFAA"
@@ -133,7 +133,7 @@ def test_split_cond_and_uncond_calls_keep_their_own_caches(pack, duca, unet, con
     positive = conds[0]
     negative = [[torch.zeros(1, 3, 64), {}]]  # 3 tokens against 8: ComfyUI won't concatenate them
     branch = 1
-    model = patch.apply_duca(unet, core.DeepCacheConfig(interval=3, branch=branch))
+    model = patch.apply_method(unet, core.DeepCacheConfig(interval=3, branch=branch))
     dm = unet.model.diffusion_model
     n = len(dm.input_blocks)
     resblock, transformer = dm.output_blocks[n - 1 - branch][0], dm.output_blocks[n - 1 - branch][1]
@@ -199,7 +199,7 @@ def test_controlnet_residuals_still_apply_on_reuse_steps(pack, duca, unet, conds
     kw = dict(KW, cfg=3.0)
     # the whole run: control works under DeepCache and stays close to the uncached run with control
     controlled = with_control(positive, control, hint, (0.0, 1.0))
-    cached = patch.apply_duca(unet, core.DeepCacheConfig(interval=3))
+    cached = patch.apply_method(unet, core.DeepCacheConfig(interval=3))
     plain, ctrl = models.sample(cached, positive, negative, **kw), models.sample(cached, controlled, negative, **kw)
     assert patch.last_stats(cached).timeline == "FAAFAAFAA"
     reference = models.sample(unet, controlled, negative, **kw)
@@ -208,7 +208,7 @@ def test_controlnet_residuals_still_apply_on_reuse_steps(pack, duca, unet, conds
     # control only over the last steps, which a reuse-heavy plan reuses: it still changes the output
     plan = core.Plan(tuple(core.StepPlan(core.Action.FULL if i < 5 else core.Action.AGGRESSIVE)
                            for i in range(STEPS)))
-    tail = patch.apply_duca(unet, core.DeepCacheConfig(plan=plan))
+    tail = patch.apply_method(unet, core.DeepCacheConfig(plan=plan))
     late = with_control(positive, control, hint, (0.65, 1.0))
     without, with_late = models.sample(tail, positive, negative, **kw), models.sample(tail, late, negative, **kw)
     assert patch.last_stats(tail).timeline == "FFFFFAAAA"
@@ -225,7 +225,7 @@ def test_second_pass_on_an_existing_latent_is_close_to_uncached(pack, duca, trai
     latent = torch.nn.functional.interpolate(first, scale_factor=1.5, mode="bilinear")
     kw = dict(cfg=3.0, steps=12, channels=4, latent=latent, denoise=0.5)
     reference = models.sample(model, positive, negative, **kw)
-    cached = patch.apply_duca(model, core.DeepCacheConfig(interval=3))
+    cached = patch.apply_method(model, core.DeepCacheConfig(interval=3))
     out = models.sample(cached, positive, negative, **kw)
     stats = patch.last_stats(cached)
     assert out.shape == reference.shape == latent.shape and torch.isfinite(out).all()
@@ -256,13 +256,15 @@ def test_accelerate_maps_duca_presets_to_deepcache_on_a_u_net(pack, duca, unet, 
         stats = patch.last_stats(model)
         assert stats.method == "deepcache" and stats.level == "deepcache"
         timelines[preset] = stats.timeline
+        cycle = core.PRESETS[preset.removeprefix("duca ")].interval  # said, not done quietly
+        assert f"DuCa's cycle of {cycle} steps runs as DeepCache's of {cycle - 1}" in stats.notes[-1]
     assert timelines == {"duca quality": "FFFAFAFAFAFA", "duca balanced": "FFFAAFAAFAAF", "duca fast": "FFFAAAAFAAAA"}
 
 
 def test_a_forecast_that_computes_every_step_is_bit_identical_on_a_u_net(pack, duca, unet, conds):
     patch, _ = duca
     from comfyui_duca.methods import ForecastConfig
-    full = patch.apply_duca(unet, ForecastConfig(budget=1.0))
+    full = patch.apply_method(unet, ForecastConfig(budget=1.0))
     assert full is not unet
     out = models.sample(full, *conds, **dict(KW, steps=12, cfg=4.0))
     assert torch.equal(out, models.sample(unet, *conds, **dict(KW, steps=12, cfg=4.0)))
@@ -331,7 +333,7 @@ def test_config_errors_name_the_setting(pack, duca):
 def test_a_branch_too_deep_for_the_model_fails_before_sampling(pack, duca, unet):
     patch, core = duca
     with pytest.raises(ValueError, match=r"cache_depth must be in \[0, 3\]"):  # refused when attached
-        patch.apply_duca(unet, core.DeepCacheConfig(branch=7))
+        patch.apply_method(unet, core.DeepCacheConfig(branch=7))
 
 
 # The published architectures (ComfyUI's detected unet_config), built on the meta device:
@@ -400,7 +402,7 @@ def test_a_failing_reuse_call_computes_and_switches_caching_off(pack, duca, unet
         tries.append(self.call.step)
         raise RuntimeError("kept feature lost")
     monkeypatch.setattr(deepcache_method.DeepCacheReuse, "prepare", broken)
-    model = patch.apply_duca(unet, core.DeepCacheConfig(interval=3, branch=1))
+    model = patch.apply_method(unet, core.DeepCacheConfig(interval=3, branch=1))
     with caplog.at_level(logging.ERROR, logger="comfyui-duca"):
         out, counts = sample_counting(model, unet, *conds, **kw)
     stats = patch.last_stats(model)
@@ -433,7 +435,7 @@ def test_a_reuse_call_failing_partway_is_computed_again(pack, duca, unet, conds,
         stand_ins[last] = fail
         return stand_ins
     monkeypatch.setattr(deepcache_method.DeepCacheReuse, "stand_ins", failing_feature)
-    model = patch.apply_duca(unet, core.DeepCacheConfig(interval=3, branch=1))
+    model = patch.apply_method(unet, core.DeepCacheConfig(interval=3, branch=1))
     with caplog.at_level(logging.ERROR, logger="comfyui-duca"):
         out = models.sample(model, *conds, **kw)
     stats = patch.last_stats(model)

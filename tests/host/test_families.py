@@ -1,4 +1,4 @@
-"""Every DiT family of the host (testbed/families.py), unpatched and through apply_duca.
+"""Every DiT family of the host (testbed/families.py), unpatched and through apply_method.
 
 For each family, at cfg 1 (batch 1) and cfg 4 (batch 2, cond + uncond):
 - the unpatched model samples finite output that depends on the seed;
@@ -189,7 +189,7 @@ def test_all_full_plan_is_bit_identical_or_passed_through_with_one_warning(refer
     model = MODELS[name]
     expected, _ = reference(name, mode)
     with caplog.at_level(logging.WARNING, logger="comfyui-duca"):
-        full = patch.apply_duca(model, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+        full = patch.apply_method(model, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     warnings = [r for r in caplog.records if r.name == "comfyui-duca" and r.levelno >= logging.WARNING]
     if name in SUPPORTED:
         assert full is not model
@@ -213,7 +213,7 @@ def test_balanced_reuses_and_runs_the_blocks_the_plan_computes(reference, duca, 
     expected, reference_counts = reference(name, mode)
     config = core.PRESETS["balanced"]
     plan = config.plan_for(STEPS).timeline
-    balanced = patch.apply_duca(model, config)
+    balanced = patch.apply_method(model, config)
     out, counts = counted_run(name, balanced, mode)
 
     stats = patch.last_stats(balanced)
@@ -250,7 +250,7 @@ def test_a_forecast_that_computes_every_step_is_bit_identical_or_passed_through(
     from comfyui_duca.methods import ForecastConfig
     model = MODELS[name]
     expected, _ = reference(name, mode)
-    full = patch.apply_duca(model, ForecastConfig(budget=1.0))
+    full = patch.apply_method(model, ForecastConfig(budget=1.0))
     assert (full is not model) == (name in SUPPORTED)
     assert torch.equal(run(name, full, mode), expected)
 
@@ -313,7 +313,7 @@ def test_auraflow_conservative_steps_reuse_attention_and_refresh_the_planned_tok
     family, model = FAMILIES["auraflow"], MODELS["auraflow"]
     steps, config = 10, core.DuCaConfig(interval=4, refresh_ratio=0.4, first_full_steps=2)
     plan = config.plan_for(steps)
-    accelerated = patch.apply_duca(model, config)
+    accelerated = patch.apply_method(model, config)
     units = AuraUnits(model)
     cfg, batch = MODES[mode]
     try:

@@ -19,7 +19,7 @@ def sample(model, conds, **kwargs):
 def test_all_full_plan_is_bit_identical(flux, flux_conds, duca, cfg, batch):
     patch, core = duca
     reference = sample(flux, flux_conds, cfg=cfg, batch=batch)
-    patched = patch.apply_duca(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    patched = patch.apply_method(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     assert patched is not flux   # recognised, not passed through
     out = sample(patched, flux_conds, cfg=cfg, batch=batch)
     assert torch.equal(out, reference)
@@ -29,7 +29,7 @@ def test_all_full_plan_is_bit_identical(flux, flux_conds, duca, cfg, batch):
 def test_balanced_changes_output_and_reports_each_step(flux, flux_conds, duca):
     patch, core = duca
     reference = sample(flux, flux_conds, cfg=3.5, batch=2)
-    patched = patch.apply_duca(flux, core.PRESETS["balanced"])
+    patched = patch.apply_method(flux, core.PRESETS["balanced"])
     out = sample(patched, flux_conds, cfg=3.5, batch=2)
     assert not torch.equal(out, reference)
     stats = patch.last_stats(patched)
@@ -49,7 +49,7 @@ def test_balanced_changes_output_and_reports_each_step(flux, flux_conds, duca):
 
 def test_runs_are_repeatable_and_isolated(flux, flux_conds, duca):
     patch, core = duca
-    patched = patch.apply_duca(flux, core.PRESETS["fast"])
+    patched = patch.apply_method(flux, core.PRESETS["fast"])
     first = sample(patched, flux_conds, cfg=3.5)
     # runs in between with another resolution, batch size and step count
     sample(patched, flux_conds, cfg=3.5, height=96, width=64)
@@ -90,7 +90,7 @@ def test_block_and_token_computations_match_the_plan(flux, flux_conds, duca, pre
     patch, core = duca
     from comfyui_duca.cache_core.tokens import layer_refresh_ratio
     config = core.PRESETS[preset]
-    patched = patch.apply_duca(flux, config)
+    patched = patch.apply_method(flux, config)
     dm = flux.model.diffusion_model
     n_double, n_single = len(dm.double_blocks), len(dm.single_blocks)
     height, width, batch, txt = 128, 96, 2, flux_conds[0][0][0].shape[1]
@@ -122,7 +122,7 @@ def test_block_and_token_computations_match_the_plan(flux, flux_conds, duca, pre
 
 def test_multi_evaluation_sampler_keeps_the_plan(flux, flux_conds, duca):
     patch, core = duca
-    patched = patch.apply_duca(flux, core.PRESETS["balanced"])
+    patched = patch.apply_method(flux, core.PRESETS["balanced"])
     out = sample(patched, flux_conds, cfg=1.0, sampler="heun")
     stats = patch.last_stats(patched)
     assert torch.isfinite(out).all()
@@ -139,9 +139,9 @@ def test_several_conds_each_get_their_own_cache(flux, flux_conds, duca):
     second = models.flux_conditioning(model=flux, seed=7)
     several = positive + [[second[0][0], {**second[0][1], "strength": 0.5}]]
     reference = models.sample(flux, several, negative, steps=STEPS, cfg=3.0, **SMALL)
-    full = patch.apply_duca(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    full = patch.apply_method(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     assert torch.equal(models.sample(full, several, negative, steps=STEPS, cfg=3.0, **SMALL), reference)
-    patched = patch.apply_duca(flux, core.PRESETS["balanced"])
+    patched = patch.apply_method(flux, core.PRESETS["balanced"])
     out = models.sample(patched, several, negative, steps=STEPS, cfg=3.0, **SMALL)
     stats = patch.last_stats(patched)
     assert not stats.notes, stats.notes       # no step fell back for lack of a cache
@@ -150,8 +150,8 @@ def test_several_conds_each_get_their_own_cache(flux, flux_conds, duca):
 
 def test_cpu_cache_offload_gives_the_same_result(flux, flux_conds, duca):
     patch, core = duca
-    on_device = sample(patch.apply_duca(flux, core.PRESETS["balanced"]), flux_conds)
-    offloaded = sample(patch.apply_duca(flux, core.PRESETS["balanced"].with_changes(cache_device="cpu")), flux_conds)
+    on_device = sample(patch.apply_method(flux, core.PRESETS["balanced"]), flux_conds)
+    offloaded = sample(patch.apply_method(flux, core.PRESETS["balanced"].with_changes(cache_device="cpu")), flux_conds)
     assert torch.equal(on_device, offloaded)
 
 
@@ -173,10 +173,10 @@ def test_balanced_stays_close_at_a_realistic_token_count(flux, flux_conds, duca)
     def distance(x):
         return float((x - reference).norm() / reference.norm())
 
-    balanced = patch.apply_duca(flux, core.PRESETS["balanced"])
+    balanced = patch.apply_method(flux, core.PRESETS["balanced"])
     out = models.sample(balanced, positive, negative, **kw)
     balanced_fraction = patch.last_stats(balanced).compute_fraction
-    every_4th = patch.apply_duca(flux, core.DuCaConfig(plan=core.every_kth_step_plan(28, 4, 3)))
+    every_4th = patch.apply_method(flux, core.DuCaConfig(plan=core.every_kth_step_plan(28, 4, 3)))
     baseline = models.sample(every_4th, positive, negative, **kw)
 
     assert distance(out) > 1e-5                       # something was reused
@@ -193,7 +193,7 @@ def test_a_failure_while_reusing_falls_back_to_computing(flux, flux_conds, duca,
     def broken(*_args, **_kwargs):
         raise RuntimeError("unexpected block layout")
     monkeypatch.setattr(FluxAdapter, "conservative", broken)
-    patched = patch.apply_duca(flux, core.PRESETS["balanced"])
+    patched = patch.apply_method(flux, core.PRESETS["balanced"])
     with caplog.at_level(logging.ERROR, logger="comfyui-duca"):
         out = sample(patched, flux_conds, cfg=1.0)
     assert torch.isfinite(out).all()

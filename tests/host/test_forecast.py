@@ -75,7 +75,7 @@ def test_each_preset_runs_the_blocks_of_its_budget_and_none_on_skipped_steps(flu
     stats = patch.last_stats(accelerated)
     timeline = stats.timeline
     first = FIRST_FULL_STEPS[preset]
-    assert timeline.startswith("F" * first) and set(timeline) == {"F", "A"}
+    assert timeline.startswith("F" * first) and set(timeline) == {"F", "E"}
     assert timeline.count("F") == round(BUDGETS[preset] * STEPS)
     for action, blocks, calls in zip(timeline, counts.blocks, counts.calls):
         assert (blocks, calls) == ((counts.depth, 1) if action == "F" else (0, 0))
@@ -125,7 +125,7 @@ def test_a_conditioning_that_starts_mid_run_is_computed_before_it_is_forecast(fl
     sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", STEPS).tolist()
     percent, switch = next((p, i) for p in (x / 20 for x in range(4, 17))
                            for i, sigma in enumerate(sigmas[:-1])
-                           if sigma <= sampling.percent_to_sigma(p) and planned[i] == "A"
+                           if sigma <= sampling.percent_to_sigma(p) and planned[i] == "E"
                            and all(s > sampling.percent_to_sigma(p) for s in sigmas[:i]))
     positive, negative = flux_conds
     (early,) = nodes.ConditioningSetTimestepRange().set_range(positive, 0.0, percent)
@@ -233,5 +233,5 @@ def test_a_three_prompt_guider_keeps_every_slot_of_its_cond_batch(flux, flux_con
     accelerated = accelerate(flux, "balanced")
     out = guided(accelerated)
     stats = patch.last_stats(accelerated)
-    assert set(stats.timeline) == {"F", "A"} and not stats.notes
+    assert set(stats.timeline) == {"F", "E"} and not stats.notes
     assert 1e-6 < float((out - reference).norm() / reference.norm()) < 0.3

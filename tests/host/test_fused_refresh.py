@@ -20,7 +20,7 @@ def tokens_recomputed(stats) -> list:
 
 
 def run(patch, model, config, conds, cfg, **size):
-    accelerated = patch.apply_duca(model, config)
+    accelerated = patch.apply_method(model, config)
     out = models.sample(accelerated, *conds, steps=STEPS, cfg=cfg, **size)
     return out, patch.last_stats(accelerated)
 

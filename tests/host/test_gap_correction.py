@@ -17,9 +17,9 @@ def sample(model, conds, **kwargs):
 
 
 def accelerated(model, preset="balanced", **changes):
-    from comfyui_duca.glue.patch import apply_duca
+    from comfyui_duca.glue.patch import apply_method
     from comfyui_duca.methods import FORECAST_PRESETS
-    return apply_duca(model, FORECAST_PRESETS[preset].with_changes(**changes))
+    return apply_method(model, FORECAST_PRESETS[preset].with_changes(**changes))
 
 
 def handed_on(model, conds, **kwargs):
@@ -37,7 +37,7 @@ def test_a_corrected_run_changes_from_the_step_that_ends_the_first_gap(pack, flu
     plain_model = accelerated(flux, gap_correction=False)
     plain, plain_steps = handed_on(plain_model, flux_conds, cfg=3.5, batch=2)
     assert last_stats(plain_model).timeline == timeline
-    first_gap_end = timeline.index("F", timeline.index("A"))
+    first_gap_end = timeline.index("F", timeline.index("E"))
     for step in range(first_gap_end):
         assert torch.equal(corrected_steps[step], plain_steps[step]), step
     assert not torch.allclose(corrected_steps[first_gap_end], plain_steps[first_gap_end], atol=1e-6)

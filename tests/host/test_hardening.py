@@ -191,7 +191,7 @@ def test_area_conditionings_each_keep_their_own_state(flux, duca, preset, cfg):
     assert {(12, 12), (6, 6)} <= set(shapes), set(shapes)  # the area prompt ran on its crop
     calls_per_step = len(shapes) // STEPS
 
-    full = patch.apply_duca(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    full = patch.apply_method(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     assert torch.equal(sample(full, positive, negative, **AREA_SIZE), reference)
 
     accelerated = accelerate(flux, preset)

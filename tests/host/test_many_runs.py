@@ -25,9 +25,9 @@ def node(node_id, **inputs):
 def balanced_forecast(model):
     """The balanced preset's forecast settings without the preset: a preset computes every step
     of a run this short (methods.forecast.FEW_STEPS), these settings still skip."""
-    from comfyui_duca.glue.patch import apply_duca
+    from comfyui_duca.glue.patch import apply_method
     from comfyui_duca.methods import FORECAST_PRESETS
-    return apply_duca(model, FORECAST_PRESETS["balanced"].with_changes(preset=None))
+    return apply_method(model, FORECAST_PRESETS["balanced"].with_changes(preset=None))
 
 
 CASES = {  # name: (model fixture, what accelerates it, cfg)

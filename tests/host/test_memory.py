@@ -113,11 +113,11 @@ def test_composes_with_accelerate(case, slicer, duca, order):
 
     def both(config):
         if order == "slicer-then-duca":
-            return patch.apply_duca(slicer.apply_feature_slicer(model, CHUNKS), config)
-        return slicer.apply_feature_slicer(patch.apply_duca(model, config), CHUNKS)
+            return patch.apply_method(slicer.apply_feature_slicer(model, CHUNKS), config)
+        return slicer.apply_feature_slicer(patch.apply_method(model, config), CHUNKS)
     full = both(core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     assert close(run(full, conds), reference)
-    cached_alone = run(patch.apply_duca(model, core.PRESETS["fast"].with_changes(first_full_steps=1)), conds)
+    cached_alone = run(patch.apply_method(model, core.PRESETS["fast"].with_changes(first_full_steps=1)), conds)
     cached = both(core.PRESETS["fast"].with_changes(first_full_steps=1))
     out = run(cached, conds)
     assert close(out, cached_alone)

@@ -54,10 +54,10 @@ def test_the_flagship_picks_the_method_by_family(pack, families):
 
 def test_a_run_reports_the_registry_name_of_its_family(pack, families):
     from comfyui_duca.adapters.registry import BY_NAME
-    from comfyui_duca.glue.patch import apply_duca, last_stats
+    from comfyui_duca.glue.patch import apply_method, last_stats
     from comfyui_duca.methods import PRESETS
     model = models.flux(seed=0)
-    patched = apply_duca(model, PRESETS["balanced"])
+    patched = apply_method(model, PRESETS["balanced"])
     models.sample(patched, models.flux_conditioning(model=model, seed=1), steps=6, height=32, width=32)
     stats = last_stats(patched)
     assert stats.family == "flux" and stats.family in BY_NAME and stats.to_dict()["family"] == "flux"
@@ -68,7 +68,7 @@ def test_an_estimator_changes_what_skipped_steps_hand_on_and_keeps_its_points(pa
     """On a whole-step family: the estimator decides what a skipped call returns; a forecast keeps
     order + 1 outputs per conditioning (cache bytes say so); an all-full plan is untouched by it."""
     from comfyui_duca.cache_core import all_full_plan, every_kth_step_plan
-    from comfyui_duca.glue.patch import apply_duca, last_stats
+    from comfyui_duca.glue.patch import apply_method, last_stats
     from comfyui_duca.methods import DuCaConfig
     family = FAMILIES["lumina2"]
     model = family.build(3)
@@ -79,10 +79,10 @@ def test_an_estimator_changes_what_skipped_steps_hand_on_and_keeps_its_points(pa
     plan = every_kth_step_plan(STEPS, 3, first_full_steps=1)
     outs, cache = {}, {}
     for estimator in ("reuse", "taylor1", "taylor2"):
-        patched = apply_duca(model, DuCaConfig(plan=plan, estimator=estimator))
+        patched = apply_method(model, DuCaConfig(plan=plan, estimator=estimator))
         outs[estimator] = sample(patched)
         cache[estimator] = last_stats(patched).peak_cache_bytes
-        full = apply_duca(model, DuCaConfig(plan=all_full_plan(STEPS), estimator=estimator))
+        full = apply_method(model, DuCaConfig(plan=all_full_plan(STEPS), estimator=estimator))
         assert torch.equal(sample(full), sample(model)), estimator
     assert not torch.equal(outs["reuse"], outs["taylor1"]) and not torch.equal(outs["taylor1"], outs["taylor2"])
     assert cache["taylor1"] == 2 * cache["reuse"] and cache["taylor2"] == 3 * cache["reuse"] > 0

@@ -79,7 +79,7 @@ def test_all_full_plans_are_bit_identical(built, duca, name):
     reference = sample(model, family)
     assert torch.isfinite(flat(reference)).all()
     for config in (core.ForecastConfig(budget=1.0), core.DuCaConfig(plan=core.all_full_plan(STEPS))):
-        full = patch.apply_duca(model, config)
+        full = patch.apply_method(model, config)
         assert full is not model  # recognised, not passed through
         assert torch.equal(flat(sample(full, family)), flat(reference)), config
 
@@ -195,7 +195,7 @@ def test_balanced_is_closer_than_reusing_every_third_step_on_the_trained_model(p
     if missing(family):
         pytest.skip(missing(family))
     model = family.build_trained()
-    balanced = patch.apply_duca(model, core.FORECAST_PRESETS["balanced"])
+    balanced = patch.apply_method(model, core.FORECAST_PRESETS["balanced"])
     reuse, state = denoised_forecast(model, 3, order=0)
 
     def run(m, label, seed):

@@ -26,7 +26,7 @@ def per_step(model, conds):
 
 def test_a_conservative_block_issues_fewer_operator_calls_than_a_full_one(flux, flux_conds, duca):
     patch, core = duca
-    accelerated = patch.apply_duca(flux, core.PRESETS["balanced"])
+    accelerated = patch.apply_method(flux, core.PRESETS["balanced"])
     counts = per_step(accelerated, flux_conds)
     timeline = patch.last_stats(accelerated).timeline
     by_action = {a: [n for n, t in zip(counts, timeline) if t == a] for a in "FCA"}

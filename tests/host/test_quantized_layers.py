@@ -160,9 +160,9 @@ def test_a_flux_on_fp8_weights_runs_token_wise_steps_as_its_float32_twin(pack, d
     kw = dict(steps=10, cfg=3.5, height=64, width=64)
     outs, stats = {}, {}
     for name, model in (("fp8", fp8), ("twin", twin)):
-        assert torch.equal(models.sample(patch.apply_duca(model, core.DuCaConfig(plan=core.all_full_plan(10))),
+        assert torch.equal(models.sample(patch.apply_method(model, core.DuCaConfig(plan=core.all_full_plan(10))),
                                          *conds, **kw), models.sample(model, *conds, **kw))
-        accelerated = patch.apply_duca(model, core.PRESETS["balanced"])
+        accelerated = patch.apply_method(model, core.PRESETS["balanced"])
         outs[name] = models.sample(accelerated, *conds, **kw)
         stats[name] = patch.last_stats(accelerated)
     assert stats["fp8"].timeline == stats["twin"].timeline and "C" in stats["fp8"].timeline

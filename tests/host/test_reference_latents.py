@@ -104,7 +104,7 @@ def test_all_full_plan_is_bit_identical_with_a_reference(flux, flux_conds, duca,
     patch, core = duca
     conds = kontext_conds(flux_conds, picture(reference_shape, 5))
     expected = sample_flux(flux, conds)
-    patched = patch.apply_duca(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    patched = patch.apply_method(flux, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     assert torch.equal(sample_flux(patched, conds), expected)
     assert torch.equal(sample_flux(flux, conds), expected)  # nothing left on the model itself
 
@@ -121,7 +121,7 @@ def test_token_picks_range_over_the_reference_tokens_too(flux, flux_conds, duca)
     grid, extra, txt = 16, 24, flux_conds[0][0][0].shape[1]
     rows, handles = block_work(dm)
     try:
-        sample_flux(patch.apply_duca(flux, config), kontext_conds(flux_conds, reference), cfg=1.0)
+        sample_flux(patch.apply_method(flux, config), kontext_conds(flux_conds, reference), cfg=1.0)
     finally:
         for h in handles:
             h.remove()

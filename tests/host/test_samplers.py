@@ -96,13 +96,13 @@ def test_a_noise_adding_sampler_is_followed(work, monkeypatch):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_all_full_plans_are_bit_identical_under_every_sampler(work, sampler):
     import dataclasses
-    from comfyui_duca.glue.patch import apply_duca
+    from comfyui_duca.glue.patch import apply_method
     from comfyui_duca.methods import ForecastConfig
     for name in ("flux_trained", "sd_trained"):
         w = dataclasses.replace(work[name], cfg=4.0, sampler=sampler, steps=16)
         case = w.cases[0]
         plain = w.sample(w.model, case)
-        full = w.sample(apply_duca(w.model, ForecastConfig(budget=1.0)), case)
+        full = w.sample(apply_method(w.model, ForecastConfig(budget=1.0)), case)
         assert same_run(plain, full, sampler), (name, sampler)
 
 

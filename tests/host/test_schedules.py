@@ -37,7 +37,7 @@ def run_flux(model, conds, **kwargs):
 
 
 def scheduled(api, model, schedule):
-    return api["patch"].apply_duca(model, api["ScheduleConfig"](schedule))
+    return api["patch"].apply_method(model, api["ScheduleConfig"](schedule))
 
 
 @pytest.mark.parametrize("cfg, batch", [(1.0, 1), (4.0, 2)])
@@ -191,7 +191,7 @@ def test_block_caching_calibration_measures_change_and_reuses_calm_blocks(api, f
 
 
 def test_calibration_refuses_an_accelerated_model(api, flux, flux_conds):
-    accelerated = api["patch"].apply_duca(flux, api["DuCaConfig"]())
+    accelerated = api["patch"].apply_method(flux, api["DuCaConfig"]())
     with pytest.raises(ValueError, match="model: Block Caching"):
         run_node("DuCaBlockCachingCalibration", accelerated, **flux_sampling_inputs(flux_conds), threshold=0.1,
                  first_full_steps=1)
@@ -253,7 +253,7 @@ def test_exposure_bias_scales_the_sampler_derivative_and_composes(api, flux, flu
     assert not torch.equal(out, reference)
     x, d = torch.randn(2, 3), torch.randn(2, 3)
     assert torch.allclose((x - exposure.corrected_denoised(x, d, 0.95)) * 0.95, x - d)  # d / delta
-    accelerated = api["patch"].apply_duca(flux, api["DuCaConfig"]())
+    accelerated = api["patch"].apply_method(flux, api["DuCaConfig"]())
     both = correct(accelerated, 0.95)
     assert not torch.equal(run_flux(both, flux_conds, cfg=3.5), run_flux(accelerated, flux_conds, cfg=3.5))
     assert api["patch"].last_stats(both).compute_fraction < 1.0

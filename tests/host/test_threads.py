@@ -58,13 +58,13 @@ def with_split(model, concurrently: bool):
 def test_a_steps_conditionings_on_two_threads_give_the_single_thread_result(pack, duca, flux, flux_conds):
     """The forecast decides over the whole cond batch, above the split: the threads only compute."""
     patch, core = duca
-    accelerated = patch.apply_duca(flux, core.FORECAST_PRESETS["balanced"])
+    accelerated = patch.apply_method(flux, core.FORECAST_PRESETS["balanced"])
     sequential, threaded = with_split(accelerated, concurrently=False), with_split(accelerated, concurrently=True)
     one_after_the_other = models.sample(sequential, *flux_conds, **KW)
     at_once = models.sample(threaded, *flux_conds, **KW)
     reference_stats, stats = patch.last_stats(sequential), patch.last_stats(threaded)
     assert torch.equal(at_once, one_after_the_other)
-    assert stats.timeline == reference_stats.timeline and "A" in stats.timeline and not stats.notes
+    assert stats.timeline == reference_stats.timeline and "E" in stats.timeline and not stats.notes
     assert stats.compute_fraction == reference_stats.compute_fraction < 0.5
 
 
@@ -73,7 +73,7 @@ def test_under_the_hosts_multigpu_split_block_caching_forecasts_whole_steps(pack
     DuCa's presets then run the forecast's preset of the same name, said in one log line."""
     patch, core = duca
     duca_fast = dataclasses.replace(core.PRESETS["fast"], preset="fast")  # as the node's "duca fast" makes it
-    accelerated = with_split(patch.apply_duca(flux, duca_fast), concurrently=True)
+    accelerated = with_split(patch.apply_method(flux, duca_fast), concurrently=True)
     import comfy.samplers
     if hasattr(comfy.samplers, "_calc_cond_batch_multigpu"):  # a host with the split: its own path, one device
         accelerated.model_options[patch.MULTIGPU_CLONES] = {accelerated.load_device: accelerated}
@@ -85,5 +85,5 @@ def test_under_the_hosts_multigpu_split_block_caching_forecasts_whole_steps(pack
     lines = [r.getMessage() for r in caplog.records if r.name == "comfyui-duca" and "multi-GPU" in r.getMessage()]
     assert len(lines) == 1 and "fast" in lines[0]
     assert stats.method == "forecast fast" and stats.level == "step"
-    forecast = with_split(patch.apply_duca(flux, core.FORECAST_PRESETS["fast"]), concurrently=False)
+    forecast = with_split(patch.apply_method(flux, core.FORECAST_PRESETS["fast"]), concurrently=False)
     assert torch.equal(out, models.sample(forecast, *flux_conds, **KW))

@@ -39,12 +39,12 @@ def flux_configs(core):
 def test_a_compiled_flux_skips_as_planned_and_compiles_once(flux, flux_conds, duca, order, method):
     patch, core = duca
     config = flux_configs(core)[method]
-    eager = patch.apply_duca(flux, config)
+    eager = patch.apply_method(flux, config)
     expected = models.sample(eager, *flux_conds, **KW)
     planned = patch.last_stats(eager)
     assert set(planned.timeline) != {"F"}, planned.timeline  # it skips work: the case to check
     torch._dynamo.reset()
-    model = compiled(eager) if order.startswith("pack") else patch.apply_duca(compiled(flux), config)
+    model = compiled(eager) if order.startswith("pack") else patch.apply_method(compiled(flux), config)
     before = graphs()
     out, first = sample_counting_graphs(model, flux_conds, **KW)
     stats = patch.last_stats(model)
@@ -64,7 +64,7 @@ def test_an_all_full_plan_under_compile_matches_the_compiled_model(flux, flux_co
     torch._dynamo.reset()
     host_compiled = compiled(flux)
     expected = models.sample(host_compiled, *flux_conds, **KW)
-    full = patch.apply_duca(host_compiled, core.DuCaConfig(plan=core.all_full_plan(KW["steps"])))
+    full = patch.apply_method(host_compiled, core.DuCaConfig(plan=core.all_full_plan(KW["steps"])))
     out = models.sample(full, *flux_conds, **KW)
     assert set(patch.last_stats(full).timeline) == {"F"}
     assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)  # blocks compiled one by one, not as one graph
@@ -73,7 +73,7 @@ def test_an_all_full_plan_under_compile_matches_the_compiled_model(flux, flux_co
 def test_a_compiled_unet_keeps_deepcaches_plan(unet, conds, duca):
     patch, core = duca
     kw = dict(steps=10, cfg=3.0, height=32, width=32, channels=4)
-    eager = patch.apply_duca(unet, core.DeepCacheConfig())
+    eager = patch.apply_method(unet, core.DeepCacheConfig())
     expected = models.sample(eager, *conds, **kw)
     torch._dynamo.reset()
     model = compiled(eager)

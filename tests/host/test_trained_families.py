@@ -102,7 +102,7 @@ def test_balanced_is_closer_than_reusing_every_fourth_step_on_the_trained_model(
     from bench.baselines import denoised_forecast
     patch, core = duca
     family, model = FAMILIES[name], trained(name)
-    balanced = patch.apply_duca(model, core.FORECAST_PRESETS["balanced"])
+    balanced = patch.apply_method(model, core.FORECAST_PRESETS["balanced"])
     reuse, state = denoised_forecast(model, 4, order=0)
     errors = {"balanced": [], "reuse": []}
     for label, seed in CASES:

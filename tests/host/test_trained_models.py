@@ -70,11 +70,11 @@ def test_the_flagship_forecasts_the_u_nets_deep_feature_closer_than_it_reuses_it
     """The registry's measured estimator for U-Nets (taylor2, `auto` on the node) against reusing
     the deep feature, at the same steps computed, on the trained U-Net: closer to the uncached
     pictures on every case tried."""
-    from comfyui_duca.glue.patch import apply_duca, last_stats
+    from comfyui_duca.glue.patch import apply_method, last_stats
     from comfyui_duca.methods import PRESETS
     model, side, channels = models.sd_unet_trained(), models.SD_TRAINED_PIXELS, pixel_latents.SD_CHANNELS
     balanced = PRESETS["balanced"].with_changes(preset="balanced")
-    auto, reuse = apply_duca(model, balanced), apply_duca(model, balanced.with_changes(estimator="reuse"))
+    auto, reuse = apply_method(model, balanced), apply_method(model, balanced.with_changes(estimator="reuse"))
     for label, seed in ((models.CLASSES.index("astronaut"), 0), (models.CLASSES.index("rocket"), 1)):
         uncached = pictures(model, label, seed, side, channels)
         errors = {}

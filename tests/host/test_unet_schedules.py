@@ -74,7 +74,7 @@ def test_all_compute_schedule_is_bit_identical(pack, duca, sched, unet, conds, c
     kw = dict(KW, cfg=cfg, batch=batch)
     reference = models.sample(unet, *conds, **kw)
     schedule = sched[1].fora(STEPS, adapter_of(unet).schedule_units(), "unet", interval=1)
-    model = patch.apply_duca(unet, core.ScheduleConfig(schedule))
+    model = patch.apply_method(unet, core.ScheduleConfig(schedule))
     assert torch.equal(models.sample(model, *conds, **kw), reference)
     stats = patch.last_stats(model)
     assert stats.method == "fora" and stats.timeline == "F" * STEPS and stats.compute_fraction == 1.0
@@ -118,7 +118,7 @@ def test_units_computed_as_scheduled_and_flops_counted_per_unit(pack, duca, sche
             [0, 0, 0, 2, 2, 2, 2],
             [2, 0, 0, 0, 0, 0, 2]]
     schedule = table_schedule(sched, unet, rows)
-    model = patch.apply_duca(unet, core.ScheduleConfig(schedule))
+    model = patch.apply_method(unet, core.ScheduleConfig(schedule))
     counts, handles = counting_units(unet)
     try:
         out = models.sample(model, *conds, cfg=3.0, **KW)  # cond and uncond in one call a step
@@ -152,7 +152,7 @@ def test_fora_lowers_compute_and_stays_close(pack, duca, sched, trained):
     kw = dict(KW, steps=20, cfg=3.0)
     reference = models.sample(model, positive, negative, **kw)
     units = adapter_of(model).schedule_units()
-    model_fora = patch.apply_duca(model, core.ScheduleConfig(sched[1].fora(20, units, "unet", interval=3)))
+    model_fora = patch.apply_method(model, core.ScheduleConfig(sched[1].fora(20, units, "unet", interval=3)))
     out = models.sample(model_fora, positive, negative, **kw)
     stats = patch.last_stats(model_fora)
     assert stats.timeline == "F" + "PPF" * 6 + "P"
@@ -168,7 +168,7 @@ def test_calibration_gives_a_profile_and_block_caching_runs_from_it(pack, duca, 
     model, positive, negative = trained
     kw = dict(KW, steps=20, cfg=3.0)
     reference = models.sample(model, positive, negative, **kw)
-    calibrating = patch.apply_duca(model, core.CalibrationConfig())
+    calibrating = patch.apply_method(model, core.CalibrationConfig())
     assert torch.equal(models.sample(calibrating, positive, negative, **kw), reference)  # computes everything
     assert patch.last_stats(calibrating).compute_fraction == 1.0
     change = patch.last_result(calibrating).relative_change()
@@ -179,7 +179,7 @@ def test_calibration_gives_a_profile_and_block_caching_runs_from_it(pack, duca, 
     fractions, distances = [], []
     for threshold in (0.05, 0.1):
         schedule = sched[1].block_caching(change, units, "unet", threshold)
-        cached = patch.apply_duca(model, core.ScheduleConfig(schedule))
+        cached = patch.apply_method(model, core.ScheduleConfig(schedule))
         out = models.sample(cached, positive, negative, **kw)
         stats = patch.last_stats(cached)
         assert stats.method == "block-caching" and "P" in stats.timeline
@@ -199,7 +199,7 @@ def test_controlnet_still_changes_the_output_on_reuse_steps(pack, duca, sched, u
     kw = dict(KW, cfg=3.0)
     # the first 5 steps computed, every unit reused after: control only over the reused steps
     schedule = table_schedule(sched, unet, [[0] * 7] * 5 + [[2] * 7] * 4)
-    tail = patch.apply_duca(unet, core.ScheduleConfig(schedule))
+    tail = patch.apply_method(unet, core.ScheduleConfig(schedule))
     late = with_control(positive, control, hint, (0.65, 1.0))
     without, with_late = models.sample(tail, positive, negative, **kw), models.sample(tail, late, negative, **kw)
     assert patch.last_stats(tail).timeline == "FFFFFPPPP"
@@ -213,12 +213,12 @@ def test_a_schedule_for_another_model_is_refused_at_apply_time(pack, duca, sched
     schedule_module, rules = sched
     units = adapter_of(unet).schedule_units()
     with pytest.raises(schedule_module.ScheduleMismatch, match="made for a flux model"):
-        patch.apply_duca(unet, core.ScheduleConfig(rules.fora(STEPS, units, "flux")))
+        patch.apply_method(unet, core.ScheduleConfig(rules.fora(STEPS, units, "flux")))
     with pytest.raises(schedule_module.ScheduleMismatch, match="covers 6 blocks"):
-        patch.apply_duca(unet, core.ScheduleConfig(rules.fora(STEPS, units[:6], "unet")))
+        patch.apply_method(unet, core.ScheduleConfig(rules.fora(STEPS, units[:6], "unet")))
     # and a U-Net schedule on a Flux: its units are double/single blocks
     with pytest.raises(schedule_module.ScheduleMismatch, match="made for a unet model"):
-        patch.apply_duca(flux, core.ScheduleConfig(rules.fora(STEPS, units, "unet")))
+        patch.apply_method(flux, core.ScheduleConfig(rules.fora(STEPS, units, "unet")))
 
 
 def test_a_failing_unit_stand_in_computes_and_switches_caching_off(pack, duca, sched, unet, conds, monkeypatch,
@@ -238,7 +238,7 @@ def test_a_failing_unit_stand_in_computes_and_switches_caching_off(pack, duca, s
         return original_get(self, key, name, device)
     monkeypatch.setattr(CacheStore, "get", broken_get)
     schedule = sched[1].fora(STEPS, adapter_of(unet).schedule_units(), "unet", interval=2)
-    model = patch.apply_duca(unet, core.ScheduleConfig(schedule))
+    model = patch.apply_method(unet, core.ScheduleConfig(schedule))
     with caplog.at_level(logging.ERROR, logger="comfyui-duca"):
         out = models.sample(model, *conds, **kw)
     stats = patch.last_stats(model)

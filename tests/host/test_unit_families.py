@@ -53,7 +53,7 @@ def test_wan_all_full_plan_is_bit_identical(wan, wan_conds, duca, cfg, batch):
     patch, core = duca
     reference = sample(wan, wan_conds, cfg, batch)
     assert torch.isfinite(reference).all()
-    full = patch.apply_duca(wan, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    full = patch.apply_method(wan, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     assert full is not wan
     assert torch.equal(sample(full, wan_conds, cfg, batch), reference)
     assert patch.last_stats(full).level == "token-wise"
@@ -64,7 +64,7 @@ def test_wan_computes_the_planned_blocks_and_tokens(wan, wan_conds, duca, preset
     patch, core = duca
     config = core.PRESETS[preset]
     blocks = list(wan.model.diffusion_model.blocks)
-    model = patch.apply_duca(wan, config)
+    model = patch.apply_method(wan, config)
     counter = Counter(blocks)
     try:
         sample(model, wan_conds, cfg=4.0, batch=2)   # cond + uncond of 2 videos: one call of batch 4
@@ -93,9 +93,9 @@ def test_wan_balanced_is_closer_than_whole_step_reuse_at_more_compute(wan, wan_c
 
     def distance(x):
         return float((x - reference).norm() / reference.norm())
-    balanced = patch.apply_duca(wan, core.PRESETS["balanced"])
+    balanced = patch.apply_method(wan, core.PRESETS["balanced"])
     out = sample(balanced, wan_conds, 4.0, 2)
-    every_3rd = patch.apply_duca(wan, core.DuCaConfig(plan=core.every_kth_step_plan(STEPS, 3, 1)))
+    every_3rd = patch.apply_method(wan, core.DuCaConfig(plan=core.every_kth_step_plan(STEPS, 3, 1)))
     baseline = sample(every_3rd, wan_conds, 4.0, 2)
     assert 1e-6 < distance(out) < distance(baseline)
     assert patch.last_stats(balanced).compute_fraction <= patch.last_stats(every_3rd).compute_fraction + 0.02

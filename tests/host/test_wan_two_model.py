@@ -90,8 +90,8 @@ def test_all_full_plans_on_both_models_are_bit_identical(pair, conds, reference,
     patch, core = duca
     high, low, sampler = pair
     # a fixed plan must have the sub-run's length: each model sees only its own steps
-    full_high = patch.apply_duca(high, core.DuCaConfig(plan=core.all_full_plan(SWITCH)))
-    full_low = patch.apply_duca(low, core.DuCaConfig(plan=core.all_full_plan(STEPS - SWITCH)))
+    full_high = patch.apply_method(high, core.DuCaConfig(plan=core.all_full_plan(SWITCH)))
+    full_low = patch.apply_method(low, core.DuCaConfig(plan=core.all_full_plan(STEPS - SWITCH)))
     half, done = two_model_sample(sampler, full_high, full_low, conds, *MODES[mode])
     expected_half, expected_done = reference(mode)
     assert torch.equal(half, expected_half)
@@ -104,7 +104,7 @@ def test_all_full_plans_on_both_models_are_bit_identical(pair, conds, reference,
 def test_a_fixed_plan_for_the_whole_schedule_is_refused_by_a_sub_run(pair, conds, duca):
     patch, core = duca
     high, low, sampler = pair
-    wrong = patch.apply_duca(high, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
+    wrong = patch.apply_method(high, core.DuCaConfig(plan=core.all_full_plan(STEPS)))
     with pytest.raises(ValueError, match=f"{STEPS} steps but the run has {SWITCH}"):
         two_model_sample(sampler, wrong, low, conds, *MODES["cfg1"])
 
@@ -115,7 +115,7 @@ def test_each_model_plans_its_own_sub_run_and_keeps_its_own_stats(pair, conds, r
     patch, core = duca
     high, low, sampler = pair
     config = core.PRESETS[preset]
-    fast_high, fast_low = patch.apply_duca(high, config), patch.apply_duca(low, config)
+    fast_high, fast_low = patch.apply_method(high, config), patch.apply_method(low, config)
     counters = {"high": AttentionCalls(high), "low": AttentionCalls(low)}
     try:
         half, done = two_model_sample(sampler, fast_high, fast_low, conds, *MODES[mode])
@@ -144,7 +144,7 @@ def test_one_accelerated_model_for_both_halves_starts_clean_each_time(pair, cond
     patch, core = duca
     high, _, sampler = pair
     config = core.PRESETS["balanced"]
-    both = patch.apply_duca(high, config)
+    both = patch.apply_method(high, config)
     seen = []
     both.model_options["transformer_options"][patch.KEY].listeners.append(seen.append)
     unpatched = two_model_sample(sampler, high, high, conds, *MODES["cfg1"])[1]
@@ -185,9 +185,9 @@ def accelerate(model, preset):
     without the preset, which computes every step of sub-runs this short (methods.forecast.FEW_STEPS):
     these settings still skip."""
     if preset == "balanced":
-        from comfyui_duca.glue.patch import apply_duca
+        from comfyui_duca.glue.patch import apply_method
         from comfyui_duca.methods import FORECAST_PRESETS
-        return apply_duca(model, FORECAST_PRESETS["balanced"].with_changes(preset=None))
+        return apply_method(model, FORECAST_PRESETS["balanced"].with_changes(preset=None))
     (out,) = host.node("DuCaAccelerate").execute(model, preset).result
     return out
 
@@ -216,7 +216,7 @@ def test_all_full_plans_with_a_lora_on_the_high_noise_model_are_bit_identical(pa
     expected = two_model_sample(sampler, with_lora(high, lora, 1.0), low, conds, *MODES["cfg4"])
     plain = two_model_sample(sampler, high, low, conds, *MODES["cfg4"])
     assert not torch.equal(expected[1], plain[1])
-    full = lambda m, steps: patch.apply_duca(m, core.DuCaConfig(plan=core.all_full_plan(steps)))  # noqa: E731
+    full = lambda m, steps: patch.apply_method(m, core.DuCaConfig(plan=core.all_full_plan(steps)))  # noqa: E731
     for high_model in (full(with_lora(high, lora, 1.0), SWITCH), with_lora(full(high, SWITCH), lora, 1.0)):
         out = two_model_sample(sampler, high_model, full(low, STEPS - SWITCH), conds, *MODES["cfg4"])
         assert torch.equal(out[0], expected[0]) and torch.equal(out[1], expected[1])

@@ -113,3 +113,34 @@ def test_each_rule_catches_its_import(tmp_path):
         "methods/i.py:1: imports slicer (methods may import only the layers below it)",
         "nodes/a.py:2: imports comfy.samplers (only glue/ imports ComfyUI)",
     ]
+
+
+PACK = "comfyui_duca"  # the pack's one import name (the host's, the Forge script's, the tests')
+# its top-level folders (not nodes/: ComfyUI has a top-level `nodes`), and a name the tests once used
+PACK_PARTS = {"cache_core", "adapters", "methods", "slicer", "glue", "forge", "duca_layers"}
+
+
+def other_import_names(root: Path) -> list:
+    """Imports of the pack's modules under another name than `comfyui_duca`, anywhere in the repository."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if any(p.startswith(".") or p == "out" for p in path.relative_to(root).parts):
+            continue
+        for line, module in imports(path, root):
+            if not module.startswith(".") and module.split(".")[0] in PACK_PARTS:
+                found.append(f"{path.relative_to(root)}:{line}: imports {module} (the pack is imported as {PACK})")
+    return found
+
+
+def test_the_pack_is_imported_by_one_name():
+    found = other_import_names(REPO)
+    assert not found, "\n".join(found)
+
+
+def test_another_import_name_is_caught(tmp_path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "t.py").write_text("from cache_core.plan import Plan\nimport comfyui_duca.methods\n"
+                                             "from duca_layers.methods import duca\n")
+    assert other_import_names(tmp_path) == [
+        "tests/t.py:1: imports cache_core.plan (the pack is imported as comfyui_duca)",
+        "tests/t.py:3: imports duca_layers.methods (the pack is imported as comfyui_duca)"]

@@ -92,3 +92,15 @@ def test_every_methods_settings_share_one_checked_step_window():
             config(first_full_steps=-1)
     with pytest.raises(ValueError, match="end must be a number"):
         duca_plan(10, 3, 0.1, end=1.5)  # the plan builders check through the same window
+
+
+def test_a_forecast_step_is_its_own_action_with_its_own_letter():
+    from comfyui_duca.cache_core.plan import budget_plan, timeline_letter
+    from comfyui_duca.cache_core.stats import RunStats
+    plan = budget_plan(10, 0.3, first_full_steps=1)
+    assert Action.AGGRESSIVE not in {s.action for s in plan.steps} and Action.FORECAST in {s.action for s in plan.steps}
+    assert {a.letter for a in Action} == {"F", "C", "A", "P", "E"}  # one letter each
+    stats = RunStats("forecast", 3)
+    for step, action in enumerate((Action.FULL, Action.FORECAST, Action.AGGRESSIVE)):
+        stats.at(step).action = action.value
+    assert stats.timeline == "FEA" and timeline_letter("other") == "O"

@@ -8,9 +8,12 @@ const EVENT = "duca.stats";
 const CATEGORY = "DuCa Accelerate"; // nodes/base.py: every node of the pack is filed under it
 const NODE_TYPES = new Set(); // the pack's node types, filled as their definitions register
 const SHOW_SETTING = "DuCa.Timeline.Show";
-// partial: a cache schedule computed some blocks of the step and reused the others
-const COLORS = { full: "#4c8bf5", conservative: "#f2a93b", aggressive: "#43b581", partial: "#a77bd8" };
-const LABELS = { full: "computed", conservative: "refreshed", aggressive: "reused", partial: "scheduled" };
+// partial: a cache schedule computed some blocks of the step and reused the others;
+// forecast: the model was not called, its output forecast from the computed steps
+const COLORS = { full: "#4c8bf5", conservative: "#f2a93b", aggressive: "#43b581", partial: "#a77bd8",
+  forecast: "#2fb5a3" };
+const LABELS = { full: "computed", conservative: "refreshed", aggressive: "reused", partial: "scheduled",
+  forecast: "forecast" };
 const PAD = 8;
 const STRIP = 12;
 const LINE = 15;
@@ -22,7 +25,7 @@ function showTimeline() {
 }
 
 function countActions(steps) {
-  const counts = { full: 0, conservative: 0, aggressive: 0, partial: 0 };
+  const counts = Object.fromEntries(Object.keys(LABELS).map((action) => [action, 0]));
   for (const step of steps) {
     if (step.action in counts) counts[step.action] += 1;
   }
@@ -34,23 +37,14 @@ function mebibytes(bytes) {
   return mib >= 1024 ? `${(mib / 1024).toFixed(1)} GiB` : `${mib.toFixed(1)} MiB`;
 }
 
-// The budget presets skip whole steps and forecast them: "forecast", and no refreshed steps.
-function labelsFor(stats) {
-  const forecast = String(stats.method || "").startsWith("forecast");
-  return forecast ? { ...LABELS, aggressive: "forecast" } : LABELS;
-}
-
 // The lines under the strip: the speedup the compute saving allows, the step counts, memory.
 function describe(stats) {
   const counts = countActions(stats.steps);
-  const labels = labelsFor(stats);
-  const forecast = labels !== LABELS;
   const speedup = stats.compute_fraction > 0 ? 1 / stats.compute_fraction : 0;
   const first = `up to ${speedup.toFixed(2)}x · compute ${(100 * stats.compute_fraction).toFixed(0)}% · ` +
     `model ${stats.wall_seconds.toFixed(1)} s`;
-  const optional = forecast ? ["partial", "conservative"] : ["partial"];  // shown only when they ran
-  const shown = Object.keys(labels).filter((a) => !optional.includes(a) || counts[a] > 0);
-  const second = shown.map((a) => `${labels[a]} ${counts[a]}`).join(" · ") +
+  const shown = Object.keys(LABELS).filter((a) => a === "full" || counts[a] > 0);  // and what ran
+  const second = shown.map((a) => `${LABELS[a]} ${counts[a]}`).join(" · ") +
     ` · cache ${mebibytes(stats.peak_cache_bytes)}`;
   return [first, second];
 }
@@ -97,7 +91,8 @@ app.registerExtension({
       id: SHOW_SETTING,
       category: ["DuCa Accelerate", "Timeline", "Show"],
       name: "Show the step timeline on DuCa nodes after a run",
-      tooltip: "Blue: computed, orange: partly recomputed (refreshed), green: reused.",
+      tooltip: "Blue: computed, orange: partly recomputed (refreshed), green: reused, teal: forecast, " +
+        "purple: scheduled per block.",
       type: "boolean",
       defaultValue: true,
       onChange: () => app.canvas?.setDirty(true, false),
