@@ -18,6 +18,7 @@ SAVED = sorted((Path(__file__).resolve().parent / "saved_workflows").glob("*.jso
 EXTENSION = "duca.accelerate.timeline"
 SETTING = "DuCa.Timeline.Show"
 COLORS = {"full": (0x4C, 0x8B, 0xF5), "conservative": (0xF2, 0xA9, 0x3B), "aggressive": (0x43, 0xB5, 0x81)}
+FORECAST_COLOR = (0x2F, 0xB5, 0xA3)  # a budget preset's forecast step (web/js/duca_timeline.js)
 PANEL_HEIGHT = 54  # web/js/duca_timeline.js: the strip and two lines of figures under the widgets
 STEPS = 28
 
@@ -174,6 +175,22 @@ def test_setting_hides_the_timeline(page, artifacts):
     shown = colour_pixels(Image.open(page.screenshot(artifacts / "timeline_shown.png")),
                           (box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"]))
     assert all(shown.values()), shown
+
+
+def test_a_budget_presets_forecast_steps_are_drawn_in_their_own_colour(comfy, page, artifacts):
+    node_id = page.evaluate("app.graph.nodes.find(n => n.type === 'DuCaAccelerateV2').id")
+    prompt = substitute(page.evaluate("app.graphToPrompt().then(p => p.output)"), salt=37, steps=STEPS)
+    prompt[str(node_id)]["inputs"]["preset"] = "balanced"
+    comfy.wait(queue_from_the_page(page, prompt)["prompt_id"], timeout=240)
+    stats = page.wait_for(f"(s => s && s.method.startsWith('forecast') && s)(app.graph.getNodeById({node_id}).ducaStats)", 30)
+    forecast = sum(step["action"] == "forecast" for step in stats["steps"])
+    assert {step["action"] for step in stats["steps"]} == {"full", "forecast"} and forecast > STEPS // 2
+    redraw(page)
+    box = node_box(page, node_id)
+    region = Image.open(page.screenshot(artifacts / "forecast_timeline.png")).convert("RGB").crop(
+        tuple(round(v) for v in (box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"])))
+    teal = sum(count for count, rgb in region.getcolors(maxcolors=1 << 20) if rgb == FORECAST_COLOR)
+    assert teal >= forecast * (box["width"] / STEPS) * 8 * box["scale"] * 0.5, (teal, forecast)
 
 
 def test_stats_reach_a_node_inside_a_subgraph(comfy, page, artifacts):
