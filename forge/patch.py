@@ -14,7 +14,7 @@ import logging
 import types
 
 from ..methods import HostContext, RunState, executor_for
-from ..methods.attach import adapter_for, patch_blocks
+from ..methods.attach import adapter_for, diffusion_model_of, patch_blocks
 from ..methods.engine import current_sigma, end_run
 from ..methods.protocol import STEP_OUTPUTS, UNSCHEDULED
 
@@ -26,9 +26,8 @@ def accelerate(unet, settings, steps: int, sigmas=None, sampler_function=None, l
     """(a clone of `unet` running `settings` for one pass of `steps` steps, the SamplingPass), or
     (`unet`, None) where no method can run on it: passed through, warned once per model class."""
     model = getattr(unet, "model", None)
-    diffusion_model = getattr(model, "diffusion_model", None)
     sampling = getattr(model, "predictor", None) or getattr(model, "model_sampling", None)
-    adapter, config, why_not = adapter_for(diffusion_model, sampling, lambda found: settings.config_for(found, steps))
+    adapter, config, why_not = adapter_for(diffusion_model_of(unet), sampling, lambda found: settings.config_for(found, steps))
     if why_not:
         if why_not not in _warned:
             _warned.add(why_not)

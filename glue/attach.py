@@ -45,11 +45,6 @@ def holder_of(model, key: str):
     return model.model_options.get("transformer_options", {}).get(key)
 
 
-def diffusion_model_of(model):
-    """The host's diffusion model inside a ComfyUI MODEL (None if it has none)."""
-    return getattr(getattr(model, "model", None), "diffusion_model", None)
-
-
 def find_transformer_options(args: tuple, kwargs: dict) -> dict:
     """A wrapper call's transformer options, passed by name or as its last dict argument."""
     options = kwargs.get("transformer_options")

@@ -14,8 +14,9 @@ from typing import Optional
 import comfy.patcher_extension as ext
 
 from ..adapters.units import standing_in
+from ..methods.attach import diffusion_model_of
 from ..slicer import MemoryAdapter, SliceSettings, find_memory_adapter
-from .attach import Holder, attach, diffusion_model_of, find_transformer_options, holder_of
+from .attach import Holder, attach, find_transformer_options, holder_of
 
 LOG = logging.getLogger("comfyui-duca")
 KEY = "duca_feature_slicer"  # wrappers and transformer_options: the holder (chunks in, last call's stats out)

@@ -21,10 +21,10 @@ import comfy.patcher_extension as ext
 from ..adapters import find_adapter
 from ..adapters.registry import GENERIC
 from ..methods import HostContext, RunState, executor_for
-from ..methods.attach import adapter_for, outside_compile, patch_blocks
+from ..methods.attach import adapter_for, diffusion_model_of, outside_compile, patch_blocks
 from ..methods.engine import end_run
 from ..methods.protocol import DIFFUSION_MODEL, STEP_OUTPUTS
-from .attach import CALC_COND_BATCH, Holder, attach, diffusion_model_of, find_transformer_options, holder_of
+from .attach import CALC_COND_BATCH, Holder, attach, find_transformer_options, holder_of
 from .compile import compile_hooked_blocks
 
 LOG = logging.getLogger("comfyui-duca")

@@ -9,8 +9,8 @@ import torch
 from ..adapters import find_adapter
 from ..cache_core.schedule_rules import block_caching, step_rehash
 from ..methods import CalibrationConfig
+from ..methods.attach import diffusion_model_of
 from . import patch
-from .attach import diffusion_model_of
 
 
 def model_adapter(model, input_name: str = "model"):

@@ -18,6 +18,11 @@ def outside_compile(fn):
     return disable(fn) if disable is not None else fn
 
 
+def diffusion_model_of(patcher):
+    """The diffusion model inside a model patcher, ComfyUI's or Forge's (None if it has none)."""
+    return getattr(getattr(patcher, "model", None), "diffusion_model", None)
+
+
 def adapter_for(diffusion_model, sampling, config_for: Callable) -> tuple:
     """(adapter, config, "") where a method can run on the model; (adapter or None, None, why not)
     where none can. `config_for(adapter)` gives the settings (Forge's depend on the family); a

@@ -8,6 +8,7 @@ from ..cache_core.deepcache import PLACEMENTS
 from ..cache_core.estimators import ESTIMATORS
 from ..glue.patch import apply_method
 from ..methods import DeepCacheConfig
+from ..methods.attach import diffusion_model_of
 from ..glue.ui import node_reporter
 from .base import CATEGORY, check_options, model_output, shows_stats, step_window_inputs
 
@@ -61,7 +62,7 @@ class DeepCacheUNet(io.ComfyNode):
 
 
 def unet_adapter(model) -> UNetAdapter:
-    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
+    diffusion_model = diffusion_model_of(model)
     adapter = UNetAdapter.for_model(diffusion_model) if diffusion_model is not None else None
     if adapter is None:
         name = type(diffusion_model).__name__ if diffusion_model is not None else type(model).__name__
