@@ -144,3 +144,24 @@ def test_another_import_name_is_caught(tmp_path):
     assert other_import_names(tmp_path) == [
         "tests/t.py:1: imports cache_core.plan (the pack is imported as comfyui_duca)",
         "tests/t.py:3: imports duca_layers.methods (the pack is imported as comfyui_duca)"]
+
+
+# What attaches and runs every method: it reads the declared protocol only, never a method's classes.
+ATTACH_AND_RUN = ("glue/patch.py", "glue/attach.py", "forge/patch.py", "methods/engine.py", "methods/attach.py")
+
+
+def test_what_attaches_and_runs_methods_names_none_of_them():
+    from comfyui_duca import methods
+    from comfyui_duca.methods.protocol import Executor
+    classes = {name for name, value in vars(methods).items()
+               if isinstance(value, type) and (issubclass(value, Executor) or name.endswith("Config"))}
+    assert {"ForecastConfig", "OutputForecast", "DuCaConfig", "DuCa", "ScheduleConfig", "StepReuse"} <= classes
+    for name in ATTACH_AND_RUN:
+        tree = ast.parse((REPO / name).read_text())
+        used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        used |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+        assert not used & classes, (name, sorted(used & classes))
+        getattr_probes = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+                          and getattr(node.func, "id", None) == "getattr" and len(node.args) >= 2
+                          and getattr(node.args[0], "attr", getattr(node.args[0], "id", None)) in ("method", "executor")]
+        assert not getattr_probes, (name, getattr_probes)  # a method's members are declared, not probed
