@@ -132,9 +132,9 @@ FAMILIES = (
     Family("omnigen2", STEP, ("OmniGen2Transformer2DModel",), step("omnigen2")),
     Family("pixart", STEP, ("PixArtMS",), step("pixart")),
     # SD1.x, SD2.x, SDXL (and SVD's video U-Net, which only the slicer takes)
-    # the deep feature forecast in sigma through its last 3 computed steps: on the small trained SD U-Net
-    # (bench/fidelity.py, 28 steps, 6 cases) 4.0-7.4 dB closer to the uncached pictures than reusing it
-    # at the same compute; on the small trained Flux, forecasting the stack residual lost 0.1-3 dB
+    # the deep feature forecast in sigma through its last 3 computed steps: closer to the uncached
+    # pictures than reusing it at the same compute, where on Flux forecasting the stack residual lost
+    # (bench/RESULTS.md, "Estimators")
     Family("unet", DEEPCACHE, UNET_CLASSES, UNetAdapter.for_model, slicing.UNET, estimator="taylor2"),
 )
 # Any other model: its whole calls (no entry knows its blocks). Not in FAMILIES: no README row.

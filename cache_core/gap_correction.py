@@ -20,18 +20,13 @@ from __future__ import annotations
 from .estimators import taylor
 
 INTERPOLANT_ORDER = 2   # the re-estimate: the polynomial through the new point and the two before it
-# The data spread of the sensitivity model. Measured on the trained small Flux and U-Net (28 steps
-# euler, 3 classes x 4 held-out seeds, median picture PSNR to no cache), 0.3 / 0.5 / 1.0: U-Net
-# balanced 42.4 / 42.4 / 42.1 dB, turbo 36.8 / 36.3 / 35.0; Flux balanced (2 seeds) 43.8 at 0.5 and
-# 43.7 at 1.0. The latent formats scale latents to about unit spread; x0 estimates spread less.
+# The data spread of the sensitivity model: the latent formats scale latents to about unit spread,
+# and x0 estimates spread less; chosen on held-out seeds (bench/RESULTS.md, "How the presets'
+# settings were chosen").
 DATA_STD = 0.5
 # Under classifier-free guidance the sampler follows a sharpened distribution whose denoised output
-# barely moves with the sample: spread 0, the noise estimate follows the sample (dn/dx = 1 / b).
-# Measured (3 classes x 2 seeds, median picture PSNR, quality / balanced / turbo, 0.5 -> 0): Flux
-# cfg 3 47.62 -> 47.95, 42.98 -> 43.05, 34.57 -> 34.40; cfg 6 42.49 -> 48.69, 36.87 -> 39.05,
-# 26.94 -> 29.77 (uncorrected 45.30, 37.97, 29.75); U-Net cfg 3 50.80 -> 50.78, 43.08 -> 42.98,
-# 33.80 -> 34.11; cfg 6 45.77 -> 45.62, 32.31 -> 33.56, 21.27 -> 23.15. Unguided (cfg 1) 0.5 stays:
-# Flux 49.97 -> 50.15, 44.63 -> 43.52, 36.75 -> 36.39.
+# barely moves with the sample: spread 0, the noise estimate follows the sample (dn/dx = 1 / b)
+# (bench/RESULTS.md, "Under guidance (cfg)").
 GUIDED_DATA_STD = 0.0
 
 

@@ -4,10 +4,9 @@ sampler's space). A model call hands on its denoised output x0; the forecast run
 implies, n = (x - a x0) / b, and turns the forecast back into a denoised output with the sample of the
 skipped step.
 
-Why the noise and not x0: on the trained small Flux (28 steps, a full step every 3rd) forecasting the
-implied noise was 4 dB closer to the uncached picture than forecasting x0 itself (38.3 against 34.3 dB),
-because x0 still moves fast where the noise estimate has settled; and the sample of the skipped step,
-which is exact, takes part in the estimate.
+Why the noise and not x0: x0 still moves fast where the noise estimate has settled, and the sample of
+the skipped step, which is exact, takes part in the estimate; it was closer to the uncached picture
+(bench/RESULTS.md, "Estimators").
 """
 from __future__ import annotations
 
