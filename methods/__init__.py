@@ -1,7 +1,7 @@
-"""Methods: one module per caching method, each a config dataclass and an executor behind the
-protocol in protocol.py; engine.py runs any of them. `executor_for` is the flagship's choice of
-method for a model: DuCa on DiTs with block hooks, DeepCache on U-Nets, whole-step reuse where
-the host offers no block hook.
+"""Methods: one module per caching method, each its settings and its executor behind the protocol
+in protocol.py (a config builds its executor for a run: DuCa's picks DeepCache on U-Nets and whole
+model calls where the host offers no block hook); engine.py runs any of them. `executor_for` is
+what every glue calls.
 """
 from __future__ import annotations
 

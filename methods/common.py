@@ -24,6 +24,7 @@ def keyword(default):
 
 @dataclass(frozen=True, kw_only=True)
 class MethodSettings:
+    """The settings every method's config shares, each method's own fields after them."""
     first_full_steps: int = 3       # the first steps set the composition: always computed
     start: float = 0.0              # fractions of the steps: outside [start, end) every step computes
     end: float = 1.0
