@@ -128,6 +128,17 @@ def test_schedule_for_another_model_is_refused_and_other_step_counts_resampled(a
     assert stats.timeline == "FPFPFP"
 
 
+def test_a_schedule_keeps_to_the_shared_step_window(api, flux, flux_conds):
+    family, units = units_of(api, flux)
+    fora = api["rules"].fora(STEPS, units, family, interval=2)
+    windowed = api["patch"].apply_method(flux, api["ScheduleConfig"](fora, first_full_steps=2, end=0.75))
+    plain = scheduled(api, flux, fora)
+    out, plain_out = run_flux(windowed, flux_conds), run_flux(plain, flux_conds)
+    stats, plain_stats = api["patch"].last_stats(windowed), api["patch"].last_stats(plain)
+    assert plain_stats.timeline == "FPFPFP" and stats.timeline == "FFFPFF"  # steps 2-4 of 6 may skip
+    assert "outside the step window" in stats.notes[-1] and not torch.equal(out, plain_out)
+
+
 def test_schedule_nodes_make_save_load_and_apply(api, flux, flux_conds, tmp_path):
     import folder_paths
     schedule, picture = run_node("DuCaFORASchedule", flux, STEPS, 2, 1)
