@@ -49,8 +49,6 @@ class SamplingPass:
         """`host`: the pass's sigmas, where the script could give them (else UNSCHEDULED, filled in
         from the calls as they come), the model's sampling and the sampler."""
         self.config, self.adapter, self.host = config, adapter, host
-        self.steps = host.num_steps
-        self.scheduled = UNSCHEDULED not in host.sigmas
         self.listeners = list(listeners)
         self.run = None
         self.last_sigma = None
@@ -89,7 +87,8 @@ class SamplingPass:
             self.finish()  # the sigma went up: a new sampling with the same patcher
         if self.run is None:
             self._start()
-        if not self.scheduled and (self.seen == 0 or sigma < self.last_sigma * (1 - 1e-5)) and self.seen < self.steps:
+        if not self.host.scheduled and (self.seen == 0 or sigma < self.last_sigma * (1 - 1e-5)) \
+                and self.seen < self.host.num_steps:
             self.run.sigmas[self.seen] = sigma  # the next step of a pass whose schedule was not given
             self.seen += 1
         self.last_sigma = sigma

@@ -10,6 +10,7 @@ from typing import Optional
 
 from ..adapters.registry import GENERIC
 from .calibration import Calibration, CalibrationConfig
+from .common import MethodSettings
 from .deepcache import DeepCache, DeepCacheConfig
 from .duca import PRESETS, DuCa, DuCaConfig
 from .engine import RunState
@@ -36,7 +37,7 @@ def why_no_method(adapter, sampling) -> Optional[str]:
 def whole_step_stand_in(config) -> ForecastConfig:
     """The budget preset a block-level method runs as where the model's blocks cannot be followed
     (the host's multi-GPU split runs per-device copies of them): a DuCa preset's namesake, else balanced."""
-    preset = config.preset if isinstance(config, DuCaConfig) and config.preset in BUDGETS else "balanced"
+    preset = config.preset if isinstance(config, MethodSettings) and config.preset in BUDGETS else "balanced"
     return FORECAST_PRESETS[preset]
 
 

@@ -35,7 +35,7 @@ class MethodSettings:
     PRESET_NAMES: ClassVar[tuple] = ()  # the method's presets
 
     def __post_init__(self):
-        StepWindow(self.first_full_steps, self.start, self.end)  # checks them
+        self.window  # a StepWindow checks them
         check_choice("cache_device", self.cache_device, CACHE_DEVICES)
         check_choice("estimator", self.estimator, ESTIMATOR_CHOICES)
         if self.preset is not None:

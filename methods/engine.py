@@ -92,7 +92,7 @@ class RunState:
         self.method = method
         self.adapter = method.adapter
         self.sigmas = [float(s) for s in method.host.sigmas]  # a host that learns them as it goes fills them in
-        self.num_steps = max(len(self.sigmas) - 1, 0)
+        self.num_steps = method.host.num_steps
         self.plan = method.plan
         self.store = CacheStore.on(method.cache_device)
         self.stats = RunStats(self.plan.method, self.num_steps, family=self.adapter.family,

@@ -42,6 +42,11 @@ class HostContext:
     def known_sigmas(self) -> list:
         return [s for s in self.sigmas if s != UNSCHEDULED]
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether the host gave the whole schedule up front."""
+        return UNSCHEDULED not in self.sigmas
+
 
 @runtime_checkable
 class Method(Protocol):
